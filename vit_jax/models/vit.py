@@ -1,0 +1,367 @@
+"""The Vision Transformer (Dosovitskiy et al., 2020) as Flax linen modules.
+
+The parameter tree, initialisers and numerics are those of the original vit_jax
+`models_vit.py`, so the published checkpoints load unchanged and give the same logits.
+Fields beyond the original (compute dtype, fused attention, remat, scan over blocks,
+stochastic depth, timm/Hugging Face LayerNorm epsilon and GELU form) default to the
+original behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.resnet import ResNetStem
+
+Array = jnp.ndarray
+
+CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+# 'einsum' is the original Flax formula (supports attention dropout and returning the
+# attention weights); the others call jax.nn.dot_product_attention, which fuses the
+# softmax (and uses cuDNN flash attention on GPUs with 'cudnn'; 'auto' lets JAX choose).
+ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn', 'auto')
+
+
+def _field(config: Any, key: str, default: Any = None) -> Any:
+    """Reads `key` from a dict or ConfigDict (the original configs use both)."""
+    if config is None:
+        return default
+    if isinstance(config, Mapping) or hasattr(config, 'get'):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per example with prob `rate`."""
+
+    @nn.compact
+    def __call__(self, x: Array, rate: Array | float, deterministic: bool) -> Array:
+        if deterministic or (isinstance(rate, float) and rate == 0.0):
+            return x
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Self-attention with the parameter layout of `flax.linen.MultiHeadDotProductAttention`.
+
+    `query`/`key`/`value` kernels are [D, heads, head_dim], `out` is [heads, head_dim, D].
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    attention_impl: str = 'einsum'
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool, return_attention: bool = False
+                 ) -> tuple[Array, Optional[Array]]:
+        features = x.shape[-1]
+        head_dim = features // self.num_heads
+        dense = lambda name: nn.DenseGeneral(  # noqa: E731
+            features=(self.num_heads, head_dim), axis=-1, kernel_init=self.kernel_init,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
+
+        weights = None
+        use_einsum = (self.attention_impl == 'einsum' or return_attention
+                      or (self.dropout_rate > 0 and not deterministic))
+        if use_einsum:
+            q = q / jnp.sqrt(head_dim).astype(q.dtype)
+            logits = jnp.einsum('...qhd,...khd->...hqk', q, k)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            if self.dropout_rate > 0 and not deterministic:
+                keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
+                                            weights.shape)
+                weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0).astype(q.dtype)
+            y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+        else:
+            impl = None if self.attention_impl == 'auto' else self.attention_impl
+            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+        out = nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.kernel_init,
+                              dtype=self.dtype, param_dtype=self.param_dtype, name='out')(y)
+        return out, (weights if return_attention else None)
+
+
+class MlpBlock(nn.Module):
+    """Transformer MLP: Dense -> GELU -> Dropout -> Dense -> Dropout."""
+
+    mlp_dim: int
+    dropout_rate: float = 0.1
+    gelu_approximate: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    out_dim: Optional[int] = None
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    bias_init: Callable = nn.initializers.normal(stddev=1e-6)
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
+        dense = lambda f, name: nn.Dense(  # noqa: E731
+            features=f, kernel_init=self.kernel_init, bias_init=self.bias_init,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        x = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x), approximate=self.gelu_approximate)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        x = dense(out_dim, 'Dense_1')(x)
+        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Called as `block(x, drop_path_rate, deterministic, return_attention)` and returns
+    `(x, attention_weights_or_None)` so that it can run under `nn.scan` and `nn.remat`.
+    """
+
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-6
+    gelu_approximate: bool = True
+    attention_impl: str = 'einsum'
+    drop_path: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, drop_path_rate: Array | float, deterministic: bool,
+                 return_attention: bool) -> tuple[Array, Optional[Array]]:
+        norm = lambda name: nn.LayerNorm(  # noqa: E731
+            epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        y = norm('LayerNorm_0')(x)
+        y, weights = MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+            attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+            name='MultiHeadDotProductAttention_0')(y, deterministic, return_attention)
+        y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+        drop_path = lambda y, name: (  # noqa: E731
+            DropPath(name=name)(y, drop_path_rate, deterministic) if self.drop_path else y)
+        x = x + drop_path(y, 'DropPath_0')
+
+        y = norm('LayerNorm_1')(x)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                     gelu_approximate=self.gelu_approximate, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
+        x = x + drop_path(y, 'DropPath_1')
+        return x, weights
+
+
+class Encoder(nn.Module):
+    """Position embedding + `num_layers` blocks + final LayerNorm (the `Transformer` scope).
+
+    With `scan_layers` the blocks run under `nn.scan` and their parameters are stacked on a
+    leading axis under `encoderblock` (see `scan_to_blocks` / `blocks_to_scan`).
+    """
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    stochastic_depth: float = 0.0
+    add_position_embedding: bool = True
+    layer_norm_eps: float = 1e-6
+    gelu_approximate: bool = True
+    attention_impl: str = 'einsum'
+    remat: bool = False
+    scan_layers: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, return_attention: bool = False
+                 ) -> tuple[Array, Optional[Array]]:
+        if self.add_position_embedding:
+            x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
+            x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+        x = x.astype(self.dtype or x.dtype)
+
+        block_kwargs = dict(
+            mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            layer_norm_eps=self.layer_norm_eps, gelu_approximate=self.gelu_approximate,
+            attention_impl=self.attention_impl, drop_path=self.stochastic_depth > 0,
+            dtype=self.dtype, param_dtype=self.param_dtype)
+        block = Encoder1DBlock
+        if self.remat:
+            block = nn.remat(block, static_argnums=(3, 4), prevent_cse=not self.scan_layers)
+        # Drop-path rate grows linearly with depth, from 0 to `stochastic_depth` (DeiT/timm).
+        rates = np.linspace(0.0, self.stochastic_depth, self.num_layers, dtype=np.float32)
+
+        if self.scan_layers:
+            block = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                            in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_layers)
+            x, weights = block(**block_kwargs, name='encoderblock')(
+                x, jnp.asarray(rates), not train, return_attention)
+        else:
+            all_weights = []
+            for i in range(self.num_layers):
+                x, w = block(**block_kwargs, name=f'encoderblock_{i}')(
+                    x, float(rates[i]), not train, return_attention)
+                all_weights.append(w)
+            weights = jnp.stack(all_weights) if return_attention else None
+
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name='encoder_norm')(x)
+        return x, weights
+
+
+class AddPositionEmbs(nn.Module):
+    """Adds learned position embeddings [1, tokens, D], initialised normal(0.02)."""
+
+    posemb_init: Callable = nn.initializers.normal(stddev=0.02)
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        pe = self.param('pos_embedding', self.posemb_init, (1,) + x.shape[1:], self.param_dtype)
+        return x + pe
+
+
+class VisionTransformer(nn.Module):
+    """ViT / hybrid R+ViT classifier, with the original vit_jax fields.
+
+    Construct as `VisionTransformer(num_classes=1000, **MODEL_CONFIGS['ViT-B_16'])` and call
+    `model.apply(variables, images, train=False)` on NHWC images in [-1, 1]; training needs
+    `train=True, rngs={'dropout': key}`. `return_attention=True` also returns the attention
+    weights of every block, stacked as [layers, batch, heads, tokens, tokens].
+    """
+
+    num_classes: Optional[int]
+    patches: Any
+    hidden_size: int
+    transformer: Any = None
+    resnet: Any = None
+    representation_size: Optional[int] = None
+    classifier: str = 'token'
+    head_bias_init: float = 0.0
+    model_name: Optional[str] = None
+    # Beyond the original; the defaults keep its numerics.
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    layer_norm_eps: float = 1e-6
+    gelu_approximate: bool = True
+    attention_impl: str = 'einsum'
+    remat: bool = False
+    scan_layers: bool = False
+
+    def _check_config(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f'classifier={self.classifier!r} is unknown; expected one of {CLASSIFIERS}')
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f'attention_impl={self.attention_impl!r} is unknown; '
+                             f'expected one of {ATTENTION_IMPLS}')
+        if _field(self.patches, 'size') is None:
+            raise ValueError(f'patches.size is missing (patches={self.patches!r})')
+        if self.transformer is not None:
+            heads = _field(self.transformer, 'num_heads')
+            for key in ('num_heads', 'num_layers', 'mlp_dim'):
+                if _field(self.transformer, key) is None:
+                    raise ValueError(f'transformer.{key} is missing')
+            if self.hidden_size % heads:
+                raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
+                                 f'transformer.num_heads={heads}')
+            unknown = set(self.transformer) - set(Encoder.__dataclass_fields__) - {'parent', 'name'}
+            if unknown:
+                raise ValueError(f'transformer.{sorted(unknown)[0]} is not a transformer field')
+            rate = _field(self.transformer, 'attention_dropout_rate', 0.1)
+            if rate and self.attention_impl != 'einsum':
+                raise ValueError(
+                    f'transformer.attention_dropout_rate={rate} needs attention_impl="einsum" '
+                    f'(the fused kernels have no attention dropout), got {self.attention_impl!r}')
+
+    @nn.compact
+    def __call__(self, inputs: Array, *, train: bool, return_attention: bool = False):
+        self._check_config()
+        if inputs.ndim != 4 or inputs.shape[-1] != 3:
+            raise ValueError(f'images must be NHWC with 3 channels, got shape {inputs.shape}')
+        x = inputs.astype(self.dtype or inputs.dtype)
+
+        if self.resnet is not None:
+            stem = ResNetStem(num_layers=tuple(_field(self.resnet, 'num_layers', ())),
+                              width_factor=_field(self.resnet, 'width_factor', 1),
+                              dtype=self.dtype, param_dtype=self.param_dtype)
+            nn.share_scope(self, stem)
+            x = stem(x)
+
+        patch = tuple(_field(self.patches, 'size'))
+        if x.shape[1] % patch[0] or x.shape[2] % patch[1]:
+            raise ValueError(f'image grid {x.shape[1]}x{x.shape[2]} (input {inputs.shape[1]}x'
+                             f'{inputs.shape[2]}) is not divisible by patches.size={patch}')
+        x = nn.Conv(features=self.hidden_size, kernel_size=patch, strides=patch, padding='VALID',
+                    dtype=self.dtype, param_dtype=self.param_dtype, name='embedding')(x)
+
+        weights = None
+        if self.transformer is not None:
+            n, h, w, c = x.shape
+            x = jnp.reshape(x, [n, h * w, c])
+            if self.classifier in ('token', 'token_unpooled'):
+                cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
+                x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
+            x, weights = Encoder(
+                **self.transformer, layer_norm_eps=self.layer_norm_eps,
+                gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
+                remat=self.remat, scan_layers=self.scan_layers, dtype=self.dtype,
+                param_dtype=self.param_dtype, name='Transformer',
+            )(x, train=train, return_attention=return_attention)
+
+        if self.classifier == 'token':
+            x = x[:, 0]
+        elif self.classifier == 'gap':
+            x = jnp.mean(x, axis=list(range(1, x.ndim - 1)))
+
+        if self.representation_size is not None:
+            x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name='pre_logits')(x))
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                         bias_init=nn.initializers.constant(self.head_bias_init),
+                         dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = x.astype(jnp.float32)
+        return (x, weights) if return_attention else x
+
+
+# --- Parameter layouts: per-block (`encoderblock_{i}`) <-> scanned (`encoderblock`, stacked).
+
+def blocks_to_scan(params: Mapping[str, Any]) -> dict:
+    """Stacks `Transformer/encoderblock_{i}` into one `Transformer/encoderblock` tree."""
+    params = dict(params)
+    enc = dict(params['Transformer'])
+    names = sorted((k for k in enc if k.startswith('encoderblock_')), key=lambda k: int(k.split('_')[1]))
+    if not names:
+        raise ValueError('no Transformer/encoderblock_{i} in params: already in scan layout?')
+    blocks = [enc.pop(k) for k in names]
+    enc['encoderblock'] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
+    params['Transformer'] = enc
+    return params
+
+
+def scan_to_blocks(params: Mapping[str, Any]) -> dict:
+    """Splits a stacked `Transformer/encoderblock` into `Transformer/encoderblock_{i}`."""
+    params = dict(params)
+    enc = dict(params['Transformer'])
+    if 'encoderblock' not in enc:
+        raise ValueError('no Transformer/encoderblock in params: already in per-block layout?')
+    stacked = enc.pop('encoderblock')
+    depth = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    for i in range(depth):
+        enc[f'encoderblock_{i}'] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+    params['Transformer'] = enc
+    return params
+
+
+def num_params(params: Any) -> int:
+    """Total number of scalars in a parameter tree (works on ShapeDtypeStructs too)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
