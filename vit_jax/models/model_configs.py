@@ -7,6 +7,7 @@ builds the module.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import ml_collections
@@ -63,7 +64,8 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     """A mutable copy of `MODEL_CONFIGS[name]`."""
     if name not in MODEL_CONFIGS:
         raise KeyError(f'unknown model {name!r}; known models: {", ".join(MODEL_CONFIGS)}')
-    return ml_collections.ConfigDict(MODEL_CONFIGS[name])
+    # A deep copy: FrozenConfigDict.as_configdict() hands out its shared inner dict.
+    return copy.deepcopy(MODEL_CONFIGS[name].as_configdict())
 
 
 def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer:
