@@ -1,0 +1,382 @@
+"""ViT parameter checkpoints: read and write the public `.npz` format, adapt them for fine-tuning.
+
+`load(path)` accepts every published layout (original / AugReg with pre-Linen or Linen block
+names, an `opt/target/` prefix, big_vision files with a `params/` prefix, a top-level
+`pos_embedding` without the class-token slot, scan-stacked blocks and bfloat16 stored as raw
+bytes) and returns the Linen tree of `vit_jax.models.VisionTransformer`. `save` writes the
+public format. `load_pretrained` adapts a checkpoint to a new head, resolution and patch size
+with the original semantics. Files are never unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from vit_jax.models import blocks_to_scan, scan_to_blocks
+
+logger = logging.getLogger(__name__)
+
+# How many keys an error message lists per category before it says "and N more".
+_MAX_LISTED = 8
+_REMOTE = re.compile(r'^[a-z][a-z0-9+.-]*://')
+# Pre-Linen (and Linen) submodule names: a type name and an index, e.g. `MlpBlock_3`.
+_NUMBERED = re.compile(r'^(.*)_(\d+)$')
+_GROUPNORM = re.compile(r'^gn(\d+|_root|_proj)$')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (one-line message)."""
+
+
+# --- Files (local or remote) -----------------------------------------------------------------
+
+def _is_remote(path: str) -> bool:
+    return bool(_REMOTE.match(str(path)))
+
+
+def _read_bytes(path: str) -> bytes:
+    """Reads a local file, or a remote one (gs://...) via tf.io.gfile or etils.epath."""
+    path = os.fspath(path)
+    if not _is_remote(path):
+        with open(path, 'rb') as f:
+            return f.read()
+    try:
+        from tensorflow.io import gfile  # noqa: PLC0415 (optional, heavy)
+        with gfile.GFile(path, 'rb') as f:
+            return f.read()
+    except ImportError:
+        pass
+    try:
+        from etils import epath  # noqa: PLC0415
+        return epath.Path(path).read_bytes()
+    except ImportError as e:
+        raise CheckpointError(f'{path}: reading remote paths needs tensorflow or etils[epath]; '
+                              'download the file and pass the local path instead') from e
+
+
+def _write_bytes_atomic(data: bytes, path: str) -> None:
+    """Writes `data` so that `path` is either untouched or complete (never half-written)."""
+    path = os.fspath(path)
+    if _is_remote(path):
+        from tensorflow.io import gfile  # noqa: PLC0415
+        with gfile.GFile(path, 'wb') as f:
+            f.write(data)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _fix_dtype(x: np.ndarray) -> np.ndarray:
+    """bfloat16 arrays saved by `np.savez` come back as raw 2-byte voids (big_vision files)."""
+    if x.dtype.kind == 'V' and x.dtype.itemsize == 2:
+        return x.view(ml_dtypes.bfloat16)
+    return x
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Reads a `.npz` into a flat {'a/b/c': array} dict; never unpickles anything."""
+    data = _read_bytes(path)
+    if not data.startswith(b'PK'):
+        if data.startswith(b'\x93NUMPY'):
+            raise CheckpointError(f'{path}: is a single .npy array, not a .npz checkpoint')
+        raise CheckpointError(f'{path}: not a .npz file (no zip header); is it truncated or another format?')
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        flat = {}
+        for key in npz.files:
+            try:
+                flat[key] = _fix_dtype(npz[key])
+            except ValueError as e:
+                if 'pickle' in str(e):
+                    raise CheckpointError(f'{path}: array {key!r} holds pickled Python objects; refusing to '
+                                          'load it (unpickling can run code)') from None
+                raise CheckpointError(f'{path}: array {key!r} is unreadable ({e})') from None
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
+    except CheckpointError:
+        raise
+    except (ValueError, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f'{path}: corrupt .npz ({e})') from None
+    if not flat:
+        raise CheckpointError(f'{path}: the .npz holds no arrays')
+    return flat
+
+
+# --- Trees ------------------------------------------------------------------------------------
+
+def flatten(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            for sub, leaf in flatten(value, sep).items():
+                out[f'{key}{sep}{sub}'] = leaf
+        else:
+            out[key] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
+    """{'a/b': x} -> {'a': {'b': x}} (the original `recover_tree`)."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(sep)
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f'key {key!r} nests below an array')
+        node[leaf] = value
+    return tree
+
+
+def convert_pre_linen(tree: Any) -> Any:
+    """Renumbers `Type_N` submodules per type from 0, as Flax's `convert_pre_linen` does.
+
+    Pre-Linen files number blocks globally (`MultiHeadDotProductAttention_1`, `LayerNorm_2`,
+    `MlpBlock_3`); Linen numbers them per type. Linen names are left unchanged.
+    """
+    if not isinstance(tree, Mapping):
+        return tree
+    counts: dict[str, int] = {}
+    out = {}
+
+    def order(name: str) -> tuple:
+        m = _NUMBERED.match(name)
+        return (m.group(1), int(m.group(2))) if m else (name, -1)
+
+    for name in sorted(tree, key=order):
+        m = _NUMBERED.match(name)
+        new = name
+        if m:
+            prefix = m.group(1)
+            new = f'{prefix}_{counts.get(prefix, 0)}'
+            counts[prefix] = counts.get(prefix, 0) + 1
+        out[new] = convert_pre_linen(tree[name])
+    return out
+
+
+def _fix_groupnorm(tree: dict) -> dict:
+    """GroupNorm scale/bias of old hybrid files are [1,1,1,C]; Linen wants [C]."""
+    flat = flatten(tree)
+    for key, value in flat.items():
+        parts = key.split('/')
+        if len(parts) > 1 and _GROUPNORM.match(parts[-2]) and parts[-1] in ('scale', 'bias'):
+            flat[key] = np.reshape(value, (-1,))
+    return unflatten(flat)
+
+
+def _strip_prefix(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keeps the parameters of `opt/target/...` or big_vision `params/...` files."""
+    for prefix in ('opt/target/', 'params/'):
+        if any(k.startswith(prefix) for k in flat):
+            return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    return flat
+
+
+def _from_big_vision(tree: dict) -> dict:
+    """Moves big_vision's top-level `pos_embedding` (no class slot) into the original place.
+
+    big_vision adds position embeddings before prepending the class token, so the class
+    token gets no position embedding: a zero row in the original layout is exactly that.
+    """
+    posemb = np.asarray(tree.pop('pos_embedding'))
+    if 'cls' in tree:
+        posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
+    tree.setdefault('Transformer', {})['posembed_input'] = {'pos_embedding': posemb}
+    return tree
+
+
+def normalize(flat: Mapping[str, np.ndarray]) -> dict:
+    """A flat checkpoint dict in any published layout -> the per-block Linen tree."""
+    tree = unflatten(_strip_prefix(dict(flat)))
+    tree = convert_pre_linen(tree)
+    if 'pos_embedding' in tree:
+        tree = _from_big_vision(tree)
+    if 'encoderblock' in tree.get('Transformer', {}):
+        tree = jax.tree_util.tree_map(np.asarray, scan_to_blocks(tree))
+    return _fix_groupnorm(tree)
+
+
+def load(path: str) -> dict:
+    """Loads a `.npz` checkpoint (any published layout, see module doc) as a Linen tree."""
+    return normalize(read_npz(path))
+
+
+def save(params: Mapping[str, Any], path: str) -> None:
+    """Writes params as the public `.npz` (flat, '/'-joined Linen names; loadable by the original).
+
+    The file appears complete or not at all.
+    """
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    _write_bytes_atomic(buffer.getvalue(), path)
+
+
+# --- Checking and adapting ------------------------------------------------------------------
+
+def _listed(items: list[str]) -> str:
+    shown = ', '.join(items[:_MAX_LISTED])
+    return shown + (f' and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else '')
+
+
+def inspect_params(params: Mapping[str, Any], expected: Mapping[str, Any], *,
+                   fail_if_extra: bool = True, fail_if_missing: bool = True,
+                   fail_if_shape: bool = True, source: str = 'checkpoint') -> Mapping[str, Any]:
+    """Checks that `params` has the keys and shapes of `expected` (e.g. `model.init` params).
+
+    Raises one `CheckpointError` listing the missing, extra and wrong-shape keys with their
+    shapes; otherwise returns `params` unchanged.
+    """
+    got, want = flatten(params), flatten(expected)
+    missing = sorted(want.keys() - got.keys())
+    extra = sorted(got.keys() - want.keys())
+    shape = sorted(k for k in want.keys() & got.keys() if _shape(got[k]) != _shape(want[k]))
+    problems = []
+    if missing and fail_if_missing:
+        problems.append('missing ' + _listed([f'{k} {_shape(want[k])}' for k in missing]))
+    if extra and fail_if_extra:
+        problems.append('extra ' + _listed([f'{k} {_shape(got[k])}' for k in extra]))
+    if shape and fail_if_shape:
+        problems.append('wrong shape ' + _listed(
+            [f'{k} {_shape(got[k])} (expected {_shape(want[k])})' for k in shape]))
+    if problems:
+        raise CheckpointError(f'{source} does not match the model: ' + '; '.join(problems))
+    if extra:
+        logger.info('inspect_params: ignoring extra keys %s', _listed(extra))
+    return params
+
+
+def _zoom_linear_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear resampling of one axis with corners aligned: `scipy.ndimage.zoom(order=1)`."""
+    n = x.shape[axis]
+    if size == n:
+        return x
+    coords = np.zeros(1) if size == 1 else np.arange(size) * ((n - 1) / (size - 1))
+    lo = np.clip(np.floor(coords).astype(int), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (coords - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool = True) -> np.ndarray:
+    """Resizes [1, (1+)g*g, D] position embeddings to `num_tokens` tokens (the original rule).
+
+    The g x g grid is resampled linearly as `scipy.ndimage.zoom(grid, (g'/g, g'/g, 1), order=1)`;
+    the class-token row, if any, is kept as is.
+    """
+    posemb = np.asarray(posemb)
+    n_extra = 1 if has_class_token else 0
+    tok, grid = posemb[:, :n_extra], posemb[0, n_extra:]
+    gs_old, gs_new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - n_extra)))
+    if gs_old ** 2 != len(grid) or gs_new ** 2 != num_tokens - n_extra:
+        raise CheckpointError(f'position embeddings {posemb.shape} -> {num_tokens} tokens: '
+                              'only square grids can be resized')
+    logger.info('interpolate_posembed: grid %dx%d -> %dx%d', gs_old, gs_old, gs_new, gs_new)
+    g = grid.reshape(gs_old, gs_old, -1).astype(np.float64)
+    g = _zoom_linear_axis(_zoom_linear_axis(g, gs_new, 0), gs_new, 1)
+    g = g.reshape(1, gs_new * gs_new, -1).astype(posemb.dtype)
+    return np.concatenate([tok, g], axis=1)
+
+
+def _resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
+    """[new_h*new_w, old_h*old_w]: bilinear resize (half-pixel centres, no antialias) as a matrix."""
+    n_old = old_hw[0] * old_hw[1]
+    basis = np.eye(n_old, dtype=np.float32).reshape(n_old, *old_hw)
+    resized = jax.image.resize(basis, (n_old, *new_hw), method='linear', antialias=False)
+    return np.asarray(resized, np.float64).reshape(n_old, -1).T
+
+
+def resize_patch_embedding(kernel: Any, new_hw: tuple[int, int]) -> np.ndarray:
+    """Resizes a [h, w, C, D] patch-embedding kernel to [h', w', C, D] (FlexiViT PI-resize).
+
+    The new kernel is pinv(B^T) @ old, with B the bilinear resize from h x w to h' x w'
+    patches, so that `<new, resize(patch)> == <old, patch>` (exactly when upsampling).
+    """
+    kernel = np.asarray(kernel)
+    old_hw = tuple(kernel.shape[:2])
+    new_hw = tuple(int(s) for s in new_hw)
+    if old_hw == new_hw:
+        return kernel
+    resize = _resize_matrix(old_hw, new_hw)
+    pinv = np.linalg.pinv(resize.T)  # [new, old]
+    flat = kernel.reshape(old_hw[0] * old_hw[1], -1).astype(np.float64)
+    return (pinv @ flat).reshape(*new_hw, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    """Shape of an array, jax array or `jax.ShapeDtypeStruct` (from `jax.eval_shape`)."""
+    return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
+
+
+def _field(config: Any, key: str, default: Any = None) -> Any:
+    return config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
+
+
+def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
+                    model_config: Any) -> dict:
+    """Loads a checkpoint for fine-tuning a model whose fresh params are `init_params`.
+
+    As the original: the head is taken from `init_params` (re-initialised for the new
+    classes), `pre_logits` is dropped when `model_config` has no `representation_size`, and
+    the position-embedding grid is resized linearly (class-token row kept). Beyond it: a
+    different patch size resizes the patch-embedding kernel (FlexiViT), `pretrained_path`
+    may be a catalogue name (`vit_jax.hub.resolve`), and scan-layout models are supported.
+    Raises `CheckpointError` naming missing or wrong-shape keys.
+    """
+    from vit_jax import hub  # noqa: PLC0415 (hub is optional for plain file loading)
+
+    path = hub.resolve(pretrained_path)
+    restored = load(path)
+    expected = init_params
+    scan = 'encoderblock' in expected.get('Transformer', {})
+
+    if _field(model_config, 'representation_size') is None and 'pre_logits' in restored:
+        logger.info('load_pretrained: drop-head variant (no representation_size)')
+        del restored['pre_logits']
+    restored.pop('head', None)
+    if 'head' in expected:
+        restored['head'] = dict(expected['head'])
+
+    posemb = restored.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+    posemb_new = expected.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+    if posemb is not None and posemb_new is not None and _shape(posemb) != _shape(posemb_new):
+        logger.info('load_pretrained: resized variant %s -> %s', _shape(posemb), _shape(posemb_new))
+        restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
+            posemb, _shape(posemb_new)[1], has_class_token='cls' in expected)
+
+    kernel = restored.get('embedding', {}).get('kernel')
+    kernel_new = expected.get('embedding', {}).get('kernel')
+    if (kernel is not None and kernel_new is not None and _shape(kernel)[2:] == _shape(kernel_new)[2:]
+            and _shape(kernel)[:2] != _shape(kernel_new)[:2]):
+        logger.info('load_pretrained: patch size %s -> %s', _shape(kernel)[:2], _shape(kernel_new)[:2])
+        restored['embedding']['kernel'] = resize_patch_embedding(kernel, _shape(kernel_new)[:2])
+
+    if scan and 'encoderblock_0' in restored.get('Transformer', {}):
+        restored = jax.tree_util.tree_map(np.asarray, blocks_to_scan(restored))
+    inspect_params(restored, expected, fail_if_extra=False, source=str(pretrained_path))
+    # Keep only what the model has, in the model's parameter dtype.
+    got = flatten(restored)
+    return unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
+                      for k, v in flatten(expected).items()})
