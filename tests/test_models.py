@@ -47,7 +47,7 @@ def _randomize(params, seed=1):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
-        tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+        tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)])
 
 
 @pytest.mark.parametrize('name', list(PARAM_COUNTS))
@@ -272,8 +272,10 @@ def test_stochastic_depth_drops_residual_branches_only_in_training():
     tr = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
     assert not np.allclose(tr, plain)
     # Same under scan (the per-block rates travel as a scanned input).
-    scan = _tiny(scan_layers=True, **{'transformer.stochastic_depth': 0.5, 'transformer.dropout_rate': 0.0})
-    out = scan.apply({'params': blocks_to_scan(params)}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+    scan = _tiny(scan_layers=True,
+                 **{'transformer.stochastic_depth': 0.5, 'transformer.dropout_rate': 0.0})
+    out = scan.apply({'params': blocks_to_scan(params)}, x, train=True,
+                     rngs={'dropout': jax.random.PRNGKey(0)})
     assert out.shape == tr.shape and not np.allclose(out, plain)
 
 
@@ -315,7 +317,7 @@ def test_image_not_divisible_by_patch_is_a_clear_error():
 
 
 def test_configs_are_frozen_and_get_model_overrides_are_checked():
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         MODEL_CONFIGS['ViT-B_16'].hidden_size = 1
     config = get_config('ViT-B_16')
     config.hidden_size = 1  # a mutable, deep copy

@@ -10,7 +10,8 @@ from vit_jax.models import MODEL_CONFIGS, get_model, num_params
 
 
 def main() -> None:
-    print(f'| {"model":<14} | {"patch":>5} | {"width":>5} | {"depth":>5} | {"heads":>5} | {"parameters":>13} |')
+    print(f'| {"model":<14} | {"patch":>5} | {"width":>5} | {"depth":>5} | {"heads":>5} | '
+          f'{"parameters":>13} |')
     print('|' + '-' * 16 + '|' + '------:|' * 4 + '-' * 14 + ':|')
     for name, config in MODEL_CONFIGS.items():
         model = get_model(name, num_classes=1000)

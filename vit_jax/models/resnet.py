@@ -6,7 +6,8 @@ checkpoints (`conv_root`, `gn_root`, `block{i}/unit{j}/{conv,gn}{1,2,3,_proj}`) 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

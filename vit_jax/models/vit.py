@@ -9,7 +9,8 @@ original behaviour.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -63,7 +64,7 @@ class MultiHeadDotProductAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool, return_attention: bool = False
-                 ) -> tuple[Array, Optional[Array]]:
+                 ) -> tuple[Array, Array | None]:
         features = x.shape[-1]
         head_dim = features // self.num_heads
         dense = lambda name: nn.DenseGeneral(  # noqa: E731
@@ -100,7 +101,7 @@ class MlpBlock(nn.Module):
     gelu_approximate: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    out_dim: Optional[int] = None
+    out_dim: int | None = None
     kernel_init: Callable = nn.initializers.xavier_uniform()
     bias_init: Callable = nn.initializers.normal(stddev=1e-6)
 
@@ -136,7 +137,7 @@ class Encoder1DBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, drop_path_rate: Array | float, deterministic: bool,
-                 return_attention: bool) -> tuple[Array, Optional[Array]]:
+                 return_attention: bool) -> tuple[Array, Array | None]:
         norm = lambda name: nn.LayerNorm(  # noqa: E731
             epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         y = norm('LayerNorm_0')(x)
@@ -181,7 +182,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, return_attention: bool = False
-                 ) -> tuple[Array, Optional[Array]]:
+                 ) -> tuple[Array, Array | None]:
         if self.add_position_embedding:
             x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
             x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
@@ -238,15 +239,15 @@ class VisionTransformer(nn.Module):
     weights of every block, stacked as [layers, batch, heads, tokens, tokens].
     """
 
-    num_classes: Optional[int]
+    num_classes: int | None
     patches: Any
     hidden_size: int
     transformer: Any = None
     resnet: Any = None
-    representation_size: Optional[int] = None
+    representation_size: int | None = None
     classifier: str = 'token'
     head_bias_init: float = 0.0
-    model_name: Optional[str] = None
+    model_name: str | None = None
     # Beyond the original; the defaults keep its numerics.
     dtype: Any = None
     param_dtype: Any = jnp.float32
