@@ -1,0 +1,369 @@
+"""`vit-analyze`: the paper's inspection figures (Dosovitskiy et al., 2020, Figs. 6 and 7).
+
+    vit-analyze --checkpoint ViT-B_16.npz --image dog.jpg --image 'val/*.jpg' --output-dir fig/
+
+writes PNG figures and `analysis.json` (the numbers behind every figure) to `--output-dir`:
+
+- `attention_rollout.png`: attention rollout (Abnar & Zuidema, 2020) of the class token over
+  the patches, overlaid on each input image (Fig. 6). Per layer, heads are averaged, the
+  residual is accounted for as 0.5·A + 0.5·I (rows renormalised) and the layers are multiplied.
+- `attention_maps.png`: per-layer, per-head attention of the class token (or, without one, the
+  mean over queries) overlaid on the first image.
+- `mean_attention_distance.png`: per head, the attention-weighted mean distance in input pixels
+  between query and key patch centres (patch tokens only, weights renormalised over patch
+  keys), averaged over queries and images, vs. depth (Fig. 7 right).
+- `position_embedding_similarity.png`: cosine similarity of each patch's position embedding
+  with every other patch's, one tile per patch (Fig. 7 center).
+- `embedding_filters.png`: the first principal components of the patch-embedding filters as
+  RGB tiles (Fig. 7 left; not for hybrids, whose embedding reads CNN features).
+
+The figures about parameters need no image. Few-shot evaluation lives in `vit_jax.fewshot`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax import predict
+
+# --- The numbers ----------------------------------------------------------------------------
+
+
+def attention_rollout(attention: np.ndarray, residual: float = 0.5) -> np.ndarray:
+    """Rollout of attention [L, (B,) H, N, N] -> [(B,) N, N] (Abnar & Zuidema, 2020).
+
+    Per layer: mean over heads, then `residual`·I + (1 - `residual`)·A with rows renormalised;
+    the layers are multiplied from the first: R = Â_L ··· Â_1.
+    """
+    attention = np.asarray(attention, np.float64)
+    a = attention.mean(axis=-3)
+    eye = np.eye(a.shape[-1])
+    a = residual * eye + (1.0 - residual) * a
+    a = a / a.sum(axis=-1, keepdims=True)
+    rollout = a[0]
+    for layer in a[1:]:
+        rollout = layer @ rollout
+    return rollout
+
+
+def token_map(matrix: np.ndarray, grid: int, num_prefix_tokens: int) -> np.ndarray:
+    """What the output attends to, as a [(B,) grid, grid] map over patches.
+
+    The class token's row when there is one, else the mean over all query rows.
+    """
+    if num_prefix_tokens:
+        row = matrix[..., 0, num_prefix_tokens:]
+    else:
+        row = matrix.mean(axis=-2)
+    return row.reshape(row.shape[:-1] + (grid, grid))
+
+
+def patch_distances(grid: int, stride: int) -> np.ndarray:
+    """[grid², grid²] distances in input pixels between patch centres (row-major patches)."""
+    yx = np.stack(np.meshgrid(np.arange(grid), np.arange(grid), indexing='ij'), -1).reshape(-1, 2)
+    return stride * np.linalg.norm(yx[:, None, :] - yx[None, :, :], axis=-1)
+
+
+def mean_attention_distance(attention: np.ndarray, grid: int, stride: int,
+                            num_prefix_tokens: int) -> np.ndarray:
+    """Per layer and head [L, H]: attention-weighted query-key distance in pixels (Fig. 7).
+
+    `attention` is [L, H, N, N] or [L, B, H, N, N]; only patch tokens count, with each query's
+    weights renormalised over the patch keys; the result is averaged over queries (and images).
+    """
+    attention = np.asarray(attention, np.float64)
+    if attention.ndim == 4:
+        attention = attention[:, None]
+    p = num_prefix_tokens
+    w = attention[..., p:, p:]
+    if w.shape[-1] != grid * grid:
+        raise ValueError(f'attention has {w.shape[-1]} patch tokens, expected grid {grid}² = {grid * grid}')
+    w = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-12)
+    dist = (w * patch_distances(grid, stride)).sum(axis=-1)   # [L, B, H, Q]
+    return dist.mean(axis=(1, 3))
+
+
+def position_embedding_similarity(pos_embedding: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
+    """Cosine similarity of patch position embeddings, [g, g, g, g]: tile (i, j) is the map of
+    patch (i, j)'s similarity with every patch."""
+    pe = np.asarray(pos_embedding, np.float64).reshape(-1, np.shape(pos_embedding)[-1])[num_prefix_tokens:]
+    grid = int(round(len(pe) ** 0.5))
+    if grid * grid != len(pe):
+        raise ValueError(f'{len(pe)} patch position embeddings do not form a square grid')
+    pe = pe / np.maximum(np.linalg.norm(pe, axis=-1, keepdims=True), 1e-12)
+    return (pe @ pe.T).reshape(grid, grid, grid, grid)
+
+
+def embedding_filter_components(kernel: np.ndarray, num: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """Principal components of the patch-embedding filters (kernel [ph, pw, C, D], D filters).
+
+    Returns (components [num, ph, pw, C], explained-variance ratios [num]).
+    """
+    kernel = np.asarray(kernel, np.float64)
+    ph, pw, c, d = kernel.shape
+    filters = kernel.reshape(ph * pw * c, d).T               # one row per filter
+    filters = filters - filters.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(filters, full_matrices=False)
+    num = min(num, len(s))
+    var = s ** 2
+    return vt[:num].reshape(num, ph, pw, c), var[:num] / var.sum()
+
+
+# --- Running the model ----------------------------------------------------------------------
+
+def make_attention_fn(loaded: predict.LoadedModel, batch_size: int):
+    """jit-compiled images [B <= batch_size] -> attention [L, B, H, N, N] (padded to one shape)."""
+    apply = jax.jit(lambda p, x: loaded.model.apply({'params': p}, x, train=False, return_attention=True)[1])
+
+    def attention(images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        if n < batch_size:
+            images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
+        weights = apply(loaded.params, images)
+        if weights is None:
+            raise ValueError(f'{loaded.source}: the model has no transformer layers to inspect')
+        return np.asarray(weights, np.float32)[:, :n]
+
+    return attention
+
+
+# --- Figures --------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _to_unit(image: np.ndarray) -> np.ndarray:
+    """A [-1, 1] model input back to [0, 1] for display."""
+    return np.clip((np.asarray(image) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _overlay(ax, image: np.ndarray, mask: np.ndarray, title: str | None = None) -> None:
+    h, w = image.shape[:2]
+    ax.imshow(image)
+    ax.imshow(mask / max(float(mask.max()), 1e-12), cmap='inferno', alpha=0.6, extent=(0, w, h, 0),
+              interpolation='bilinear', vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def plot_rollout(images: np.ndarray, maps: np.ndarray, names: Sequence[str], path: str) -> str:
+    """Per image: input, rollout map, and input masked by the map (Fig. 6)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.5 * len(images)), squeeze=False)
+    for row, image, m, name in zip(axes, images, maps, names, strict=True):
+        image = _to_unit(image)
+        h, w = image.shape[:2]
+        row[0].imshow(image)
+        row[0].set_title(os.path.basename(name), fontsize=8)
+        row[1].imshow(m, cmap='inferno')
+        row[1].set_title('attention rollout', fontsize=8)
+        up = np.kron(m / max(float(m.max()), 1e-12), np.ones((h // m.shape[0], w // m.shape[1])))
+        row[2].imshow(image * up[..., None])
+        row[2].set_title('input × rollout', fontsize=8)
+        for ax in row:
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_attention_maps(image: np.ndarray, maps: np.ndarray, path: str) -> str:
+    """maps [L, H, g, g]: one overlay per layer (rows) and head (columns)."""
+    plt = _plt()
+    layers, heads = maps.shape[:2]
+    fig, axes = plt.subplots(layers, heads, figsize=(1.2 * heads, 1.2 * layers + 0.3), squeeze=False)
+    image = _to_unit(image)
+    for layer in range(layers):
+        for head in range(heads):
+            _overlay(axes[layer, head], image, maps[layer, head], f'L{layer + 1} H{head + 1}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_mean_distance(distance: np.ndarray, path: str) -> str:
+    """distance [L, H]: one dot per head at its layer (Fig. 7 right)."""
+    plt = _plt()
+    layers, heads = distance.shape
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for head in range(heads):
+        ax.scatter(np.arange(1, layers + 1), distance[:, head], s=12, label=f'head {head + 1}')
+    ax.set_xlabel('network depth (layer)')
+    ax.set_ylabel('mean attention distance (pixels)')
+    ax.set_xticks(np.arange(1, layers + 1))
+    if heads <= 16:
+        ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_position_similarity(similarity: np.ndarray, path: str) -> str:
+    """similarity [g, g, g, g]: tile (i, j) shows patch (i, j)'s cosine similarity map (Fig. 7)."""
+    plt = _plt()
+    g = similarity.shape[0]
+    fig, axes = plt.subplots(g, g, figsize=(min(0.5 * g + 1, 12), min(0.5 * g, 11)), squeeze=False)
+    for i in range(g):
+        for j in range(g):
+            im = axes[i, j].imshow(similarity[i, j], cmap='viridis', vmin=-1, vmax=1)
+            axes[i, j].set_axis_off()
+    fig.colorbar(im, ax=axes, shrink=0.6, label='cosine similarity')
+    fig.suptitle('position embedding similarity', fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_filter_components(components: np.ndarray, path: str) -> str:
+    """components [n, ph, pw, 3], each rescaled to [0, 1] for display (Fig. 7 left)."""
+    plt = _plt()
+    n = len(components)
+    cols = min(7, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.3), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, c in zip(axes.flat, components, strict=False):
+        lo, hi = c.min(), c.max()
+        ax.imshow((c - lo) / max(hi - lo, 1e-12), interpolation='nearest')
+    fig.suptitle('RGB embedding filters (first principal components)', fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- Putting it together --------------------------------------------------------------------
+
+def _rounded(x: Any, digits: int = 5) -> Any:
+    return np.round(np.asarray(x, np.float64), digits).tolist()
+
+
+def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir: str, *,
+            batch_size: int = 16, max_figure_images: int = 4, crop_fraction: float | None = None,
+            progress: bool = False) -> dict:
+    """Writes the figures and `analysis.json` to `output_dir`; returns that JSON document."""
+    os.makedirs(output_dir, exist_ok=True)
+    params = jax.device_get(loaded.params)
+    p, g = loaded.num_prefix_tokens, loaded.grid
+    doc: dict[str, Any] = {'checkpoint': loaded.source, 'image_size': loaded.image_size, 'grid': g,
+                           'stride': loaded.stride, 'num_prefix_tokens': p, 'figures': {}}
+    figures = doc['figures']
+
+    pe = params['Transformer']['posembed_input']['pos_embedding']
+    sim = position_embedding_similarity(pe, p)
+    figures['position_embedding_similarity'] = plot_position_similarity(
+        sim, os.path.join(output_dir, 'position_embedding_similarity.png'))
+    doc['position_embedding_similarity'] = _rounded(sim)
+
+    kernel = np.asarray(params['embedding']['kernel'])
+    if kernel.shape[2] == 3:
+        comps, ratio = embedding_filter_components(kernel)
+        figures['embedding_filters'] = plot_filter_components(
+            comps, os.path.join(output_dir, 'embedding_filters.png'))
+        doc['embedding_filter_explained_variance'] = _rounded(ratio)
+
+    if image_paths:
+        names, shown, rollout_maps, distance_sum, count = [], [], [], None, 0
+        skipped: list[dict] = []
+        on_error = lambda path, msg: (skipped.append({'path': path, 'error': msg}),  # noqa: E731
+                                      print(f'skipped {path}: {msg}', file=sys.stderr))
+        batches = predict.iter_batches(image_paths, loaded.image_size, batch_size, crop_fraction, on_error)
+        if progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, total=-(-len(image_paths) // batch_size), unit='batch', file=sys.stderr)
+        attention_fn = make_attention_fn(loaded, batch_size)
+        for batch_names, images in batches:
+            attention = attention_fn(images)
+            d = mean_attention_distance(attention, g, loaded.stride, p)
+            distance_sum = d * len(images) if distance_sum is None else distance_sum + d * len(images)
+            count += len(images)
+            rollout = token_map(attention_rollout(attention), g, p)
+            for i, name in enumerate(batch_names):
+                names.append(name)
+                rollout_maps.append(rollout[i])
+                if len(shown) < max_figure_images:
+                    shown.append(images[i])
+                if len(names) == 1:
+                    per_head = token_map(attention[:, 0], g, p)        # [L, H, g, g]
+                    figures['attention_maps'] = plot_attention_maps(
+                        images[0], per_head, os.path.join(output_dir, 'attention_maps.png'))
+                    doc['attention_maps_image'] = name
+        doc['skipped'] = skipped
+        if count:
+            distance = distance_sum / count
+            figures['mean_attention_distance'] = plot_mean_distance(
+                distance, os.path.join(output_dir, 'mean_attention_distance.png'))
+            figures['attention_rollout'] = plot_rollout(
+                np.stack(shown), np.stack(rollout_maps[:len(shown)]), names[:len(shown)],
+                os.path.join(output_dir, 'attention_rollout.png'))
+            doc['num_images'] = count
+            doc['mean_attention_distance'] = _rounded(distance, 3)
+            doc['attention_rollout'] = {n: _rounded(m) for n, m in zip(names, rollout_maps, strict=True)}
+    with open(os.path.join(output_dir, 'analysis.json'), 'w', encoding='utf-8') as f:
+        json.dump(doc, f)
+    return doc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='vit-analyze', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_checkpoint_args(parser)
+    parser.add_argument('--image', action='append', default=[],
+                        help='image file, folder or glob (repeatable); needed for the attention figures')
+    parser.add_argument('--output-dir', required=True, help='where the PNGs and analysis.json go')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--max-figure-images', type=int, default=4,
+                        help='how many images the rollout figure shows (all are averaged)')
+    parser.add_argument('--crop-fraction', type=float, default=None,
+                        help='center crop this fraction of the shorter side before resizing')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.batch_size < 1 or args.max_figure_images < 1:
+            raise ValueError('--batch-size and --max-figure-images must be >= 1')
+        paths = predict.find_images(args.image) if args.image else []
+        loaded = predict.load_model(args.checkpoint, args.model)
+        doc = analyze(loaded, paths, args.output_dir, batch_size=args.batch_size,
+                      max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
+                      progress=len(paths) > args.batch_size)
+    except (OSError, ValueError, KeyError) as e:
+        print(f'vit-analyze: error: {e}', file=sys.stderr)
+        return 2
+    for name, path in doc['figures'].items():
+        print(f'{name}: {path}')
+    print(f'numbers: {os.path.join(args.output_dir, "analysis.json")}')
+    if 'mean_attention_distance' in doc:
+        print('mean attention distance per layer (pixels, mean over heads): '
+              + ' '.join(f'{np.mean(row):.1f}' for row in doc['mean_attention_distance']))
+    if args.image and 'num_images' not in doc:
+        print('vit-analyze: error: none of the images could be read', file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (`vit-analyze`)."""
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    run()
