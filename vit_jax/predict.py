@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import hub
 from vit_jax.models import MODEL_CONFIGS, VisionTransformer, get_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
@@ -90,30 +92,16 @@ def default_labels(num_classes: int | None) -> list[str] | None:
 
 # --- Checkpoints ----------------------------------------------------------------------------
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split('/')
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
 def _load_params_file(path: str) -> tuple[Any, Any]:
-    """(model_config or None, params) through vit_jax.convert, or a plain npz without it."""
+    """(model_config or None, params): vit_jax.convert reads every format and infers the config;
+    without it, vit_jax.checkpoint reads the public npz layouts (config from --model)."""
     try:
         from vit_jax import convert
     except ImportError:
         convert = None
     if convert is not None:
         return convert.load_checkpoint(path)
-    if not path.endswith('.npz'):
-        raise ValueError(f'{path}: only .npz checkpoints can be read (vit_jax.convert is missing)')
-    with np.load(path, allow_pickle=False) as f:
-        flat = {k: f[k] for k in f.files}
-    return None, _nest(flat)
+    return None, checkpoint_lib.load(path)
 
 
 def _training_workdir(path: str) -> tuple[Any, Any, list[str] | None]:
@@ -171,7 +159,15 @@ def build_model(model_config: Any, params: Any, source: str, class_names: list[s
     params = _unwrap_params(params)
     head = params.get('head')
     num_classes = int(np.shape(head['kernel'])[-1]) if head is not None else None
-    model = VisionTransformer(num_classes=num_classes, **_model_config(model_config))
+    config = _model_config(model_config)
+    # A named config (--model) may differ from the file in its pre-logits layer or class token.
+    if 'pre_logits' in params:
+        config['representation_size'] = int(np.shape(params['pre_logits']['kernel'])[-1])
+    else:
+        config['representation_size'] = None
+    if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
+        config['classifier'] = 'gap'
+    model = VisionTransformer(num_classes=num_classes, **config)
     if 'Transformer' not in params or 'posembed_input' not in params['Transformer']:
         raise ValueError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
     stride = _token_stride(model)
@@ -197,18 +193,12 @@ def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ValueError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
     class_names = None
-    path = checkpoint
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json')):
-        model_config, params, class_names = _training_workdir(path)
+    if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, 'config.json')):
+        model_config, params, class_names = _training_workdir(checkpoint)
     else:
-        if not os.path.exists(path):
-            try:
-                from vit_jax import hub
-            except ImportError:
-                raise FileNotFoundError(f'--checkpoint {checkpoint!r} does not exist') from None
-            path = hub.resolve(checkpoint)
-            if model_name is None and checkpoint in MODEL_CONFIGS:
-                model_name = checkpoint
+        path = hub.resolve(checkpoint)  # local paths as they are; catalogue names downloaded once
+        if model_name is None and not os.path.exists(checkpoint):
+            model_name = hub.model_name(checkpoint)
         model_config, params = _load_params_file(path)
     if model_name is not None:
         model_config = get_config(model_name)
