@@ -1,0 +1,475 @@
+"""Input pipeline: tfds data sets, image folders, CSV files and the embedded digits, on tf.data.
+
+`get_datasets(config)` returns `(train_iter, eval_ds, info)`:
+
+- `train_iter` (`TrainIterator`): an endless stream of this process's batches
+  `{'image': float32 [B, H, W, 3] in [-1, 1], 'label': float32 [B, C]}`, B = `batch // process_count`
+  (with `batch_sharding`: global `jax.Array`s, prefetched `prefetch` batches ahead onto devices).
+  `get_state()` / `set_state()` save and restore its position exactly (a small dict).
+- `eval_ds` (`EvalDataset`): each `iter(eval_ds)` passes over the eval split once, in batches of
+  `batch_eval // process_count` padded to full size, with `'mask'` float32 [B] (1 real, 0 padding).
+- `info` (`DatasetInfo`): number of classes / examples, class names, image size.
+
+Preprocessing is the original vit_jax's and lives in one place (`preprocess_train`,
+`preprocess_eval`) for every source: train "inception" crop (5-100 % of the area, aspect 3/4-4/3,
+no minimum object coverage, bilinear resize to `crop`) + random horizontal flip; eval bilinear
+resize of the whole image to `crop`; then (x - 127.5) / 127.5 and one-hot labels.
+
+Config fields read (all optional except `dataset`; defaults in brackets):
+  dataset           a tfds name ('cifar10', 'cifar100', 'imagenet2012', 'imagenet21k' (must be
+                    prepared in `tfds_data_dir`), 'oxford_iiit_pet', 'oxford_flowers102', any tfds
+                    name with image/label features); 'digits' (scikit-learn's 1,797 real 8x8 digits,
+                    no download); a directory `root/<class>/<image>` or `root/train/<class>/...` with
+                    `root/val|validation|test/<class>/...`; or a CSV of `path,label[,split]` rows.
+  tfds_data_dir     [None: tfds default], tfds_manual_dir [None: <data_dir>/downloads/manual]
+  pp.train, pp.test split strings for tfds [DATASET_PRESETS, else 'train' / 'test']
+  pp.crop           output resolution [DATASET_PRESETS, else 224]
+  pp.train_crop     'inception' | 'random' (resize to pp.resize, random crop) | 'resize' ['inception';
+                    'resize' for digits]
+  pp.eval_crop      'resize' | 'center' (resize to pp.resize, central crop) ['resize']
+  pp.resize         side before a random/central crop [round(crop * 8 / 7)]
+  pp.flip           random horizontal flip in training [True; False for digits]
+  pp.holdout        fraction held out for eval from folders/CSVs without an eval split [0.1]
+  batch [512], batch_eval [batch], shuffle_buffer [50_000], prefetch [2], seed [0]
+  aug.randaugment_layers [0], aug.randaugment_magnitude [0], aug.mixup_alpha [0], aug.cutmix_alpha [0],
+  aug.mixup_switch_prob [0.5], aug.mixup_prob [1.0], aug.label_smoothing [0]
+
+Splits without an eval split of their own (folders/CSVs without one, digits) are split once,
+stratified by class, with a fixed seed (0) that does not depend on `config.seed` or the number of
+processes, so the eval set never changes. Digits: 20 % of each class for eval (359 images), the
+rest (1,438) for training.
+
+Determinism and resumption: the order of epoch `e` is a permutation seeded by (seed, process, e)
+(tfds: a shuffle buffer seeded the same way); every random choice of an example is a stateless
+function of (seed, process, epoch, index in epoch), of a batch of (seed, process, step). So the
+position is just the number of batches yielded, and a restored iterator re-reads (without decoding)
+only the part of the current epoch already consumed.
+
+Scale: process p of P reads the disjoint shard p of P (contiguous, sizes differing by at most one;
+tfds via `tfds.even_splits`); all processes yield the same number of eval batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+# TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
+tf.config.set_visible_devices([], 'GPU')
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+DIGITS_EVAL_FRACTION = 0.2
+SPLIT_SEED = 0  # fixed: the train/eval split of folders, CSVs and digits never depends on config.seed
+EVAL_DIR_NAMES = ('val', 'validation', 'test')
+
+# Per data set: tfds splits, fine-tuning steps and resolution (original vit_jax; paper App. B.1.1).
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    'cifar10': dict(train='train[:98%]', test='test', crop=384, total_steps=10_000),
+    'cifar100': dict(train='train[:98%]', test='test', crop=384, total_steps=10_000),
+    'imagenet2012': dict(train='train[:99%]', test='validation', crop=384, total_steps=20_000),
+    'imagenet21k': dict(train='full[:99%]', test='full[99%:]', crop=224, total_steps=90_000),
+    'oxford_iiit_pet': dict(train='train[:90%]', test='test', crop=384, total_steps=500),
+    'oxford_flowers102': dict(train='train+validation', test='test', crop=384, total_steps=500),
+    'digits': dict(train='train', test='test', crop=32, total_steps=500, train_crop='resize', flip=False),
+}
+
+# Files a manual-download tfds data set needs in its manual directory.
+MANUAL_FILES = {
+    'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    num_train: int          # examples in the train split (all processes)
+    num_eval: int           # examples in the eval split
+    class_names: tuple[str, ...]
+    image_size: int         # = config.pp.crop
+
+
+# ----------------------------------------------------------------------------------------------
+# Config access
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """`config.a.b` for key 'a.b', or `default` where any part is missing or None."""
+    node = config
+    for part in key.split('.'):
+        if node is None:
+            return default
+        if isinstance(node, dict) or hasattr(node, 'keys'):
+            node = node[part] if part in node else None
+        else:
+            node = getattr(node, part, None)
+    return default if node is None else node
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Everything that decides how one example becomes a model input."""
+    crop: int = 224
+    train_crop: str = 'inception'
+    eval_crop: str = 'resize'
+    resize: int | None = None
+    flip: bool = True
+    num_classes: int = 1
+    label_smoothing: float = 0.0
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 0.0
+
+    def __post_init__(self):
+        if self.train_crop not in ('inception', 'random', 'resize'):
+            raise ValueError(f"pp.train_crop={self.train_crop!r}: expected 'inception', 'random' or 'resize'")
+        if self.eval_crop not in ('resize', 'center'):
+            raise ValueError(f"pp.eval_crop={self.eval_crop!r}: expected 'resize' or 'center'")
+
+    @property
+    def resize_to(self) -> int:
+        return int(self.resize or round(self.crop * 8 / 7))
+
+
+def _preset(config: Any, key: str, default: Any) -> Any:
+    name = str(_get(config, 'dataset', ''))
+    return _get(config, 'pp.' + key, DATASET_PRESETS.get(name, {}).get(key, default))
+
+
+def _preprocessing(config: Any, num_classes: int) -> Preprocessing:
+    return Preprocessing(
+        crop=int(_preset(config, 'crop', 224)),
+        train_crop=str(_preset(config, 'train_crop', 'inception')),
+        eval_crop=str(_preset(config, 'eval_crop', 'resize')),
+        resize=_get(config, 'pp.resize'),
+        flip=bool(_preset(config, 'flip', True)),
+        num_classes=num_classes,
+        label_smoothing=float(_get(config, 'aug.label_smoothing', 0.0)),
+        randaugment_layers=int(_get(config, 'aug.randaugment_layers', 0)),
+        randaugment_magnitude=float(_get(config, 'aug.randaugment_magnitude', 0.0)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing (the one place; every source goes through these)
+
+
+def decode_image(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes (JPEG/PNG/GIF/BMP) or a uint8 [H, W, C] array -> uint8 [H, W, 3]."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if image.shape[-1] is not None:
+        return image[..., :3]
+    image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image),
+                    lambda: image[..., :3])
+    image.set_shape([None, None, 3])
+    return image
+
+
+def inception_crop(image: tf.Tensor, seed: tf.Tensor, crop: int) -> tf.Tensor:
+    """Random box of 5-100 % of the area, aspect 3/4-4/3, resized bilinearly (float32 out)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.05, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, size)
+    return tf.image.resize(image, [crop, crop], method='bilinear')
+
+
+def preprocess_train(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, pp: Preprocessing
+                     ) -> dict[str, tf.Tensor]:
+    """Decoded uint8 image + int label -> training example; `seed` [2] makes it deterministic."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    if pp.train_crop == 'inception':
+        image = inception_crop(image, seeds[0], pp.crop)
+    elif pp.train_crop == 'random':
+        image = tf.image.resize(image, [pp.resize_to, pp.resize_to], method='bilinear')
+        image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=seeds[0])
+    else:
+        image = tf.image.resize(image, [pp.crop, pp.crop], method='bilinear')
+    if pp.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    if pp.randaugment_layers > 0:
+        from vit_jax import augment
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image = augment.randaugment(image, seeds[2], pp.randaugment_layers, pp.randaugment_magnitude)
+    return {'image': normalize(image), 'label': one_hot(label, pp.num_classes, pp.label_smoothing)}
+
+
+def preprocess_eval(image: tf.Tensor, label: tf.Tensor, pp: Preprocessing) -> dict[str, tf.Tensor]:
+    """Decoded uint8 image + int label -> eval example (bilinear resize, or resize + center crop)."""
+    if pp.eval_crop == 'center':
+        image = tf.image.resize(image, [pp.resize_to, pp.resize_to], method='bilinear')
+        offset = (pp.resize_to - pp.crop) // 2
+        image = image[offset:offset + pp.crop, offset:offset + pp.crop]
+    else:
+        image = tf.image.resize(image, [pp.crop, pp.crop], method='bilinear')
+    return {'image': normalize(image), 'label': one_hot(label, pp.num_classes, 0.0)}
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    """[0, 255] -> [-1, 1] exactly as the original: (x - 127.5) / 127.5."""
+    return (tf.cast(image, tf.float32) - 127.5) / 127.5
+
+
+def one_hot(label: tf.Tensor, num_classes: int, smoothing: float = 0.0) -> tf.Tensor:
+    """One-hot float32 target, optionally label-smoothed (rows still sum to 1)."""
+    target = tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+    if smoothing:
+        target = target * (1.0 - smoothing) + smoothing / num_classes
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: one process's shard of a split, readable per epoch in a seeded order
+
+
+def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, end) of shard `process_index` of `process_count` over n examples (sizes differ <= 1)."""
+    base, extra = divmod(n, process_count)
+    start = process_index * base + min(process_index, extra)
+    return start, start + base + (process_index < extra)
+
+
+@dataclasses.dataclass
+class _Source:
+    """This process's shard of one split.
+
+    `epoch(e, start, seed)` is a tf.data.Dataset of raw (undecoded) `(record, label)` of epoch e
+    in its seeded order, from position `start`; `in_order()` the shard once in stored order;
+    `decode(record)` turns a record into a uint8 [H, W, 3] image.
+    """
+    num_examples: int          # in this shard
+    total_examples: int        # in the split, all processes
+    epoch: Callable[[tf.Tensor, int, tf.Tensor], tf.data.Dataset]
+    in_order: Callable[[], tf.data.Dataset]
+    decode: Callable[[tf.Tensor], tf.Tensor] = decode_image
+
+
+def _indexed_source(records: np.ndarray, labels: np.ndarray, process_index: int, process_count: int,
+                    read: Callable[[tf.Tensor], tf.Tensor] | None = None) -> _Source:
+    """Random-access source (in-memory arrays or a file list): exact per-epoch permutations."""
+    start, end = shard_bounds(len(labels), process_index, process_count)
+    records_t = tf.constant(records[start:end])
+    labels_t = tf.constant(labels[start:end].astype(np.int64))
+    n = end - start
+    read = read or (lambda r: r)
+
+    def gather(i):
+        return read(tf.gather(records_t, i)), tf.gather(labels_t, i)
+
+    def epoch(e, first, seed):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(seed, e))
+        return tf.data.Dataset.from_tensor_slices(perm).skip(first).map(gather)
+
+    def in_order():
+        return tf.data.Dataset.range(n).map(gather)
+
+    return _Source(n, len(labels), epoch, in_order)
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, eval): `fraction` of each class (rounded, at least one where possible) to eval."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        held.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+# --- digits
+
+
+def _digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
+    """scikit-learn's digits as uint8 [N, 8, 8] (16 gray levels scaled to 0-255), fixed 80/20 split."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    train, held = _stratified_split(labels, DIGITS_EVAL_FRACTION)
+    names = tuple(str(c) for c in range(10))
+    return (images[train], labels[train]), (images[held], labels[held]), names
+
+
+# ----------------------------------------------------------------------------------------------
+# Iterators
+
+
+def _prepare(batch: dict[str, Any], sharding: jax.sharding.NamedSharding | None) -> dict[str, Any]:
+    if sharding is None:
+        return batch
+    from vit_jax.sharding import to_global
+    return to_global(batch, sharding)
+
+
+class TrainIterator(Iterator):
+    """Endless, deterministic, resumable stream of training batches (see the module docstring)."""
+
+    def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], identity: dict[str, Any],
+                 sharding: jax.sharding.NamedSharding | None, prefetch: int):
+        self._make_dataset = make_dataset
+        self._identity = identity
+        self._sharding = sharding
+        self._prefetch = max(int(prefetch), 0) if sharding is not None else 0
+        self._start(0)
+
+    def _start(self, step: int) -> None:
+        self._step = step
+        self._it = self._make_dataset(step).as_numpy_iterator()
+        self._queue: collections.deque = collections.deque()
+
+    def __next__(self) -> dict[str, Any]:
+        while len(self._queue) <= self._prefetch:
+            self._queue.append(_prepare(next(self._it), self._sharding))
+        self._step += 1
+        return self._queue.popleft()
+
+    def get_state(self) -> dict[str, Any]:
+        """Position (batches yielded) plus what it depends on; JSON-serialisable."""
+        return {'step': self._step, **self._identity}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the iterator that produced `state` was."""
+        for key, value in self._identity.items():
+            if key in state and state[key] != value:
+                raise ValueError(f'input pipeline state has {key}={state[key]!r} but this pipeline has '
+                                 f'{key}={value!r}: the restored data order would differ')
+        self._start(int(state['step']))
+
+
+class EvalDataset:
+    """Re-iterable eval split: each pass yields every example once, padded batches with 'mask'."""
+
+    def __init__(self, dataset: tf.data.Dataset, num_batches: int,
+                 sharding: jax.sharding.NamedSharding | None):
+        self._dataset = dataset
+        self._num_batches = num_batches
+        self._sharding = sharding
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self._dataset.as_numpy_iterator():
+            yield _prepare(batch, self._sharding)
+
+
+def _train_dataset(source: _Source, pp: Preprocessing, batch_size: int, seed: int, process_index: int,
+                   step: int, mix: dict[str, float]) -> tf.data.Dataset:
+    """Batches from `step` on; every random choice is a stateless function of its position."""
+    base = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
+    epoch0, index0 = divmod(step * batch_size, source.num_examples)
+
+    def epoch_ds(e, first):
+        records = source.epoch(e, first, base)
+        index = tf.data.Dataset.range(first, source.num_examples)
+        return tf.data.Dataset.zip(records, index).map(lambda r, i: (r, e, i))
+
+    ds = epoch_ds(tf.constant(epoch0, tf.int64), index0).concatenate(
+        tf.data.Dataset.range(epoch0 + 1, 2 ** 62).flat_map(lambda e: epoch_ds(e, 0)))
+
+    def example(record, e, i):
+        key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base, e), i)
+        image, label = record
+        return preprocess_train(source.decode(image), label, key, pp)
+
+    ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if mix['mixup_alpha'] > 0 or mix['cutmix_alpha'] > 0:
+        from vit_jax import augment
+        batch_base = tf.random.experimental.stateless_fold_in(base, -1)
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(step, 2 ** 62)).map(
+            lambda b, s: augment.mix_batch(b, tf.random.experimental.stateless_fold_in(batch_base, s), **mix),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _eval_dataset(source: _Source, pp: Preprocessing, batch_size: int, process_count: int
+                  ) -> tuple[tf.data.Dataset, int]:
+    """The shard once in order + all-padding examples so every process yields `num_batches`."""
+    num_batches = math.ceil(math.ceil(source.total_examples / process_count) / batch_size)
+    pad = num_batches * batch_size - source.num_examples
+
+    def example(record, label):
+        ex = preprocess_eval(source.decode(record), label, pp)
+        return {**ex, 'mask': tf.constant(1.0, tf.float32)}
+
+    ds = source.in_order().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    padding = tf.data.Dataset.from_tensors({
+        'image': tf.zeros([pp.crop, pp.crop, 3], tf.float32),
+        'label': tf.zeros([pp.num_classes], tf.float32),
+        'mask': tf.constant(0.0, tf.float32)}).repeat(pad)
+    return ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE), num_batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _sources(config: Any, process_index: int, process_count: int
+             ) -> tuple[_Source, _Source, tuple[str, ...]]:
+    name = str(_get(config, 'dataset', ''))
+    if not name:
+        raise ValueError('config.dataset is not set: give a tfds name, "digits", a folder or a CSV file')
+    if name == 'digits':
+        (xt, yt), (xe, ye), names = _digits_splits()
+        return (_indexed_source(xt, yt, process_index, process_count),
+                _indexed_source(xe, ye, process_index, process_count), names)
+    raise ValueError(f'config.dataset={name!r}: not supported yet')
+
+
+def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | None = None,
+                 seed: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> tuple[TrainIterator, EvalDataset, DatasetInfo]:
+    """Train iterator, eval data set and info for `config` (see the module docstring).
+
+    `process_index` / `process_count` default to JAX's; pass them to simulate several hosts.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    batch = int(_get(config, 'batch', 512))
+    batch_eval = int(_get(config, 'batch_eval', batch))
+    for key, value in (('batch', batch), ('batch_eval', batch_eval)):
+        if value % process_count:
+            raise ValueError(f'config.{key}={value} is not divisible by the number of processes '
+                             f'{process_count}')
+    seed = int(_get(config, 'seed', 0) if seed is None else seed)
+
+    train, evals, class_names = _sources(config, process_index, process_count)
+    pp = _preprocessing(config, len(class_names))
+    local_batch = batch // process_count
+    if train.num_examples < local_batch:
+        raise ValueError(f'config.dataset={_get(config, "dataset")!r}: {train.num_examples} training '
+                         f'examples per process, fewer than one batch of {local_batch}')
+    mix = dict(mixup_alpha=float(_get(config, 'aug.mixup_alpha', 0.0)),
+               cutmix_alpha=float(_get(config, 'aug.cutmix_alpha', 0.0)),
+               switch_prob=float(_get(config, 'aug.mixup_switch_prob', 0.5)),
+               prob=float(_get(config, 'aug.mixup_prob', 1.0)))
+    identity = {'seed': seed, 'batch': batch, 'num_train': train.total_examples,
+                'process_count': process_count}
+    train_iter = TrainIterator(
+        lambda step: _train_dataset(train, pp, local_batch, seed, process_index, step, mix),
+        identity, batch_sharding, int(_get(config, 'prefetch', 2)))
+    eval_tf, num_batches = _eval_dataset(evals, pp, batch_eval // process_count, process_count)
+    info = DatasetInfo(num_classes=len(class_names), num_train=train.total_examples,
+                       num_eval=evals.total_examples, class_names=tuple(class_names), image_size=pp.crop)
+    return train_iter, EvalDataset(eval_tf, num_batches, batch_sharding), info
