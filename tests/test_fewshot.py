@@ -1,0 +1,97 @@
+"""Few-shot linear evaluation: separable features -> 100 %, random labels -> chance."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import checkpoint, fewshot
+from vit_jax.models import get_model
+
+
+def _clusters(rng, n_per_class, centres, noise):
+    labels = np.repeat(np.arange(len(centres)), n_per_class)
+    return centres[labels] + noise * rng.normal(size=(len(labels), centres.shape[1])), labels
+
+
+def test_separable_features_reach_100_percent():
+    rng = np.random.default_rng(0)
+    centres = 3.0 * rng.normal(size=(10, 64))
+    train_x, train_y = _clusters(rng, 30, centres, 0.3)
+    test_x, test_y = _clusters(rng, 50, centres, 0.3)
+    acc = fewshot.fewshot_from_features(train_x, train_y, test_x, test_y)
+    assert acc == {1: 1.0, 5: 1.0, 10: 1.0, 25: 1.0}
+
+
+def test_random_labels_give_chance():
+    rng = np.random.default_rng(1)
+    train_x, test_x = rng.normal(size=(500, 32)), rng.normal(size=(3000, 32))
+    train_y, test_y = rng.integers(0, 10, 500), rng.integers(0, 10, 3000)
+    acc = fewshot.fewshot_from_features(train_x, train_y, test_x, test_y, shots=(5, 25))
+    for a in acc.values():
+        assert 0.06 < a < 0.14, acc
+
+
+def test_least_squares_matches_sklearn_ridge_in_both_forms():
+    sklearn = pytest.importorskip('sklearn.linear_model')
+    rng = np.random.default_rng(2)
+    for n, d in ((20, 50), (200, 10)):            # dual (n < d) and primal (n > d) forms
+        x, y = rng.normal(size=(n, d)), rng.integers(0, 3, n)
+        z = rng.normal(size=(7, d))
+        ours = fewshot.fit_least_squares(x, y, 3, l2_reg=4.0)(z)
+        xs = (x - x.mean(0)) / (x.std(0) + 1e-5)
+        # The bias feature 100 is regularised with strength 4 / 100²: nearly a free intercept.
+        xb = np.pad(xs, ((0, 0), (0, 1)), constant_values=100.0)
+        ridge = sklearn.Ridge(alpha=4.0, fit_intercept=False).fit(xb, 2 * np.eye(3)[y] - 1)
+        zb = np.pad((z - x.mean(0)) / (x.std(0) + 1e-5), ((0, 0), (0, 1)), constant_values=100.0)
+        np.testing.assert_allclose(ours, ridge.predict(zb), rtol=1e-6, atol=1e-8)
+
+
+def test_sample_shots_errors_when_a_class_is_too_small():
+    with pytest.raises(ValueError, match='class 1 has 2 training examples'):
+        fewshot.sample_shots(np.array([0, 0, 0, 1, 1]), 3)
+
+
+def _color_images(rng, n_per_class):
+    colours = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1]], np.float32) * 0.8
+    labels = np.repeat(np.arange(3), n_per_class)
+    images = colours[labels][:, None, None, :] + 0.1 * rng.normal(size=(len(labels), 32, 32, 3))
+    return images.astype(np.float32), labels
+
+
+def test_evaluator_on_a_model():
+    model = get_model('testing', num_classes=5, representation_size=6)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
+    rng = np.random.default_rng(0)
+    train_x, train_y = _color_images(rng, 6)
+    test_x, test_y = _color_images(rng, 10)
+    evaluator = fewshot.FewShotEvaluator(model, train_x, train_y, test_x, test_y, shots=(1, 5), batch_size=8)
+    assert len(evaluator.train_images) == 15           # only the support set is kept
+    feats = evaluator.represent(params, test_x[:3])
+    assert feats.shape == (3, 6) and np.all(np.abs(feats) <= 1)   # tanh pre-logits, not the 5-way head
+    metrics = evaluator({'params': params})
+    assert set(metrics) == {'fewshot/1shot', 'fewshot/5shot'}
+    assert metrics['fewshot/5shot'] == 1.0          # solid colours are separable in any embedding
+
+
+def test_cli_on_a_folder(tmp_path):
+    model = get_model('testing', num_classes=3)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
+    checkpoint.save(params, str(tmp_path / 'm.npz'))
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 3), ('test', 4)):
+        for name, colour in (('red', (220, 20, 20)), ('blue', (20, 20, 220))):
+            (tmp_path / 'data' / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 10, (40, 40, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / 'data' / split / name / f'{i}.png')
+    proc = subprocess.run([sys.executable, '-m', 'vit_jax.fewshot', '--checkpoint', str(tmp_path / 'm.npz'),
+                           '--model', 'testing', '--folder', str(tmp_path / 'data'), '--shots', '1', '3',
+                           '--json'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {'1': 1.0, '3': 1.0}
