@@ -86,3 +86,183 @@ def test_eval_covers_every_example_once():
     images = np.concatenate([b['image'] for b in batches])[:info.num_eval]
     assert len({im.tobytes() for im in images}) > 0.9 * info.num_eval  # (a few digits are duplicates)
     assert len(list(evals)) == len(batches)  # re-iterable
+
+
+# --- tfds (mocked: offline)
+
+
+@pytest.mark.parametrize('name,num_classes', [('cifar10', 10), ('oxford_flowers102', 102)])
+def test_tfds_mock_shapes_eval_coverage_and_determinism(name, num_classes, tmp_path):
+    import tensorflow_datasets as tfds
+    cfg = _config(name, batch=8, batch_eval=6, tfds_data_dir=str(tmp_path), pp=dict(crop=32))
+    with tfds.testing.mock_data(num_examples=20):
+        train, evals, info = ip.get_datasets(cfg)
+        train2, _, _ = ip.get_datasets(cfg)
+        other, _, _ = ip.get_datasets(cfg, seed=3)
+        first = _take(train, 4)  # 32 examples: crosses the 20-example epoch
+        b = first[0]
+        assert info.num_classes == num_classes == len(info.class_names) and info.image_size == 32
+        assert b['image'].shape == (8, 32, 32, 3) and b['image'].dtype == np.float32
+        assert -1 <= b['image'].min() < 0 < b['image'].max() <= 1
+        assert b['label'].shape == (8, num_classes) and set(np.unique(b['label'])) == {0.0, 1.0}
+        np.testing.assert_array_equal(b['label'].sum(1), 1)
+        for want, got in zip(first, _take(train2, 4), strict=True):
+            np.testing.assert_array_equal(want['image'], got['image'])
+        assert not np.array_equal(b['image'], next(other)['image'])
+        batches = list(evals)
+        assert len(batches) == len(evals) == 4  # ceil(20 / 6)
+        mask = np.concatenate([x['mask'] for x in batches])
+        assert mask.sum() == info.num_eval == 20
+        images = np.concatenate([x['image'] for x in batches])[mask > 0]
+        assert len({im.tobytes() for im in images}) == 20  # every example exactly once
+        # Resume in the middle of the second epoch.
+        train3, _, _ = ip.get_datasets(cfg)
+        _take(train3, 3)
+        state = train3.get_state()
+        resumed, _, _ = ip.get_datasets(cfg)
+        resumed.set_state(state)
+        np.testing.assert_array_equal(next(resumed)['image'], first[3]['image'])
+
+
+def test_imagenet_without_manual_download_names_the_directory(tmp_path):
+    cfg = _config('imagenet2012', tfds_data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='manual download.*ILSVRC2012_img_train.tar') as e:
+        ip.get_datasets(cfg)
+    assert str(tmp_path / 'downloads' / 'manual') in str(e.value)
+    cfg.tfds_manual_dir = str(tmp_path / 'mine')
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / 'mine')):
+        ip.get_datasets(cfg)
+
+
+# --- image folders and CSV files
+
+GREYS = (40, 120, 200)  # class k images are uniformly grey GREYS[k], whatever their mode
+
+
+def _write_images(folder, grey, count, start=0):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    modes = ['RGB', 'L', 'RGBA', 'RGB']
+    for i in range(start, start + count):
+        mode, size = modes[i % 4], (30 + 7 * i, 20 + 5 * (i % 3))
+        value = (grey,) * (len(mode) if mode != 'RGBA' else 3) + ((255,) if mode == 'RGBA' else ())
+        im = Image.new(mode, size, value if mode != 'L' else grey)
+        ext = 'png' if mode == 'RGBA' or i % 3 == 0 else 'jpg'  # greyscale and RGB JPEGs, RGBA PNGs
+        im.save(folder / f'{i:02d}.{ext}', quality=95)
+
+
+def _label_from_pixels(batch):
+    """The class whose grey level the (uniform) image has."""
+    grey = np.asarray(batch['image']).mean(axis=(1, 2, 3)) * 127.5 + 127.5
+    return np.argmin(np.abs(grey[:, None] - np.asarray(GREYS)[None]), 1)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / 'pictures'
+    for k, name in enumerate(['cat', 'dog', 'emu']):
+        _write_images(root / name, GREYS[k], 10)
+    (root / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a jpeg')
+    (root / 'cat' / 'notes.txt').write_text('not an image: ignored')
+    return root
+
+
+def test_image_folder_labels_and_corrupt_file_reported_once(image_folder, caplog):
+    cfg = _config(str(image_folder), batch=6, batch_eval=4, pp=dict(crop=16, holdout=0.2))
+    with caplog.at_level('WARNING', logger='vit_jax.input_pipeline'):
+        train, evals, info = ip.get_datasets(cfg)
+    warnings = [r for r in caplog.records if 'unreadable' in r.getMessage()]
+    assert len(warnings) == 1 and 'broken.jpg' in warnings[0].getMessage()
+    assert info.class_names == ('cat', 'dog', 'emu')
+    assert info.num_train + info.num_eval == 30 and info.num_eval == 6
+    for b in _take(train, 10):  # 60 examples: several epochs over 24
+        assert b['image'].shape == (6, 16, 16, 3)
+        np.testing.assert_array_equal(np.argmax(b['label'], 1), _label_from_pixels(b))
+    batches = list(evals)
+    mask = np.concatenate([b['mask'] for b in batches]) > 0
+    labels = np.concatenate([np.argmax(b['label'], 1) for b in batches])[mask]
+    np.testing.assert_array_equal(np.bincount(labels), [2, 2, 2])
+    np.testing.assert_array_equal(labels, np.concatenate([_label_from_pixels(b) for b in batches])[mask])
+
+
+def test_image_folder_with_train_and_val_dirs(tmp_path):
+    root = tmp_path / 'ds'
+    for k, name in enumerate(['a', 'b']):
+        _write_images(root / 'train' / name, GREYS[k], 5)
+        _write_images(root / 'val' / name, GREYS[k], 2, start=5)
+    train, evals, info = ip.get_datasets(_config(str(root), batch=4, batch_eval=4, pp=dict(crop=8)))
+    assert (info.num_train, info.num_eval, info.class_names) == (10, 4, ('a', 'b'))
+    b = next(iter(evals))
+    np.testing.assert_array_equal(np.argmax(b['label'], 1), _label_from_pixels(b))
+
+
+def test_empty_folder_or_class_is_a_clear_error(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='no class sub-folders'):
+        ip.get_datasets(_config(str(tmp_path / 'empty')))
+    _write_images(tmp_path / 'ds' / 'full', 100, 3)
+    (tmp_path / 'ds' / 'hollow').mkdir()
+    with pytest.raises(ValueError, match=f'{tmp_path / "ds" / "hollow"} has no images'):
+        ip.get_datasets(_config(str(tmp_path / 'ds')))
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        ip.get_datasets(_config(str(tmp_path / 'nowhere')))
+
+
+def test_csv_dataset_with_split_column_and_missing_file(tmp_path, caplog):
+    for k in range(2):
+        _write_images(tmp_path / 'img' / str(k), GREYS[k], 6)
+    rows = ['path,label,split']
+    for k, name in enumerate(['zebra', 'ant']):  # label names sort to ant=0, zebra=1
+        for i, f in enumerate(sorted((tmp_path / 'img' / str(k)).iterdir())):
+            rows.append(f'img/{k}/{f.name},{name},{"test" if i < 2 else "train"}')
+    rows.append('img/0/missing.jpg,zebra,train')
+    (tmp_path / 'data.csv').write_text('\n'.join(rows) + '\n')
+    with caplog.at_level('WARNING', logger='vit_jax.input_pipeline'):
+        train, evals, info = ip.get_datasets(_config(str(tmp_path / 'data.csv'), batch=4, batch_eval=4,
+                                                     pp=dict(crop=8)))
+    assert 'missing.jpg' in caplog.text
+    assert (info.class_names, info.num_train, info.num_eval) == (('ant', 'zebra'), 8, 4)
+    b = next(train)
+    # zebra rows are the GREYS[0] images: label 1 <-> grey 0.
+    np.testing.assert_array_equal(np.argmax(b['label'], 1), 1 - _label_from_pixels(b))
+
+
+# --- several processes, device sharding
+
+
+def test_two_processes_read_disjoint_shards_covering_the_data():
+    import collections
+    cfg = _config('digits', batch=16, batch_eval=40, pp=dict(crop=8))
+
+    def keys(batches):
+        out = collections.Counter()
+        for b in batches:
+            m = np.asarray(b.get('mask', np.ones(len(b['image'])))) > 0
+            for im, y in zip(np.asarray(b['image'])[m], np.asarray(b['label'])[m], strict=True):
+                out[im.tobytes() + y.tobytes()] += 1
+        return out
+
+    _, full_eval, info = ip.get_datasets(cfg)
+    shards = [ip.get_datasets(cfg, process_index=p, process_count=2) for p in range(2)]
+    assert len(shards[0][1]) == len(shards[1][1])  # same number of eval batches on every host
+    assert next(shards[0][0])['image'].shape[0] == 8  # per-process batch
+    assert keys(shards[0][1]) + keys(shards[1][1]) == keys(full_eval)
+    # Train: one epoch of each shard (global batch 2 -> 1 per process; digits have no crop or flip).
+    cfg.batch = 2
+    full = keys(_take(ip.get_datasets(cfg)[0], info.num_train // 2))
+    t0, t1 = (keys(_take(ip.get_datasets(cfg, process_index=p, process_count=2)[0], info.num_train // 2))
+              for p in range(2))
+    assert t0 + t1 == full and sum(full.values()) == info.num_train
+
+
+def test_batch_sharding_yields_global_arrays_with_that_sharding():
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((1,), ('data',))
+    sharding = NamedSharding(mesh, PartitionSpec('data'))
+    train, evals, _ = ip.get_datasets(_config('digits', pp=dict(crop=8), prefetch=2), batch_sharding=sharding)
+    for batch in (next(train), next(iter(evals))):
+        for v in batch.values():
+            assert isinstance(v, jax.Array) and v.sharding == sharding
+    assert batch['mask'].shape == (24,)

@@ -52,8 +52,11 @@ tfds via `tfds.even_splits`); all processes yield the same number of eval batche
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -64,6 +67,7 @@ import tensorflow as tf
 # TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
 tf.config.set_visible_devices([], 'GPU')
 
+logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 DIGITS_EVAL_FRACTION = 0.2
@@ -260,10 +264,15 @@ class _Source:
 
 def _indexed_source(records: np.ndarray, labels: np.ndarray, process_index: int, process_count: int,
                     read: Callable[[tf.Tensor], tf.Tensor] | None = None) -> _Source:
-    """Random-access source (in-memory arrays or a file list): exact per-epoch permutations."""
+    """Random-access source (in-memory arrays or a file list): exact per-epoch permutations.
+
+    The list is shuffled once with a fixed seed before it is cut into per-process shards, so that
+    every shard holds every class (lists come sorted by class).
+    """
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
     start, end = shard_bounds(len(labels), process_index, process_count)
-    records_t = tf.constant(records[start:end])
-    labels_t = tf.constant(labels[start:end].astype(np.int64))
+    records_t = tf.constant(records[order[start:end]])
+    labels_t = tf.constant(labels[order[start:end]].astype(np.int64))
     n = end - start
     read = read or (lambda r: r)
 
@@ -310,15 +319,220 @@ def _digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
     return (images[train], labels[train]), (images[held], labels[held]), names
 
 
+# --- tfds
+
+
+def _tfds_builder(config: Any, name: str):
+    """The tfds builder, prepared (downloading where tfds can; manual data sets say what to fetch)."""
+    import tensorflow_datasets as tfds
+    data_dir = _get(config, 'tfds_data_dir')
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f'config.dataset={name!r} is not a tfds data set, "digits", a folder or a CSV file'
+                         + (' (imagenet21k is not in the public tfds catalog: prepare it as a tfds data set '
+                            'in config.tfds_data_dir, or give a folder of class folders)'
+                            if name == 'imagenet21k' else '')) from None
+    manual_dir = _get(config, 'tfds_manual_dir')
+    if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) and not _is_prepared(builder):
+        expected = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
+        if not os.path.isdir(expected) or not os.listdir(expected):
+            what = MANUAL_FILES.get(name, 'the files described at https://www.tensorflow.org/datasets/catalog/'
+                                    + name)
+            raise FileNotFoundError(f'{name} needs a manual download: put {what} in {expected} '
+                                    '(or set config.tfds_manual_dir to where they are)')
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def _is_prepared(builder) -> bool:
+    try:
+        return bool(builder.is_prepared())
+    except Exception:  # noqa: BLE001 - older builders
+        return os.path.isdir(builder.data_dir)
+
+
+def _tfds_source(builder, split: str, process_index: int, process_count: int, shuffle_buffer: int
+                 ) -> _Source:
+    """Shard `process_index` of `split` (tfds.even_splits); epochs through a seeded shuffle buffer."""
+    import tensorflow_datasets as tfds
+
+    def read(sub_split):
+        ds = builder.as_dataset(split=sub_split, shuffle_files=False,
+                                decoders={'image': tfds.decode.SkipDecoding()})
+        return ds.map(lambda ex: (ex['image'], ex['label']))
+
+    shard = read(tfds.even_splits(split, n=process_count)[process_index])
+    n = int(shard.cardinality())
+    try:
+        total = builder.info.splits[split].num_examples
+    except (KeyError, ValueError):  # not generated (tfds.testing.mock_data): count the shards
+        total = sum(int(read(s).cardinality()) for s in tfds.even_splits(split, n=process_count))
+    if n <= 0:
+        raise ValueError(f'tfds split {builder.name}:{split} has no examples for process {process_index}')
+    buffer = max(1, min(int(shuffle_buffer), n))
+
+    def epoch(e, first, seed):
+        key = tf.random.experimental.stateless_fold_in(seed, e)
+        epoch_seed = tf.random.stateless_uniform([], seed=key, minval=0, maxval=2 ** 62, dtype=tf.int64)
+        return shard.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False).skip(first)
+
+    return _Source(n, total, epoch, lambda: shard)
+
+
+# --- image folders and CSV files
+
+
+def _image_files(folder: str) -> list[str]:
+    """Image files under `folder` (recursive), sorted for a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')]
+    return found
+
+
+def _class_folders(root: str, class_names: tuple[str, ...] | None = None
+                   ) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Files and labels of `root/<class>/...`; classes are the sorted sub-folder names."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'image folder {root} does not exist')
+    found = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+    if not found:
+        raise ValueError(f'image folder {root} has no class sub-folders (expected {root}/<class>/<image>)')
+    names = class_names or tuple(found)
+    paths, labels = [], []
+    for d in found:
+        folder = os.path.join(root, d)
+        if d not in names:
+            raise ValueError(f'class folder {folder} is not a training class ({", ".join(names)})')
+        files = _image_files(folder)
+        if not files:
+            raise ValueError(f'class folder {folder} has no images ({", ".join(IMAGE_EXTENSIONS)})')
+        paths += files
+        labels += [names.index(d)] * len(files)
+    return paths, labels, names
+
+
+def _csv_rows(path: str) -> tuple[list[str], list[str], list[str]]:
+    """(paths, labels, splits) of a `path,label[,split]` CSV; relative paths are relative to it."""
+    import csv
+    base = os.path.dirname(os.path.abspath(path))
+    paths, labels, splits = [], [], []
+    with open(path, newline='') as f:
+        for n, row in enumerate(csv.reader(f)):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or row[0].startswith('#'):
+                continue
+            if n == 0 and row[0].lower() in ('path', 'file', 'filename', 'image'):
+                continue  # header
+            if len(row) < 2 or not row[1]:
+                raise ValueError(f'{path}:{n + 1}: expected "path,label[,split]", got {",".join(row)!r}')
+            paths.append(os.path.join(base, row[0]))
+            labels.append(row[1])
+            splits.append(row[2].lower() if len(row) > 2 else '')
+    if not paths:
+        raise ValueError(f'CSV file {path} has no rows (expected "path,label[,split]")')
+    return paths, labels, splits
+
+
+def _check_image(path: str) -> str | None:
+    """None if TensorFlow will decode `path`, else why not (decoded once with Pillow, JPEGs at 1/8)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.format not in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO'):
+                return f'unsupported format {im.format}'
+            im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
+            im.load()
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+def _drop_unreadable(paths: list[str], labels: list[int], where: str) -> tuple[list[str], list[int]]:
+    """Checks every file once (threads); skips unreadable ones with ONE warning that names them."""
+    from tqdm import tqdm
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, 2 * (os.cpu_count() or 1))) as pool:
+        problems = list(tqdm(pool.map(_check_image, paths), total=len(paths), desc=f'checking {where}',
+                             disable=len(paths) < 5000, leave=False))
+    bad = [(p, why) for p, why in zip(paths, problems, strict=True) if why]
+    if bad:
+        shown = '; '.join(f'{p} ({why})' for p, why in bad[:20])
+        more = f'; and {len(bad) - 20} more' if len(bad) > 20 else ''
+        logger.warning('Skipping %d unreadable image(s) of %d in %s: %s%s', len(bad), len(paths), where,
+                       shown, more)
+    keep = [i for i, why in enumerate(problems) if not why]
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
+def _file_sources(config: Any, process_index: int, process_count: int
+                  ) -> tuple[_Source, _Source, tuple[str, ...]]:
+    """Sources of a class-folder tree or a CSV file, with a fixed stratified holdout if no eval split."""
+    where = str(_get(config, 'dataset'))
+    holdout = float(_get(config, 'pp.holdout', 0.1))
+    if os.path.isdir(where):
+        train_root = os.path.join(where, 'train')
+        eval_root = next((os.path.join(where, d) for d in EVAL_DIR_NAMES
+                          if os.path.isdir(os.path.join(where, d))), None)
+        if os.path.isdir(train_root):
+            paths, labels, names = _class_folders(train_root)
+            if eval_root is None:
+                eval_paths, eval_labels = None, None
+            else:
+                eval_paths, eval_labels, _ = _class_folders(eval_root, names)
+        else:
+            paths, labels, names = _class_folders(where)
+            eval_paths, eval_labels = None, None
+    else:
+        paths, raw_labels, splits = _csv_rows(where)
+        if all(s.lstrip('-').isdigit() for s in raw_labels):
+            labels = [int(s) for s in raw_labels]
+            if min(labels) < 0:
+                raise ValueError(f'CSV file {where}: negative label {min(labels)}')
+            names = tuple(str(i) for i in range(max(labels) + 1))
+        else:
+            names = tuple(sorted(set(raw_labels)))
+            labels = [names.index(s) for s in raw_labels]
+        is_eval = [s in ('val', 'validation', 'test', 'eval') for s in splits]
+        if any(is_eval):
+            eval_paths = [p for p, e in zip(paths, is_eval, strict=True) if e]
+            eval_labels = [y for y, e in zip(labels, is_eval, strict=True) if e]
+            paths = [p for p, e in zip(paths, is_eval, strict=True) if not e]
+            labels = [y for y, e in zip(labels, is_eval, strict=True) if not e]
+        else:
+            eval_paths, eval_labels = None, None
+    paths, labels = _drop_unreadable(paths, labels, where)
+    if eval_paths is not None:
+        eval_paths, eval_labels = _drop_unreadable(eval_paths, eval_labels, where)
+    else:
+        train_idx, eval_idx = _stratified_split(np.asarray(labels), holdout)
+        eval_paths, eval_labels = [paths[i] for i in eval_idx], [labels[i] for i in eval_idx]
+        paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
+    for what, files in (('training', paths), ('eval', eval_paths)):
+        if not files:
+            raise ValueError(f'{where} has no readable {what} images')
+    missing = sorted(set(range(len(names))) - set(labels))
+    if missing and os.path.isdir(where):
+        raise ValueError(f'class {names[missing[0]]!r} of {where} has no readable training images')
+
+    def source(p, y):
+        return _indexed_source(np.asarray(p, dtype=object).astype(bytes), np.asarray(y), process_index,
+                               process_count, read=tf.io.read_file)
+    return source(paths, labels), source(eval_paths, eval_labels), names
+
+
 # ----------------------------------------------------------------------------------------------
 # Iterators
 
 
 def _prepare(batch: dict[str, Any], sharding: jax.sharding.NamedSharding | None) -> dict[str, Any]:
+    """Host-local numpy batch -> global jax.Arrays split along the batch axis (when sharded)."""
     if sharding is None:
         return batch
-    from vit_jax.sharding import to_global
-    return to_global(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 class TrainIterator(Iterator):
@@ -434,7 +648,21 @@ def _sources(config: Any, process_index: int, process_count: int
         (xt, yt), (xe, ye), names = _digits_splits()
         return (_indexed_source(xt, yt, process_index, process_count),
                 _indexed_source(xe, ye, process_index, process_count), names)
-    raise ValueError(f'config.dataset={name!r}: not supported yet')
+    if os.path.isdir(name) or name.lower().endswith('.csv'):
+        if not os.path.exists(name):
+            raise FileNotFoundError(f'config.dataset={name!r}: CSV file not found')
+        return _file_sources(config, process_index, process_count)
+    if os.sep in name:
+        raise FileNotFoundError(f'config.dataset={name!r}: no such folder')
+    builder = _tfds_builder(config, name)
+    if 'label' not in builder.info.features or 'image' not in builder.info.features:
+        raise ValueError(f'tfds data set {name!r} has no image/label features')
+    names = tuple(builder.info.features['label'].names)
+    buffer = int(_get(config, 'shuffle_buffer', 50_000))
+    train_split, eval_split = str(_preset(config, 'train', 'train')), str(_preset(config, 'test', 'test'))
+    train = _tfds_source(builder, train_split, process_index, process_count, buffer)
+    evals = _tfds_source(builder, eval_split, process_index, process_count, buffer)
+    return train, evals, names
 
 
 def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | None = None,
