@@ -229,6 +229,10 @@ def save(params: Mapping[str, Any], path: str) -> None:
     The file appears complete or not at all.
     """
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    for key, value in flat.items():
+        if value.dtype.kind == 'O':
+            raise CheckpointError(f'{path}: parameter {key!r} is not a numeric array ({value.dtype}); '
+                                  'nothing was written')
     buffer = io.BytesIO()
     np.savez(buffer, **flat)
     _write_bytes_atomic(buffer.getvalue(), path)
@@ -356,8 +360,9 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
         logger.info('load_pretrained: drop-head variant (no representation_size)')
         del restored['pre_logits']
     restored.pop('head', None)
-    if 'head' in expected:
-        restored['head'] = dict(expected['head'])
+    if 'head' in expected:  # Abstract init params (jax.eval_shape) get the model's zero init.
+        restored['head'] = {k: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v
+                            for k, v in expected['head'].items()}
 
     posemb = restored.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
     posemb_new = expected.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
