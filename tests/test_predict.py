@@ -121,7 +121,7 @@ def test_shipped_label_lists():
 
 def test_center_crop_keeps_the_middle():
     image = Image.new('RGB', (300, 100), COLORS['blue'])
-    image.paste(COLORS['red'], (100, 0, 200, 100))
-    x = predict.preprocess(image, 16, crop_fraction=1.0)
-    np.testing.assert_allclose(x[..., 0], 1.0)   # only the red middle square is left
+    image.paste(COLORS['red'], (50, 0, 250, 100))
+    x = predict.preprocess(image, 16, crop_fraction=0.5)    # resize to 32, central 16 crop
+    np.testing.assert_allclose(x[..., 0], 1.0)   # only the red middle is left
     assert predict.preprocess(image, 16)[0, 0, 2] == 1.0  # without crop the blue border stays

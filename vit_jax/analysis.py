@@ -264,6 +264,7 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
     doc: dict[str, Any] = {'checkpoint': loaded.source, 'image_size': loaded.image_size, 'grid': g,
                            'stride': loaded.stride, 'num_prefix_tokens': p, 'figures': {}}
     figures = doc['figures']
+    crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
 
     pe = params['Transformer']['posembed_input']['pos_embedding']
     sim = position_embedding_similarity(pe, p)

@@ -51,6 +51,7 @@ class LoadedModel:
     stride: int                # input pixels per token along each side (patch size x stem stride)
     class_names: list[str] | None
     source: str
+    crop_fraction: float | None = None   # eval center crop of a training workdir (None: resize)
 
     @property
     def num_classes(self) -> int | None:
@@ -104,28 +105,46 @@ def _load_params_file(path: str) -> tuple[Any, Any]:
     return None, checkpoint_lib.load(path)
 
 
-def _training_workdir(path: str) -> tuple[Any, Any, list[str] | None]:
-    """(model_config, params, class_names) of a `vit-train` workdir."""
+def is_training_workdir(path: str) -> bool:
+    """A `vit-train` workdir: config.json with a "model" entry (a Hugging Face folder has none)."""
+    config = os.path.join(path, 'config.json')
+    if not (os.path.isdir(path) and os.path.isfile(config)):
+        return False
+    try:
+        with open(config, encoding='utf-8') as f:
+            return 'model' in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+def _eval_crop_fraction(config: dict) -> float | None:
+    """The eval center-crop fraction a training config used (None: whole-image resize)."""
+    pp = config.get('pp') or {}
+    if pp.get('eval_crop') != 'center' or not pp.get('crop'):
+        return None
+    return float(pp['crop']) / float(pp.get('resize') or round(pp['crop'] * 8 / 7))
+
+
+def _training_workdir(path: str) -> tuple[Any, Any, list[str] | None, float | None]:
+    """(model_config, params, class_names, eval crop fraction) of a `vit-train` workdir."""
+    with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+        config = json.load(f)
+    crop_fraction = _eval_crop_fraction(config)
     try:
         from vit_jax.train import load_trained
     except ImportError:
         load_trained = None
     if load_trained is not None:
         model_config, _, params, class_names = load_trained(path)
-        return model_config, params, list(class_names) if class_names else None
-    with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
-        config = json.load(f)
-    if 'model' not in config:
-        raise ValueError(f'{path}/config.json has no "model" entry')
+        return model_config, params, list(class_names) if class_names else None, crop_fraction
     npz = os.path.join(path, 'model.npz')
     if not os.path.isfile(npz):
         raise FileNotFoundError(f'{npz} is missing: training has not finished writing its final model')
-    _, params = _load_params_file(npz)
     names = (config.get('dataset_info') or {}).get('class_names')
     labels = os.path.join(path, 'labels.txt')
     if not names and os.path.isfile(labels):
         names = read_label_file(labels)
-    return ml_collections.ConfigDict(config['model']), params, names
+    return ml_collections.ConfigDict(config['model']), checkpoint_lib.load(npz), names, crop_fraction
 
 
 def _unwrap_params(params: Any) -> dict:
@@ -192,20 +211,26 @@ def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
     """
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ValueError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
-    class_names = None
-    if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, 'config.json')):
-        model_config, params, class_names = _training_workdir(checkpoint)
+    class_names, crop_fraction = None, None
+    if is_training_workdir(checkpoint):
+        model_config, params, class_names, crop_fraction = _training_workdir(checkpoint)
     else:
         path = hub.resolve(checkpoint)  # local paths as they are; catalogue names downloaded once
         if model_name is None and not os.path.exists(checkpoint):
             model_name = hub.model_name(checkpoint)
         model_config, params = _load_params_file(path)
     if model_name is not None:
-        model_config = get_config(model_name)
+        named = get_config(model_name)
+        for key in ('layer_norm_eps', 'gelu_approximate'):   # numerics the file's format implies
+            if model_config is not None and model_config.get(key) is not None:
+                named[key] = model_config.get(key)
+        model_config = named
     if model_config is None:
         raise ValueError(f'{checkpoint}: the architecture cannot be read from this file; '
                          f'pass --model (one of {", ".join(MODEL_CONFIGS)})')
-    return build_model(model_config, params, checkpoint, class_names)
+    loaded = build_model(model_config, params, checkpoint, class_names)
+    loaded.crop_fraction = crop_fraction
+    return loaded
 
 
 # --- Images ---------------------------------------------------------------------------------
@@ -228,18 +253,17 @@ def find_images(inputs: Sequence[str]) -> list[str]:
 
 
 def preprocess(image: Image.Image, size: int, crop_fraction: float | None = None) -> np.ndarray:
-    """RGB, optional center crop of `crop_fraction` of the shorter side, bilinear resize to
-    `size` x `size`, then (x - 127.5) / 127.5 as in the original evaluation pipeline."""
-    image = image.convert('RGB')
-    if crop_fraction is not None:
-        if not 0 < crop_fraction <= 1:
-            raise ValueError(f'crop fraction {crop_fraction} is not in (0, 1]')
-        w, h = image.size
-        side = min(w, h) * crop_fraction
-        left, top = (w - side) / 2, (h - side) / 2
-        image = image.crop((round(left), round(top), round(left + side), round(top + side)))
-    image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return (np.asarray(image, np.float32) - 127.5) / 127.5
+    """An image -> float32 [size, size, 3] in [-1, 1], through the training pipeline's eval path
+    (`vit_jax.input_pipeline.preprocess_eval`): bilinear resize of the whole image to `size`, or
+    with `crop_fraction` a resize to size / crop_fraction and a central `size` crop."""
+    if crop_fraction is not None and not 0 < crop_fraction <= 1:
+        raise ValueError(f'crop fraction {crop_fraction} is not in (0, 1]')
+    from vit_jax import input_pipeline  # imports TensorFlow: only once there are images to read
+    pp = input_pipeline.Preprocessing(
+        crop=size, eval_crop='resize' if crop_fraction is None else 'center',
+        resize=None if crop_fraction is None else max(size, round(size / crop_fraction)))
+    pixels = np.asarray(image.convert('RGB'), np.uint8)
+    return input_pipeline.preprocess_eval(pixels, 0, pp)['image'].numpy()
 
 
 def load_image(path: str, size: int, crop_fraction: float | None = None) -> np.ndarray:
@@ -311,6 +335,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
         print(f'skipped {path}: {message}', file=sys.stderr)
 
     predict = make_predict_fn(loaded, batch_size)
+    crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
     results = []
     bar = None
     if progress:
@@ -349,8 +374,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--top-k', type=int, default=5, help='how many classes to show per image')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--crop-fraction', type=float, default=None,
-                        help='center crop this fraction of the shorter side before resizing '
-                             '(default: resize the whole image, as the original evaluation)')
+                        help='resize to image_size / fraction, then take the central image_size crop '
+                             '(default: what a training workdir used, else resize the whole image, '
+                             'as the original evaluation)')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
     return parser
 
