@@ -1,0 +1,323 @@
+"""vit_jax.convert: every source format gives the source's logits; exports load in their ecosystems.
+
+The max relative logit errors are printed (run with `-s` to see them):
+    max|ours - reference| / max|reference| per format.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint, convert
+from vit_jax.checkpoint import CheckpointError
+from vit_jax.models import VisionTransformer, get_config, get_model, num_params
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+F = torch.nn.functional
+
+TINY = {'patches.size': (8, 8), 'hidden_size': 32, 'transformer.num_layers': 2, 'transformer.mlp_dim': 64}
+TOLERANCE = 1e-4  # Relative, on logits.
+
+
+def _random_params(model, seed=0):
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))['params']
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_unflatten(
+        treedef, [rng.normal(0, 0.3, leaf.shape).astype(np.float32) for leaf in leaves])
+
+
+IMAGES = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+
+
+def _ours(config, params, classes=5):
+    return np.asarray(VisionTransformer(num_classes=classes, **config).apply({'params': params}, IMAGES,
+                                                                              train=False))
+
+
+def _rel_err(got, want, label):
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    print(f'\nmax relative logit error [{label}]: {err:.2e}')
+    return err
+
+
+def _assert_same_tree(a, b):
+    fa, fb = checkpoint.flatten(a), checkpoint.flatten(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+@pytest.fixture(scope='module')
+def exact():
+    """A tiny model with timm/HF numerics (exact GELU, eps 1e-6), random weights."""
+    model = get_model('testing', num_classes=5, gelu_approximate=False, **TINY)
+    params = _random_params(model)
+    return model, params, np.asarray(model.apply({'params': params}, IMAGES, train=False))
+
+
+# --- npz ------------------------------------------------------------------------------------
+
+def test_npz_pre_linen_detected_and_config_inferred(exact, tmp_path):
+    _, params, _ = exact
+    flat = {'opt/target/' + k.replace('MlpBlock_0', 'MlpBlock_3'): v
+            for k, v in checkpoint.flatten(params).items()}
+    np.savez(tmp_path / 'x.npz', **flat)
+    assert convert.detect_format(str(tmp_path / 'x.npz')) == 'npz'
+    config, loaded = convert.load_checkpoint(tmp_path / 'x.npz')
+    _assert_same_tree(loaded, params)
+    assert (config.hidden_size, config.transformer.num_heads, config.transformer.num_layers,
+            config.transformer.mlp_dim, tuple(config.patches.size)) == (32, 2, 2, 64, (8, 8))
+    assert config.classifier == 'token' and config.representation_size is None and config.model_name is None
+    assert (config.layer_norm_eps, config.gelu_approximate) == (1e-6, True)  # The original numerics.
+
+
+def test_big_vision_detected(exact, tmp_path):
+    _, params, _ = exact
+    p = jax.tree_util.tree_map(np.asarray, params)
+    pos = p['Transformer'].pop('posembed_input')['pos_embedding']
+    p['pos_embedding'], p['cls'] = pos[:, 1:], p['cls'] + pos[:, :1]
+    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in checkpoint.flatten(p).items()})
+    assert convert.detect_format(str(tmp_path / 'bv.npz')) == 'big_vision'
+    config, loaded = convert.load_checkpoint(tmp_path / 'bv.npz')
+    config.gelu_approximate = False
+    ref = _ours(config, params)
+    assert _rel_err(_ours(config, loaded), ref, 'big_vision npz') <= TOLERANCE
+
+
+def test_config_inference_names_public_models():
+    """Shapes of the public checkpoints (abstract, nothing is computed) map to their names."""
+    for name, rep, classes in (('ViT-B_16', 768, 21843), ('R50+ViT-B_16', None, 1000)):
+        model = get_model(name, num_classes=classes, representation_size=rep)
+        params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)),
+                                                       train=False))['params']
+        config = convert.infer_config(params)
+        assert config.model_name == name and config.representation_size == rep
+        assert convert.num_classes(params) == classes
+        convert.check_params(params, config)
+        if name == 'ViT-B_16':
+            assert convert.image_size(params, config) == 224
+            assert tuple(params['Transformer']['posembed_input']['pos_embedding'].shape) == (1, 197, 768)
+            del params['pre_logits']
+            assert num_params(convert.replace_head(params, 1000)) == 86_567_656
+
+
+# --- timm -----------------------------------------------------------------------------------
+
+def _timm_reference(sd, images, heads, eps=1e-6):
+    """timm's VisionTransformer forward, written out in PyTorch (timm is not a dependency)."""
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
+    patch = t['patch_embed.proj.weight'].shape[-1]
+    x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
+                 t['patch_embed.proj.bias'], stride=patch).flatten(2).transpose(1, 2)
+    x = torch.cat([t['cls_token'].expand(len(x), -1, -1), x], dim=1) + t['pos_embed']
+    b, n, d = x.shape
+    layers = len({k.split('.')[1] for k in t if k.startswith('blocks.')})
+    for i in range(layers):
+        p = lambda name, i=i: t[f'blocks.{i}.{name}']  # noqa: E731
+        h = F.layer_norm(x, (d,), p('norm1.weight'), p('norm1.bias'), eps)
+        qkv = F.linear(h, p('attn.qkv.weight'), p('attn.qkv.bias')).reshape(b, n, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + F.linear(y, p('attn.proj.weight'), p('attn.proj.bias'))
+        h = F.layer_norm(x, (d,), p('norm2.weight'), p('norm2.bias'), eps)
+        x = x + F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
+                         p('mlp.fc2.weight'), p('mlp.fc2.bias'))
+    x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
+    return F.linear(x[:, 0], t['head.weight'], t['head.bias']).numpy()
+
+
+def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model, params, logits = exact
+    config = convert.infer_config(params, gelu_approximate=False)
+    dst = convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm')
+    sd = load_file(dst)
+    assert sd['blocks.0.attn.qkv.weight'].shape == (96, 32)  # q, k, v concatenated, [out, in].
+    assert sd['patch_embed.proj.weight'].shape == (32, 3, 8, 8)  # OIHW.
+    assert _rel_err(_timm_reference(sd, IMAGES, heads=2), logits, 'export -> timm forward') <= TOLERANCE
+
+    loaded_config, loaded = convert.load_checkpoint(dst)
+    _assert_same_tree(loaded, params)  # Lossless round trip.
+    assert (loaded_config.layer_norm_eps, loaded_config.gelu_approximate) == (1e-6, False)
+
+    # A plain timm file (no vit_jax metadata; heads from the standard head_dim=64 rule fail for
+    # width 32, so they are passed), also as a .pth read with weights_only=True.
+    save_file(sd, str(tmp_path / 'plain.safetensors'))
+    with pytest.raises(CheckpointError, match='--num-heads'):
+        convert.load_checkpoint(tmp_path / 'plain.safetensors')
+    torch.save({'model': {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / 'plain.pth')
+    for name in ('plain.safetensors', 'plain.pth'):
+        assert convert.detect_format(str(tmp_path / name)) == 'timm'
+        config, loaded = convert.load_checkpoint(tmp_path / name, num_heads=2)
+        assert (config.layer_norm_eps, config.gelu_approximate) == (1e-6, False)
+        reference = _timm_reference(sd, IMAGES, heads=2)
+        assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
+
+
+# --- Hugging Face -----------------------------------------------------------------------------
+
+def _hf_model(hidden_act='gelu'):
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, image_size=32, patch_size=8, num_labels=5,
+                                 hidden_act=hidden_act)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    with torch.no_grad():  # Non-trivial weights everywhere (HF inits LayerNorms to 1/0).
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def _hf_logits(model):
+    with torch.no_grad():
+        return model(pixel_values=torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).logits.numpy()
+
+
+def test_hf_directory_matches_transformers(tmp_path):
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / 'hf')
+    reference = _hf_logits(hf)
+    assert convert.detect_format(str(tmp_path / 'hf')) == 'hf'
+    config, params = convert.load_checkpoint(tmp_path / 'hf')
+    assert (config.layer_norm_eps, config.gelu_approximate) == (1e-12, False)  # Carried from config.json.
+    assert _rel_err(_ours(config, params), reference, 'HF directory -> vit_jax') <= TOLERANCE
+
+    # transformers-5 in-memory key names (vit.layers.i.attention.q_proj ...) are read too.
+    from safetensors.torch import save_file
+
+    keys = list(hf.state_dict())
+    assert any('.q_proj.' in k for k in keys), keys[:8]
+    os.makedirs(tmp_path / 'v5')
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()},
+              str(tmp_path / 'v5' / 'model.safetensors'))
+    hf.config.to_json_file(str(tmp_path / 'v5' / 'config.json'))
+    config5, params5 = convert.load_checkpoint(tmp_path / 'v5' / 'model.safetensors')
+    _assert_same_tree(params5, params)
+
+
+def test_hf_export_loads_with_from_pretrained(tmp_path):
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / 'src')
+    config, params = convert.load_checkpoint(tmp_path / 'src')
+    convert.export(params, config, str(tmp_path / 'out'), format='hf')
+    back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
+    assert back.config.layer_norm_eps == 1e-12 and back.config.hidden_act == 'gelu'
+    assert _rel_err(_hf_logits(back), _hf_logits(hf), 'vit_jax -> HF export (from_pretrained)') <= TOLERANCE
+    _, again = convert.load_checkpoint(tmp_path / 'out')
+    _assert_same_tree(again, params)  # Lossless round trip.
+
+
+def test_original_numerics_survive_hf_export(tmp_path):
+    """A model with the original tanh GELU exports as gelu_pytorch_tanh, so HF gives its logits."""
+    model = get_model('testing', num_classes=5, **TINY)
+    params = _random_params(model, seed=3)
+    config = convert.infer_config(params)
+    convert.export(params, config, str(tmp_path / 'out'), format='hf')
+    back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
+    assert back.config.hidden_act == 'gelu_pytorch_tanh'
+    ours = np.asarray(model.apply({'params': params}, IMAGES, train=False))
+    assert _rel_err(_hf_logits(back), ours, 'original numerics -> HF export') <= TOLERANCE
+
+
+# --- Errors: one line, nothing written --------------------------------------------------------
+
+class _Evil:
+    """Unpickling this runs code (creates a directory) — a loader must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_error_cases(exact, tmp_path, capsys):
+    _, params, _ = exact
+    marker = str(tmp_path / 'pwned')
+    torch.save({'model': {'cls_token': torch.zeros(1, 1, 4)}, 'x': _Evil(marker)}, tmp_path / 'evil.pth')
+    np.save(tmp_path / 'evil.npy', np.array([_Evil(marker)], dtype=object), allow_pickle=True)
+    (tmp_path / 'notes.txt').write_text('hello')
+    (tmp_path / 'broken.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
+    bad = checkpoint.flatten(params)
+    bad['Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel'] = np.zeros((64, 31), np.float32)
+    np.savez(tmp_path / 'shapes.npz', **bad)
+
+    cases = {
+        'evil.pth': 'pickled objects other than tensors',
+        'evil.npy': 'unknown checkpoint format',
+        'notes.txt': 'unknown checkpoint format',
+        'broken.safetensors': 'corrupt or truncated safetensors',
+        'shapes.npz': 'wrong shape Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel (64, 31)',
+        'missing.npz': 'no such file',
+    }
+    for name, expect in cases.items():
+        with pytest.raises((CheckpointError, FileNotFoundError)) as e:
+            convert.load_checkpoint(tmp_path / name)
+        assert expect in str(e.value) and '\n' not in str(e.value), (name, str(e.value))
+    assert not os.path.exists(marker)
+
+    # The CLI: exit 1, one line on stderr, no output file.
+    before = sorted(os.listdir(tmp_path))
+    for name in cases:
+        assert convert.run([str(tmp_path / name), str(tmp_path / 'out.npz')]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('vit-convert: error:') and err.count('\n') == 1, err
+    assert sorted(os.listdir(tmp_path)) == before and not os.path.exists(marker)
+
+
+def test_export_refuses_what_the_target_cannot_hold(exact, tmp_path):
+    _, params, _ = exact
+    config = convert.infer_config(params)
+    with_pre_logits = dict(params, pre_logits={'kernel': np.zeros((32, 16)), 'bias': np.zeros(16)})
+    with pytest.raises(CheckpointError, match='pre_logits'):
+        convert.export(with_pre_logits, config, str(tmp_path / 'x.safetensors'), format='timm')
+    with pytest.raises(CheckpointError, match='needs a head'):
+        convert.export(convert.replace_head(params, 0), config, str(tmp_path / 'hf'), format='hf')
+    with pytest.raises(CheckpointError, match='unknown export format'):
+        convert.export(params, config, str(tmp_path / 'x.onnx'), format='onnx')
+    assert os.listdir(tmp_path) == []
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def test_cli_converts_as_a_new_user_would(exact, tmp_path, capsys):
+    _, params, _ = exact
+    checkpoint.save(params, tmp_path / 'model.npz')
+    assert convert.run([str(tmp_path / 'model.npz'), str(tmp_path / 'model.safetensors')]) == 0
+    out = capsys.readouterr().out
+    assert 'detected: original/AugReg .npz' in out and f'parameters: {num_params(params):,}' in out
+    assert 'wrote: timm state dict' in out
+
+    assert convert.run([str(tmp_path / 'model.safetensors'), str(tmp_path / 'hf'), '--num-classes', '3']) == 0
+    out = capsys.readouterr().out
+    assert 'detected: timm state dict' in out and '3 classes' in out
+    with open(tmp_path / 'hf' / 'config.json') as f:
+        assert len(json.load(f)['id2label']) == 3
+    config, loaded = convert.load_checkpoint(tmp_path / 'hf')
+    assert loaded['head']['kernel'].shape == (32, 3) and not loaded['head']['kernel'].any()
+
+    help_text = subprocess.run([sys.executable, '-m', 'vit_jax.convert', '--help'], capture_output=True,
+                               text=True, check=True).stdout
+    assert 'usage: vit-convert' in help_text and '--num-classes' in help_text
+
+
+def test_named_model_summary(tmp_path, capsys):
+    """A file whose shapes match a known config is reported by name."""
+    config = get_config('ViT-Ti_16')
+    model = get_model('ViT-Ti_16', num_classes=10, **{'transformer.num_layers': 12})
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), params['params'])
+    checkpoint.save(params, tmp_path / 'ti.npz')
+    assert convert.run([str(tmp_path / 'ti.npz'), str(tmp_path / 'ti2.npz')]) == 0
+    out = capsys.readouterr().out
+    assert 'model: ViT-Ti_16' in out and config.model_name == 'ViT-Ti_16'
