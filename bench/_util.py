@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 
 RESULTS = Path(__file__).parent / 'results'
 
@@ -33,6 +34,20 @@ def time_call(fn: Callable[[], object], *, min_time: float = 2.0, min_iters: int
         times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]
+
+
+def sgd_train_step(model, tx: optax.GradientTransformation):
+    """A plain train step (softmax cross-entropy, `tx` update) as the benchmarks time it."""
+
+    def train_step(params, opt_state, x, labels):
+        def loss_fn(p):
+            logits = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+            return optax.softmax_cross_entropy(logits, labels).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step
 
 
 def matmul_peak(dtype=jnp.float32, n: int = 2048) -> float:

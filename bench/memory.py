@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench._util import print_table, write_results
+from bench._util import print_table, sgd_train_step, write_results
 from vit_jax.models import get_model
 
 IMAGE_SIZE = 224
@@ -28,21 +28,14 @@ def compile_train_step(name: str, batch: int, **model_kwargs):
     model = get_model(name, num_classes=1000, **model_kwargs)
     x = jax.ShapeDtypeStruct((batch, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch, 1000), jnp.float32)
-    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)),
-                                               train=False))['params']
+    image = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), image, train=False))['params']
     tx = optax.sgd(0.01, momentum=0.9)
     opt_state = jax.eval_shape(tx.init, params)
 
-    def train_step(params, opt_state, x, labels):
-        def loss_fn(p):
-            logits = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
-            return optax.softmax_cross_entropy(logits, labels).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
     start = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, labels).compile()
+    step = jax.jit(sgd_train_step(model, tx), donate_argnums=(0, 1))
+    compiled = step.lower(params, opt_state, x, labels).compile()
     return compiled, time.perf_counter() - start
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench._util import matmul_peak, print_table, time_call, vit_flops, write_results
+from bench._util import matmul_peak, print_table, sgd_train_step, time_call, vit_flops, write_results
 from vit_jax.models import get_config, get_model
 
 NUM_CLASSES = 1000
@@ -40,15 +40,7 @@ def jax_step_fns(name: str, dtype, attention_impl: str, batch: int):
 
     forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
 
-    def train_step(params, opt_state, x, labels):
-        def loss_fn(p):
-            logits = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
-            return optax.softmax_cross_entropy(logits, labels).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    train = jax.jit(train_step, donate_argnums=(0, 1))
+    train = jax.jit(sgd_train_step(model, tx), donate_argnums=(0, 1))
     fwd_c = forward.lower(params, x).compile()
     train_c = train.lower(params, opt_state, x, labels).compile()
     state = {'params': params, 'opt': opt_state}
