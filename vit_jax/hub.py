@@ -174,7 +174,6 @@ def download(url: str, dst: str, *, progress: bool = True, timeout: float = 60.0
     """
     url = https_url(url)
     part = dst + '.part'
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     have = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
     try:
@@ -186,6 +185,7 @@ def download(url: str, dst: str, *, progress: bool = True, timeout: float = 60.0
         raise _offline_error(url, f'HTTP {e.code} {e.reason}') from None
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, refused connections
         raise _offline_error(url, getattr(e, 'reason', e)) from None
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     with response:
         if response.status != 206:  # The server ignored the Range: start again.
             have = 0
