@@ -1,0 +1,438 @@
+"""The training / evaluation loop: one jitted step over a device Mesh, Orbax checkpoints, metrics.
+
+`train_and_evaluate(config, workdir)` trains `config.model` on `config.dataset` and leaves in
+`workdir`:
+  config.json    the resolved config (+ `dataset_info` = {num_classes, class_names, ...})
+  labels.txt     class names, one per line
+  checkpoints/   Orbax checkpoints (params, optimizer state, step, RNG, data-iterator position):
+                 the last `keep_checkpoints` and the best by eval accuracy; resumed automatically
+  model.npz      the final params in the public npz format (`vit_jax.checkpoint.save`)
+  metrics.jsonl  + TensorBoard event files (loss, lr, grad_norm, accuracy, img/s/core, step time)
+
+The step is the original's: split the batch into `accum_steps` micro-batches, average the
+gradients (over all devices: the batch is one global array), clip, update. Under `jax.jit`
+with a ('data', 'fsdp') mesh this is data parallelism (what `pmap` + `pmean` did), with the
+parameters and optimizer state optionally sharded over 'fsdp'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from vit_jax import metrics as metrics_lib
+from vit_jax import optim, sharding
+from vit_jax.models import VisionTransformer
+
+LOSSES = ('softmax_xent', 'sigmoid_xent')
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the message says what to do."""
+
+
+# --- Model and loss.
+
+def model_kwargs(model_config: Any) -> dict:
+    """`config.model` as VisionTransformer keyword arguments (dtype names -> dtypes)."""
+    kwargs = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+    for key in ('dtype', 'param_dtype'):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = jnp.dtype(kwargs[key])
+    return kwargs
+
+
+def build_model(model_config: Any, num_classes: int) -> VisionTransformer:
+    kwargs = model_kwargs(model_config)
+    unknown = set(kwargs) - set(VisionTransformer.__dataclass_fields__) - {'parent', 'name'}
+    if unknown:
+        raise ValueError(f'config.model.{sorted(unknown)[0]} is not a VisionTransformer field')
+    return VisionTransformer(num_classes=num_classes, **kwargs)
+
+
+def loss_fn(logits: jax.Array, labels: jax.Array, kind: str = 'softmax_xent') -> jax.Array:
+    """Per-example loss. Labels are (smoothed / mixed) one-hot targets [B, C]."""
+    if kind == 'softmax_xent':
+        return -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
+    if kind == 'sigmoid_xent':
+        return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+    raise ValueError(f'loss={kind!r} is unknown; expected one of {LOSSES}')
+
+
+# --- Jitted steps.
+
+def make_train_step(model: VisionTransformer, tx: optax.GradientTransformation,
+                    lr_fn: Callable, *, accum_steps: int = 1, loss: str = 'softmax_xent') -> Callable:
+    """`step(state, batch) -> (state, metrics)`; state = {step, params, opt_state, rng}."""
+
+    def micro_loss(params, batch, rng):
+        logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+        return jnp.mean(loss_fn(logits, batch['label'], loss)), None
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state, batch):
+        rng = jax.random.fold_in(state['rng'], state['step'])
+        acc = optim.accumulate_gradient(grad_fn, state['params'], batch, rng, accum_steps)
+        updates, opt_state = tx.update(acc.grads, state['opt_state'], state['params'])
+        params = optax.apply_updates(state['params'], updates)
+        new_state = dict(step=state['step'] + 1, params=params, opt_state=opt_state, rng=state['rng'])
+        out = dict(loss=acc.loss, grad_norm=optax.global_norm(acc.grads), lr=lr_fn(state['step']))
+        return new_state, out
+
+    return step
+
+
+def make_eval_step(model: VisionTransformer, loss: str = 'softmax_xent') -> Callable:
+    """`eval_step(params, batch) -> sums` of loss, top-1 / top-5 hits and real examples."""
+
+    def eval_step(params, batch):
+        logits = model.apply({'params': params}, batch['image'], train=False)
+        mask = batch.get('mask', jnp.ones(logits.shape[:1], jnp.float32))
+        label = jnp.argmax(batch['label'], axis=-1)
+        top1 = (jnp.argmax(logits, axis=-1) == label).astype(jnp.float32)
+        k = min(5, logits.shape[-1])
+        topk = jnp.any(jax.lax.top_k(logits, k)[1] == label[:, None], axis=-1).astype(jnp.float32)
+        return dict(loss=jnp.sum(loss_fn(logits, batch['label'], loss) * mask),
+                    top1=jnp.sum(top1 * mask), top5=jnp.sum(topk * mask), count=jnp.sum(mask))
+
+    return eval_step
+
+
+def evaluate(eval_step: Callable, params: Any, eval_ds: Any, batch_sharding: Any) -> dict:
+    """Loss, accuracy (top-1) and top-5 on one full pass over `eval_ds`."""
+    totals = None
+    for batch in eval_ds:
+        sums = eval_step(params, sharding.to_global(batch, batch_sharding))
+        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError('the eval split is empty')
+    totals = jax.device_get(totals)
+    count = max(float(totals['count']), 1.0)
+    return dict(eval_loss=float(totals['loss']) / count, accuracy=float(totals['top1']) / count,
+                top5_accuracy=float(totals['top5']) / count)
+
+
+# --- Checkpoints.
+
+def checkpoint_manager(directory: str, keep: int = 3) -> ocp.CheckpointManager:
+    """Async Orbax manager keeping the latest `keep` checkpoints and the best by accuracy."""
+    from orbax.checkpoint import checkpoint_managers as cm
+    policy = cm.AnyPreservationPolicy([
+        cm.LatestN(n=keep),
+        cm.BestN(get_metric_fn=lambda m: m['accuracy'], reverse=False, n=1,
+                 keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
+                                           create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=('state', 'data'))
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  tree, shardings)
+
+
+# --- Helpers.
+
+def _check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f'workdir {workdir!r} is not writable: {e.strerror or e}') from None
+
+
+def _image_shape(info: Any, config: Any) -> tuple[int, int]:
+    size = getattr(info, 'image_size', None) or config.pp.get('crop')
+    return (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)[:2]
+
+
+def _json_config(config: Any, info: Any) -> dict:
+    out = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') else dict(config)
+    out['dataset_info'] = dict(num_classes=int(info.num_classes), class_names=list(info.class_names),
+                               num_train=int(info.num_train), num_eval=int(info.num_eval),
+                               image_size=list(_image_shape(info, config)))
+    return out
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Sets flag['stop'] on SIGTERM (preemption) so that the loop can save and exit."""
+    flag = {'stop': False}
+
+    def handler(signum, frame):
+        del signum, frame
+        flag['stop'] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no preemption handling
+        previous = None
+    try:
+        yield flag
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _any_process(value: bool) -> bool:
+    if jax.process_count() == 1:
+        return value
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(value))))
+
+
+def _gather_params(params: Any) -> Any:
+    """Fully replicated host numpy copy of (possibly fsdp-sharded, multi-host) params."""
+    return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+
+
+def _export_npz(params: Any, path: str) -> None:
+    try:
+        from vit_jax import checkpoint
+    except ImportError:
+        logging.warning('vit_jax.checkpoint is not available: %s not written', path)
+        return
+    checkpoint.save(params, path)
+
+
+def _load_pretrained(config: Any, params: Any) -> Any:
+    try:
+        from vit_jax import checkpoint, hub
+    except ImportError as e:
+        raise ValueError(f'config.pretrained_path={config.pretrained_path!r} needs vit_jax.checkpoint '
+                         f'and vit_jax.hub ({e})') from None
+    path = hub.resolve(config.pretrained_path)
+    return checkpoint.load_pretrained(pretrained_path=path, init_params=params, model_config=config.model)
+
+
+# --- The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates per `config`, resuming from `workdir` when it has a checkpoint.
+
+    Returns the last evaluation metrics (plus `step` and `preempted`).
+    """
+    from vit_jax import input_pipeline
+
+    sharding.maybe_initialize_distributed(config)
+    _check_workdir(workdir)
+    mesh = sharding.create_mesh(config.get('mesh'))
+    batch_sh = sharding.batch_sharding(mesh)
+    accum_steps = int(config.get('accum_steps', 1) or 1)
+    loss_kind = config.get('loss', 'softmax_xent')
+    if loss_kind not in LOSSES:
+        raise ValueError(f'config.loss={loss_kind!r} is unknown; expected one of {LOSSES}')
+    for key in ('batch', 'batch_eval'):
+        per_process = config[key] // jax.process_count()
+        if config[key] % jax.device_count() or per_process % (accum_steps if key == 'batch' else 1):
+            raise ValueError(f'config.{key}={config[key]} must be divisible by the {jax.device_count()} '
+                             f'devices' + (f' and accum_steps={accum_steps}' if key == 'batch' else ''))
+
+    train_iter, eval_ds, info = input_pipeline.get_datasets(config, batch_sharding=batch_sh,
+                                                            seed=config.get('seed', 0))
+    model = build_model(config.model, info.num_classes)
+    image_hw = _image_shape(info, config)
+    total_steps = int(config.total_steps)
+
+    if jax.process_index() == 0:
+        _write_text(os.path.join(workdir, 'config.json'), json.dumps(_json_config(config, info), indent=2))
+        _write_text(os.path.join(workdir, 'labels.txt'), ''.join(f'{n}\n' for n in info.class_names))
+
+    # Abstract state -> shardings -> sharded init (no full copy on one device).
+    seed = int(config.get('seed', 0))
+
+    def init_params(key):
+        dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
+        return model.init({'params': key}, dummy, train=False)['params']
+
+    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(seed))
+    tx, lr_fn = optim.make_optimizer(config, abstract_params)
+
+    def init_state(key):
+        params = init_params(key)
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.PRNGKey(seed + 1))
+
+    abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(seed))
+    state_sh = sharding.tree_shardings(mesh, abstract_state)
+    repl = sharding.replicated(mesh)
+
+    manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), int(config.get('keep_checkpoints', 3)))
+    latest = manager.latest_step()
+    if latest is not None:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(abstract_state, state_sh)), data=ocp.args.JsonRestore()))
+        state = restored['state']
+        data_state = restored['data'] or {}
+        if data_state.get('iterator') is not None and hasattr(train_iter, 'set_state'):
+            train_iter.set_state(data_state['iterator'])
+        logging.info('Resumed from %s at step %d', manager.directory, latest)
+    else:
+        state = jax.jit(init_state, out_shardings=state_sh)(jax.random.PRNGKey(seed))
+        if config.get('pretrained_path'):
+            params = _load_pretrained(config, jax.device_get(state['params']))
+            state['params'] = jax.device_put(params, state_sh['params'])
+    start_step = int(jax.device_get(state['step']))
+
+    train_step = jax.jit(make_train_step(model, tx, lr_fn, accum_steps=accum_steps, loss=loss_kind),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model, loss_kind), in_shardings=(state_sh['params'], batch_sh),
+                        out_shardings=repl)
+
+    writer = metrics_lib.MetricWriter(workdir, total_steps, start_step,
+                                      progress=bool(config.get('progress_bar', True)))
+    progress_every = max(int(config.get('progress_every', 10)), 1)
+    eval_every = int(config.get('eval_every', 100) or 0)
+    checkpoint_every = int(config.get('checkpoint_every', 1000) or 0)
+    n_dev = jax.device_count()
+    writer.log(f'Training {config.model.get("model_name") or "ViT"} on {config.dataset}: '
+               f'{info.num_train} train / {info.num_eval} eval images, {info.num_classes} classes, '
+               f'{n_dev} device(s) in mesh {dict(mesh.shape)}, steps {start_step} -> {total_steps}')
+
+    pending: list = []
+    last_eval: dict = {}
+    last_good_step = latest
+    t_last, steps_since = time.perf_counter(), 0
+
+    def flush(step):
+        """Fetches the pending step metrics, stops on NaN/Inf, writes averages."""
+        nonlocal pending, t_last, steps_since
+        if not pending:
+            return
+        values = jax.device_get(pending)
+        pending = []
+        losses = np.array([v['loss'] for v in values])
+        norms = np.array([v['grad_norm'] for v in values])
+        if not (np.all(np.isfinite(losses)) and np.all(np.isfinite(norms))):
+            first = step - len(values) + 1 + int(np.argmin(np.isfinite(losses) & np.isfinite(norms)))
+            kept = f'last good checkpoint: step {last_good_step}' if last_good_step else 'no checkpoint saved'
+            raise TrainingError(f'non-finite loss/gradient at step {first} (loss {losses.max()}); {kept} '
+                                f'in {manager.directory}; lower base_lr or set grad_norm_clip')
+        dt = time.perf_counter() - t_last
+        rate = steps_since / dt if dt > 0 else 0.0
+        out = dict(train_loss=float(losses.mean()), grad_norm=float(norms.mean()),
+                   lr=float(values[-1]['lr']), steps_per_sec=rate,
+                   img_per_sec_per_core=rate * config.batch / n_dev,
+                   step_time_ms=1000.0 / rate if rate else 0.0)
+        writer.write_scalars(step, out)
+        shown = dict(loss=out['train_loss'], **({'acc': last_eval['accuracy']} if last_eval else {}))
+        writer.progress(step, shown)
+        t_last, steps_since = time.perf_counter(), 0
+
+    def save(step, eval_metrics=None):
+        nonlocal last_good_step
+        data_state = {'iterator': train_iter.get_state() if hasattr(train_iter, 'get_state') else None,
+                      'process_count': jax.process_count()}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(data_state)),
+                     metrics=({'accuracy': eval_metrics['accuracy']} if eval_metrics else None), force=True)
+        last_good_step = step
+
+    step = start_step
+    preempted = False
+    try:
+        with _sigterm_flag() as sigterm, mesh:
+            if start_step >= total_steps:
+                last_eval = evaluate(eval_step, state['params'], eval_ds, batch_sh)
+            while step < total_steps:
+                batch = sharding.to_global(next(train_iter), batch_sh)
+                state, step_metrics = train_step(state, batch)
+                pending.append(step_metrics)
+                step += 1
+                steps_since += 1
+                last = step == total_steps
+                if step % progress_every == 0 or last:
+                    flush(step)
+                if (eval_every and step % eval_every == 0) or last:
+                    t0 = time.perf_counter()
+                    last_eval = evaluate(eval_step, state['params'], eval_ds, batch_sh)
+                    writer.write_scalars(step, {**last_eval, 'eval_time_s': time.perf_counter() - t0})
+                    writer.progress(step, dict(acc=last_eval['accuracy']))
+                    t_last = time.perf_counter()
+                stop = sigterm['stop']
+                if jax.process_count() > 1 and not (step % progress_every == 0 or last):
+                    stop = False  # processes agree on stopping only at progress boundaries
+                elif jax.process_count() > 1:
+                    stop = _any_process(stop)
+                if (checkpoint_every and step % checkpoint_every == 0) or last or stop:
+                    flush(step)
+                    evaluated_now = last or (eval_every and step % eval_every == 0)
+                    save(step, last_eval if last_eval and evaluated_now else None)
+                if stop and not last:
+                    preempted = True
+                    writer.log(f'SIGTERM at step {step}: checkpoint saved in {manager.directory}; '
+                               f'rerun the same command to resume.')
+                    break
+        manager.wait_until_finished()
+        if not preempted:
+            params = _gather_params(state['params'])
+            if jax.process_index() == 0:
+                _export_npz(params, os.path.join(workdir, 'model.npz'))
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+
+    result = dict(last_eval, step=step, preempted=preempted)
+    if not preempted and last_eval and jax.process_index() == 0:
+        top5 = f', top-5 {100 * last_eval["top5_accuracy"]:.2f}%' if info.num_classes > 5 else ''
+        print(f'Final test accuracy after {step} steps: {100 * last_eval["accuracy"]:.2f}%{top5} '
+              f'({info.num_eval} {config.dataset} test images); model in {workdir}', flush=True)
+    return result
+
+
+# --- Loading a trained workdir.
+
+def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, int, Any, list[str]]:
+    """(model_config, num_classes, params, class_names) of a workdir written by `train_and_evaluate`.
+
+    Params come from `model.npz` when present (end of training), else from the latest Orbax
+    checkpoint (a run still in progress or preempted).
+    """
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} not found: is {workdir!r} a vit-train workdir?')
+    with open(path) as f:
+        saved = json.load(f)
+    model_config = ml_collections.ConfigDict(saved['model'])
+    info = saved['dataset_info']
+    npz = os.path.join(workdir, 'model.npz')
+    if os.path.exists(npz):
+        from vit_jax import checkpoint
+        params = checkpoint.load(npz)
+    else:
+        ckpt_dir = os.path.join(workdir, 'checkpoints')
+        if not os.path.isdir(ckpt_dir):
+            raise FileNotFoundError(f'{workdir!r} has neither model.npz nor checkpoints/')
+        with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=('state', 'data'),
+                                   options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+            step = manager.latest_step()
+            if step is None:
+                raise FileNotFoundError(f'{ckpt_dir} holds no checkpoint')
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
+    return model_config, int(info['num_classes']), params, list(info['class_names'])
