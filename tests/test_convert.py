@@ -321,3 +321,18 @@ def test_named_model_summary(tmp_path, capsys):
     assert convert.run([str(tmp_path / 'ti.npz'), str(tmp_path / 'ti2.npz')]) == 0
     out = capsys.readouterr().out
     assert 'model: ViT-Ti_16' in out and config.model_name == 'ViT-Ti_16'
+
+
+def test_load_pretrained_from_a_hugging_face_directory(tmp_path):
+    """Fine-tuning can start from a timm / HF checkpoint: converted, new head, resized grid."""
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / 'hf')
+    config, source = convert.load_checkpoint(tmp_path / 'hf')
+    model = VisionTransformer(num_classes=3, **config)
+    init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 48, 48, 3)), train=False))
+    params = checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'hf'), init_params=init['params'],
+                                        model_config=config)
+    assert params['head']['kernel'].shape == (32, 3) and not params['head']['kernel'].any()
+    assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 37, 32)
+    np.testing.assert_array_equal(params['Transformer']['encoderblock_1']['LayerNorm_0']['scale'],
+                                  source['Transformer']['encoderblock_1']['LayerNorm_0']['scale'])

@@ -338,6 +338,21 @@ def _field(config: Any, key: str, default: Any = None) -> Any:
     return config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
 
 
+def _load_any(path: str, model_config: Any) -> dict:
+    """`load` for .npz; timm / Hugging Face files go through `vit_jax.convert`."""
+    if str(path).endswith('.npz') or _is_remote(path):
+        return load(path)
+    from vit_jax import convert  # noqa: PLC0415 (convert imports this module)
+
+    config, params = convert.load_checkpoint(path)
+    for key in ('layer_norm_eps', 'gelu_approximate'):
+        want = _field(model_config, key, {'layer_norm_eps': 1e-6, 'gelu_approximate': True}[key])
+        if config[key] != want:
+            logger.warning('load_pretrained: %s has %s=%s but the model uses %s; set it in the model '
+                           'config to reproduce the source model', path, key, config[key], want)
+    return params
+
+
 def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
                     model_config: Any) -> dict:
     """Loads a checkpoint for fine-tuning a model whose fresh params are `init_params`.
@@ -346,13 +361,14 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
     classes), `pre_logits` is dropped when `model_config` has no `representation_size`, and
     the position-embedding grid is resized linearly (class-token row kept). Beyond it: a
     different patch size resizes the patch-embedding kernel (FlexiViT), `pretrained_path`
-    may be a catalogue name (`vit_jax.hub.resolve`), and scan-layout models are supported.
+    may be a catalogue name (`vit_jax.hub.resolve`) or a timm / Hugging Face checkpoint, and
+    scan-layout models are supported.
     Raises `CheckpointError` naming missing or wrong-shape keys.
     """
     from vit_jax import hub  # noqa: PLC0415 (hub is optional for plain file loading)
 
     path = hub.resolve(pretrained_path)
-    restored = load(path)
+    restored = _load_any(path, model_config)
     expected = init_params
     scan = 'encoderblock' in expected.get('Transformer', {})
 

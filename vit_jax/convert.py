@@ -545,10 +545,12 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
     eps = float(model_config.get('layer_norm_eps', 1e-6))
     approx = bool(model_config.get('gelu_approximate', True))
     if format == 'timm':
-        if eps != 1e-6 or approx:
-            warnings.warn(f'timm ViTs use LayerNorm eps 1e-6 and exact GELU; this model has eps {eps:g} and '
-                          f'{"tanh" if approx else "exact"} GELU, so timm logits will differ slightly '
-                          '(vit_jax reads the exact numerics back from the file metadata)', stacklevel=2)
+        differs = ([f'LayerNorm eps {eps:g} (timm: 1e-6)'] if eps != 1e-6 else []) + \
+            (['tanh GELU (timm: exact)'] if approx else [])
+        if differs:
+            warnings.warn(f'this model uses {" and ".join(differs)}, so its logits in timm will differ '
+                          'slightly; vit_jax reads the exact numerics back from the file metadata',
+                          stacklevel=2)
         sd = _to_source_names(_canonical_from_linen(params, qkv=True), _TIMM_EXPORT)
         meta = {'format': 'pt', _META_PREFIX + 'num_heads': str(model_config.transformer.num_heads),
                 _META_PREFIX + 'layer_norm_eps': repr(eps),
@@ -635,7 +637,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             params = replace_head(params, args.num_classes)
         print(describe(config, params))
         to = args.to or _default_format(args.dst)
-        export(params, config, args.dst, format=to)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            export(params, config, args.dst, format=to)
+        for warning in caught:
+            print(f'note: {warning.message}')
         print(f'wrote: {FORMAT_NAMES.get(to, to)} -> {args.dst}')
     except (CheckpointError, OSError) as e:
         print(f'vit-convert: error: {e}', file=sys.stderr)
