@@ -93,16 +93,36 @@ def _fix_dtype(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Reads a `.npz` into a flat {'a/b/c': array} dict; never unpickles anything."""
-    data = _read_bytes(path)
-    if not data.startswith(b'PK'):
-        if data.startswith(b'\x93NUMPY'):
+def _open_npz(path: str) -> Any:
+    """An `np.load` handle (lazy, no pickles): local files are read in place, remote ones fetched."""
+    path = os.fspath(path)
+    if _is_remote(path):
+        source: Any = io.BytesIO(_read_bytes(path))
+        magic = source.getvalue()[:6]
+    else:
+        source = path
+        with open(path, 'rb') as f:
+            magic = f.read(6)
+    if not magic.startswith(b'PK'):
+        if magic.startswith(b'\x93NUMPY'):
             raise CheckpointError(f'{path}: is a single .npy array, not a .npz checkpoint')
         raise CheckpointError(f'{path}: not a .npz file (no zip header); is it truncated or another format?')
     try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-        flat = {}
+        return np.load(source, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
+
+
+def npz_keys(path: str) -> list[str]:
+    """The flat array names of a `.npz`, without reading the arrays."""
+    with _open_npz(path) as npz:
+        return [k.removesuffix('.npy') for k in npz.files]
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Reads a `.npz` into a flat {'a/b/c': array} dict; never unpickles anything."""
+    flat = {}
+    with _open_npz(path) as npz:
         for key in npz.files:
             try:
                 flat[key] = _fix_dtype(npz[key])
@@ -111,12 +131,8 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
                     raise CheckpointError(f'{path}: array {key!r} holds pickled Python objects; refusing to '
                                           'load it (unpickling can run code)') from None
                 raise CheckpointError(f'{path}: array {key!r} is unreadable ({e})') from None
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
-    except CheckpointError:
-        raise
-    except (ValueError, zipfile.LargeZipFile) as e:
-        raise CheckpointError(f'{path}: corrupt .npz ({e})') from None
+            except (zipfile.BadZipFile, EOFError, OSError) as e:
+                raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
     if not flat:
         raise CheckpointError(f'{path}: the .npz holds no arrays')
     return flat

@@ -279,6 +279,19 @@ def _read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return _read_torch(path), {}
 
 
+def _weight_names(path: str) -> list[str]:
+    """Tensor names of a weights file (safetensors: from the header only)."""
+    if path.endswith('.safetensors'):
+        from safetensors import safe_open  # noqa: PLC0415
+
+        try:
+            with safe_open(path, framework='np') as f:
+                return list(f.keys())  # noqa: SIM118
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+            raise CheckpointError(f'{path}: corrupt or truncated safetensors file ({e})') from None
+    return list(_read_weights(path)[0])
+
+
 def _looks_hf(keys: Sequence[str]) -> bool:
     return any(k.removeprefix('vit.').startswith(('embeddings.', 'encoder.layer', 'layers.')) for k in keys)
 
@@ -292,12 +305,14 @@ def detect_format(path: str) -> str:
         _hf_files(path)
         return 'hf'
     if path.endswith('.npz') or checkpoint._is_remote(path):
-        flat = checkpoint.read_npz(path)
-        stripped = checkpoint._strip_prefix(flat)
-        return 'big_vision' if 'pos_embedding' in stripped or any(k.startswith('params/') for k in flat) \
-            else 'npz'
+        keys = dict.fromkeys(checkpoint.npz_keys(path))
+        if not keys:
+            raise CheckpointError(f'{path}: the .npz holds no arrays')
+        big_vision = ('pos_embedding' in checkpoint._strip_prefix(keys)
+                      or any(k.startswith('params/') for k in keys))
+        return 'big_vision' if big_vision else 'npz'
     if path.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        keys = list(_read_weights(path)[0])
+        keys = _weight_names(path)
         if _looks_hf(keys):
             _hf_files(path)
             return 'hf'
