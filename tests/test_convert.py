@@ -336,3 +336,32 @@ def test_load_pretrained_from_a_hugging_face_directory(tmp_path):
     assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 37, 32)
     np.testing.assert_array_equal(params['Transformer']['encoderblock_1']['LayerNorm_0']['scale'],
                                   source['Transformer']['encoderblock_1']['LayerNorm_0']['scale'])
+
+
+def test_hf_vitmodel_pooler_becomes_pre_logits(tmp_path):
+    """A headless HF ViTModel: its pooler (Dense + tanh on the class token) is the pre_logits layer."""
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, image_size=32, patch_size=8)
+    hf = transformers.ViTModel(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+        reference = hf(pixel_values=torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).pooler_output.numpy()
+    hf.save_pretrained(tmp_path / 'hf')
+    config, params = convert.load_checkpoint(tmp_path / 'hf')
+    assert config.representation_size == 32 and convert.num_classes(params) == 0
+    assert _rel_err(_ours(config, params, classes=0), reference, 'HF ViTModel pooler') <= TOLERANCE
+
+
+def test_gap_model_timm_round_trip(tmp_path):
+    model = get_model('testing', num_classes=5, classifier='gap', gelu_approximate=False, **TINY)
+    params = _random_params(model)
+    config = convert.infer_config(params, gelu_approximate=False)
+    assert config.classifier == 'gap' and 'cls' not in params
+    convert.export(params, config, str(tmp_path / 'gap.safetensors'), format='timm')
+    loaded_config, loaded = convert.load_checkpoint(tmp_path / 'gap.safetensors')
+    _assert_same_tree(loaded, params)
+    assert loaded_config.classifier == 'gap'
+    np.testing.assert_array_equal(_ours(loaded_config, loaded),
+                                  np.asarray(model.apply({'params': params}, IMAGES, train=False)))
