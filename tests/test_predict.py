@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import predict
+from vit_jax import checkpoint, predict
 from vit_jax.models import get_model
 
 COLORS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
@@ -125,3 +125,19 @@ def test_center_crop_keeps_the_middle():
     x = predict.preprocess(image, 16, crop_fraction=0.5)    # resize to 32, central 16 crop
     np.testing.assert_allclose(x[..., 0], 1.0)   # only the red middle is left
     assert predict.preprocess(image, 16)[0, 0, 2] == 1.0  # without crop the blue border stays
+
+
+def test_training_workdir_gives_class_names(setup, tmp_path):
+    root, _ = setup
+    workdir = tmp_path / 'workdir'
+    workdir.mkdir()
+    checkpoint.save(color_classifier_params(), str(workdir / 'model.npz'))
+    model = predict.get_config('testing').to_dict()
+    model.update(scan_layers=False, dtype='bfloat16')      # training choices inference ignores
+    (workdir / 'config.json').write_text(json.dumps({
+        'model': model, 'pp': {'crop': 32},
+        'dataset_info': {'num_classes': 3, 'class_names': ['rouge', 'vert', 'bleu']}}))
+    loaded = predict.load_model(str(workdir))
+    assert loaded.class_names == ['rouge', 'vert', 'bleu'] and loaded.model.dtype is None
+    doc = predict.predict_files(loaded, [str(root / 'images' / 'blue.png')], k=1)
+    assert doc['results'][0]['predictions'][0]['label'] == 'bleu'

@@ -154,12 +154,17 @@ def _unwrap_params(params: Any) -> dict:
     return params
 
 
+# Training-time and hardware choices that a checkpoint's config may carry but inference
+# should not inherit (a bf16 or cuDNN-attention run still predicts in float32 on any machine).
+_TRAINING_FIELDS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl')
+
+
 def _model_config(config: Any) -> dict:
-    """Keeps only VisionTransformer fields (a saved config may carry extras like `model_name`)."""
+    """The VisionTransformer fields of a saved config, less `_TRAINING_FIELDS` (and extras)."""
     if isinstance(config, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
         config = config.to_dict()
     fields = set(VisionTransformer.__dataclass_fields__) - {'parent', 'name', 'num_classes'}
-    return {k: v for k, v in dict(config).items() if k in fields}
+    return {k: v for k, v in dict(config).items() if k in fields and k not in _TRAINING_FIELDS}
 
 
 def _token_stride(model: VisionTransformer) -> int:
@@ -186,6 +191,7 @@ def build_model(model_config: Any, params: Any, source: str, class_names: list[s
         config['representation_size'] = None
     if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
         config['classifier'] = 'gap'
+    config['scan_layers'] = 'encoderblock' in params.get('Transformer', {})   # the params' layout
     model = VisionTransformer(num_classes=num_classes, **config)
     if 'Transformer' not in params or 'posembed_input' not in params['Transformer']:
         raise ValueError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
