@@ -1,9 +1,10 @@
 """The README's main job: a small ViT trained from scratch on scikit-learn's handwritten digits.
 
-1,797 8x8 grey-scale digits bundled with scikit-learn (no download), upsampled to 32x32; a
-4-layer ViT with 4x4 patches (64 tokens + class token, hidden 64). AdamW with a short warm-up and
-cosine decay reaches ~97-98 % test accuracy on a laptop CPU in about a minute. Numbers here are
-chosen for this task (not from the paper): they were tuned for accuracy per CPU second.
+1,797 8x8 grey-scale digits bundled with scikit-learn (no download; 1,438 train / 359 eval,
+stratified), upsampled to 16x16; a 4-layer ViT (hidden 64, 4 heads) with 4x4 patches (16 tokens
++ class token). AdamW, 50 warm-up steps, cosine decay: ~97 % test accuracy after 500 steps, a
+minute or two on a laptop CPU. These numbers were tuned for this task (accuracy per CPU second),
+not taken from the paper.
 """
 
 import os
@@ -18,7 +19,9 @@ from configs import common  # noqa: E402
 def get_config() -> ml_collections.ConfigDict:
     config = common.get_config()
     config.dataset = 'digits'
-    config.pp = ml_collections.ConfigDict(dict(crop=16))
+    # 8x8 digits bilinearly upsampled to 18x18, then a random 16x16 crop (a +-1 px shift of the
+    # original strokes) for training; eval takes the central 16x16 crop (same scale, mostly blank border).
+    config.pp = ml_collections.ConfigDict(dict(crop=16, train_crop='random', resize=18, eval_crop='center'))
     config.batch = 128
     config.batch_eval = 512
     config.shuffle_buffer = 2_000
@@ -31,9 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.base_lr = 2e-3
     config.weight_decay = 0.05  # decoupled, multiplied by lr(step) (AdamW)
     config.warmup_steps = 50
-    config.total_steps = 400
+    config.total_steps = 500
     config.accum_steps = 1
     config.eval_every = 100
     config.progress_every = 10
-    config.checkpoint_every = 200
+    config.checkpoint_every = 250
     return config
