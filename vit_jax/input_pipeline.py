@@ -69,7 +69,7 @@ tf.config.set_visible_devices([], 'GPU')
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
 DIGITS_EVAL_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the train/eval split of folders, CSVs and digits never depends on config.seed
 EVAL_DIR_NAMES = ('val', 'validation', 'test')
@@ -165,7 +165,7 @@ def _preprocessing(config: Any, num_classes: int) -> Preprocessing:
 
 
 def decode_image(image: tf.Tensor) -> tf.Tensor:
-    """Encoded bytes (JPEG/PNG/GIF/BMP) or a uint8 [H, W, C] array -> uint8 [H, W, 3]."""
+    """Encoded bytes (JPEG/PNG/GIF/BMP/WebP) or a uint8 [H, W, C] array -> uint8 [H, W, 3]."""
     if image.dtype == tf.string:
         image = tf.io.decode_image(image, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
@@ -183,26 +183,48 @@ def decode_image(image: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def inception_crop(image: tf.Tensor, seed: tf.Tensor, crop: int) -> tf.Tensor:
-    """Random box of 5-100 % of the area, aspect 3/4-4/3, resized bilinearly (float32 out)."""
+def _inception_box(shape: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin, size) of a random box of 5-100 % of the area, aspect 3/4-4/3, anywhere."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.05, 1.0),
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.05, 1.0),
         aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, size)
-    return tf.image.resize(image, [crop, crop], method='bilinear')
+    return begin, size
+
+
+def inception_crop(image: tf.Tensor, seed: tf.Tensor, crop: int) -> tf.Tensor:
+    """The original's train crop: a random box (`_inception_box`) resized bilinearly to crop x crop.
+
+    `image` is a uint8 [H, W, C] array or encoded bytes; a JPEG is decoded only inside the box
+    (the same box as decoding it all first; pixels agree up to chroma-upsampling rounding at the box
+    edge; much faster on large photos).
+    """
+    def crop_decoded(im):
+        begin, size = _inception_box(tf.shape(im), seed)
+        return tf.slice(im, begin, size)
+
+    def crop_jpeg():
+        begin, size = _inception_box(tf.image.extract_jpeg_shape(image), seed)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+
+    if image.dtype == tf.string:
+        box = tf.cond(tf.io.is_jpeg(image), crop_jpeg, lambda: crop_decoded(decode_image(image)))
+    else:
+        box = crop_decoded(decode_image(image))
+    return tf.image.resize(box, [crop, crop], method='bilinear')
 
 
 def preprocess_train(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, pp: Preprocessing
                      ) -> dict[str, tf.Tensor]:
-    """Decoded uint8 image + int label -> training example; `seed` [2] makes it deterministic."""
+    """Image (encoded bytes or uint8 array) + int label -> training example, deterministic in `seed`."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if pp.train_crop == 'inception':
         image = inception_crop(image, seeds[0], pp.crop)
     elif pp.train_crop == 'random':
-        image = tf.image.resize(image, [pp.resize_to, pp.resize_to], method='bilinear')
+        image = tf.image.resize(decode_image(image), [pp.resize_to, pp.resize_to], method='bilinear')
         image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=seeds[0])
     else:
-        image = tf.image.resize(image, [pp.crop, pp.crop], method='bilinear')
+        image = tf.image.resize(decode_image(image), [pp.crop, pp.crop], method='bilinear')
     if pp.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     if pp.randaugment_layers > 0:
@@ -213,7 +235,8 @@ def preprocess_train(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, pp: Pr
 
 
 def preprocess_eval(image: tf.Tensor, label: tf.Tensor, pp: Preprocessing) -> dict[str, tf.Tensor]:
-    """Decoded uint8 image + int label -> eval example (bilinear resize, or resize + center crop)."""
+    """Image (encoded or uint8) + int label -> eval example (bilinear resize, or resize + center crop)."""
+    image = decode_image(image)
     if pp.eval_crop == 'center':
         image = tf.image.resize(image, [pp.resize_to, pp.resize_to], method='bilinear')
         offset = (pp.resize_to - pp.crop) // 2
@@ -253,13 +276,11 @@ class _Source:
 
     `epoch(e, start, seed)` is a tf.data.Dataset of raw (undecoded) `(record, label)` of epoch e
     in its seeded order, from position `start`; `in_order()` the shard once in stored order;
-    `decode(record)` turns a record into a uint8 [H, W, 3] image.
     """
     num_examples: int          # in this shard
     total_examples: int        # in the split, all processes
     epoch: Callable[[tf.Tensor, int, tf.Tensor], tf.data.Dataset]
     in_order: Callable[[], tf.data.Dataset]
-    decode: Callable[[tf.Tensor], tf.Tensor] = decode_image
 
 
 def _indexed_source(records: np.ndarray, labels: np.ndarray, process_index: int, process_count: int,
@@ -443,7 +464,7 @@ def _check_image(path: str) -> str | None:
     from PIL import Image
     try:
         with Image.open(path) as im:
-            if im.format not in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO'):
+            if im.format not in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO', 'WEBP'):
                 return f'unsupported format {im.format}'
             im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
             im.load()
@@ -604,7 +625,7 @@ def _train_dataset(source: _Source, pp: Preprocessing, batch_size: int, seed: in
     def example(record, e, i):
         key = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base, e), i)
         image, label = record
-        return preprocess_train(source.decode(image), label, key, pp)
+        return preprocess_train(image, label, key, pp)
 
     ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -624,7 +645,7 @@ def _eval_dataset(source: _Source, pp: Preprocessing, batch_size: int, process_c
     pad = num_batches * batch_size - source.num_examples
 
     def example(record, label):
-        ex = preprocess_eval(source.decode(record), label, pp)
+        ex = preprocess_eval(record, label, pp)
         return {**ex, 'mask': tf.constant(1.0, tf.float32)}
 
     ds = source.in_order().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
