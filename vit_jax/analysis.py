@@ -152,7 +152,8 @@ def _to_unit(image: np.ndarray) -> np.ndarray:
 def _overlay(ax, image: np.ndarray, mask: np.ndarray, title: str | None = None) -> None:
     h, w = image.shape[:2]
     ax.imshow(image)
-    ax.imshow(mask / max(float(mask.max()), 1e-12), cmap='inferno', alpha=0.6, extent=(0, w, h, 0),
+    ax.imshow(mask / max(float(mask.max()), 1e-12), cmap='inferno', alpha=0.6,
+              extent=(-0.5, w - 0.5, h - 0.5, -0.5),
               interpolation='bilinear', vmin=0.0, vmax=1.0)
     ax.set_axis_off()
     if title:
@@ -218,7 +219,8 @@ def plot_position_similarity(similarity: np.ndarray, path: str) -> str:
     """similarity [g, g, g, g]: tile (i, j) shows patch (i, j)'s cosine similarity map (Fig. 7)."""
     plt = _plt()
     g = similarity.shape[0]
-    fig, axes = plt.subplots(g, g, figsize=(min(0.5 * g + 1, 12), min(0.5 * g, 11)), squeeze=False)
+    side = min(max(4.0, 0.6 * g), 13.0)
+    fig, axes = plt.subplots(g, g, figsize=(side + 1.5, side), squeeze=False)
     for i in range(g):
         for j in range(g):
             im = axes[i, j].imshow(similarity[i, j], cmap='viridis', vmin=-1, vmax=1)
@@ -338,6 +340,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
     try:
         if args.batch_size < 1 or args.max_figure_images < 1:
             raise ValueError('--batch-size and --max-figure-images must be >= 1')

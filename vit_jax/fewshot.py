@@ -232,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
     try:
         if min(args.shots) < 1:
             raise ValueError(f'--shots must be >= 1, got {args.shots}')

@@ -397,6 +397,7 @@ def format_text(doc: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
     try:
         if args.top_k < 1 or args.batch_size < 1:
             raise ValueError('--top-k and --batch-size must be >= 1')
