@@ -134,6 +134,17 @@ def test_imagenet_without_manual_download_names_the_directory(tmp_path):
         ip.get_datasets(cfg)
 
 
+def test_imagenet_preset_splits_and_readable_class_names(tmp_path):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=5):
+        train, _, info = ip.get_datasets(_config('imagenet2012', batch=4, tfds_data_dir=str(tmp_path),
+                                                 pp=dict(crop=16)))
+        assert next(train)['label'].shape == (4, 1000)
+    assert info.class_names[:2] == ('tench, Tinca tinca', 'goldfish, Carassius auratus')
+    assert ip.DATASET_PRESETS['imagenet2012']['train'] == 'train[:99%]'
+    assert ip.DATASET_PRESETS['cifar10']['test'] == 'test'
+
+
 # --- image folders and CSV files
 
 GREYS = (40, 120, 200)  # class k images are uniformly grey GREYS[k], whatever their mode

@@ -79,7 +79,8 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     'cifar10': dict(train='train[:98%]', test='test', crop=384, total_steps=10_000),
     'cifar100': dict(train='train[:98%]', test='test', crop=384, total_steps=10_000),
     'imagenet2012': dict(train='train[:99%]', test='validation', crop=384, total_steps=20_000),
-    'imagenet21k': dict(train='full[:99%]', test='full[99%:]', crop=224, total_steps=90_000),
+    # big_vision's i21k splits; 90 epochs of 14.2M images at batch 4096 (paper Table 3 / App. B.1).
+    'imagenet21k': dict(train='full[51200:]', test='full[:51200]', crop=224, total_steps=312_000),
     'oxford_iiit_pet': dict(train='train[:90%]', test='test', crop=384, total_steps=500),
     'oxford_flowers102': dict(train='train+validation', test='test', crop=384, total_steps=500),
     'digits': dict(train='train', test='test', crop=32, total_steps=500, train_crop='resize', flip=False),
@@ -355,22 +356,28 @@ def _tfds_builder(config: Any, name: str):
                             'in config.tfds_data_dir, or give a folder of class folders)'
                             if name == 'imagenet21k' else '')) from None
     manual_dir = _get(config, 'tfds_manual_dir')
-    if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) and not _is_prepared(builder):
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception:  # noqa: BLE001 - re-raised unless the manual download is missing
         expected = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
-        if not os.path.isdir(expected) or not os.listdir(expected):
-            what = MANUAL_FILES.get(name, 'the files described at https://www.tensorflow.org/datasets/catalog/'
-                                    + name)
-            raise FileNotFoundError(f'{name} needs a manual download: put {what} in {expected} '
-                                    '(or set config.tfds_manual_dir to where they are)')
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        if (not getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+                or (os.path.isdir(expected) and os.listdir(expected))):
+            raise
+        what = MANUAL_FILES.get(name, f'the files described at https://www.tensorflow.org/datasets/catalog/{name}')
+        raise FileNotFoundError(f'{name} needs a manual download: put {what} in {expected} '
+                                '(or set config.tfds_manual_dir to where they are)') from None
     return builder
 
 
-def _is_prepared(builder) -> bool:
-    try:
-        return bool(builder.is_prepared())
-    except Exception:  # noqa: BLE001 - older builders
-        return os.path.isdir(builder.data_dir)
+def _readable_names(name: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """ImageNet's WordNet ids -> the human-readable labels shipped in vit_jax/data/ (same order)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', f'{name}.txt')
+    if name in ('imagenet2012', 'imagenet21k') and os.path.exists(path):
+        with open(path) as f:
+            readable = tuple(line.rstrip('\n') for line in f)
+        if len(readable) == len(names):
+            return readable
+    return names
 
 
 def _tfds_source(builder, split: str, process_index: int, process_count: int, shuffle_buffer: int
@@ -678,7 +685,7 @@ def _sources(config: Any, process_index: int, process_count: int
     builder = _tfds_builder(config, name)
     if 'label' not in builder.info.features or 'image' not in builder.info.features:
         raise ValueError(f'tfds data set {name!r} has no image/label features')
-    names = tuple(builder.info.features['label'].names)
+    names = _readable_names(name, tuple(builder.info.features['label'].names))
     buffer = int(_get(config, 'shuffle_buffer', 50_000))
     train_split, eval_split = str(_preset(config, 'train', 'train')), str(_preset(config, 'test', 'test'))
     train = _tfds_source(builder, train_split, process_index, process_count, buffer)
