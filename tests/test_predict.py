@@ -83,7 +83,7 @@ def test_cli_json_schema_and_corrupt_image(setup):
     root, ckpt = setup
     proc = subprocess.run(
         [sys.executable, '-m', 'vit_jax.predict', str(root / 'images' / '*.png'),
-         str(root / 'images' / 'sub'), '--checkpoint', ckpt, '--model', 'testing',
+         str(root / 'images' / 'sub'), '--checkpoint', ckpt,     # architecture read from the file
          '--labels', str(root / 'labels.txt'), '--top-k', '3', '--json'],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -30,8 +30,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from vit_jax import checkpoint as checkpoint_lib
-from vit_jax import hub
+from vit_jax import convert, hub
 from vit_jax.models import MODEL_CONFIGS, VisionTransformer, get_config
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
@@ -93,18 +92,6 @@ def default_labels(num_classes: int | None) -> list[str] | None:
 
 # --- Checkpoints ----------------------------------------------------------------------------
 
-def _load_params_file(path: str) -> tuple[Any, Any]:
-    """(model_config or None, params): vit_jax.convert reads every format and infers the config;
-    without it, vit_jax.checkpoint reads the public npz layouts (config from --model)."""
-    try:
-        from vit_jax import convert
-    except ImportError:
-        convert = None
-    if convert is not None:
-        return convert.load_checkpoint(path)
-    return None, checkpoint_lib.load(path)
-
-
 def is_training_workdir(path: str) -> bool:
     """A `vit-train` workdir: config.json with a "model" entry (a Hugging Face folder has none)."""
     config = os.path.join(path, 'config.json')
@@ -127,27 +114,15 @@ def _eval_crop_fraction(config: dict) -> float | None:
 
 def _training_workdir(path: str) -> tuple[Any, Any, list[str] | None, float | None]:
     """(model_config, params, class_names, eval crop fraction) of a `vit-train` workdir."""
+    from vit_jax.train import load_trained  # Orbax, Optax: imported only for workdirs
     with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
-        config = json.load(f)
-    crop_fraction = _eval_crop_fraction(config)
-    try:
-        from vit_jax.train import load_trained
-    except ImportError:
-        load_trained = None
-    if load_trained is not None:
-        model_config, _, params, class_names = load_trained(path)
-        return model_config, params, list(class_names) if class_names else None, crop_fraction
-    npz = os.path.join(path, 'model.npz')
-    if not os.path.isfile(npz):
-        raise FileNotFoundError(f'{npz} is missing: training has not finished writing its final model')
-    names = (config.get('dataset_info') or {}).get('class_names')
-    labels = os.path.join(path, 'labels.txt')
-    if not names and os.path.isfile(labels):
-        names = read_label_file(labels)
-    return ml_collections.ConfigDict(config['model']), checkpoint_lib.load(npz), names, crop_fraction
+        crop_fraction = _eval_crop_fraction(json.load(f))
+    model_config, _, params, class_names = load_trained(path)
+    return model_config, params, list(class_names) if class_names else None, crop_fraction
 
 
 def _unwrap_params(params: Any) -> dict:
+    """Accepts `{'params': tree}` (Flax variables) as well as the tree itself."""
     params = dict(params)
     if set(params) == {'params'}:
         params = dict(params['params'])
@@ -212,8 +187,9 @@ def build_model(model_config: Any, params: Any, source: str, class_names: list[s
 def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
     """Loads a checkpoint given as a file, a training workdir or a catalogue name.
 
-    `model_name` (a `vit_jax.models.MODEL_CONFIGS` key) overrides the inferred architecture;
-    it is needed only when the format does not say (a plain npz without vit_jax.convert).
+    The architecture is inferred from the parameters (`vit_jax.convert.load_checkpoint`);
+    `model_name` (a `vit_jax.models.MODEL_CONFIGS` key) overrides it, keeping the file's
+    LayerNorm epsilon and GELU form.
     """
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ValueError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
@@ -222,18 +198,13 @@ def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
         model_config, params, class_names, crop_fraction = _training_workdir(checkpoint)
     else:
         path = hub.resolve(checkpoint)  # local paths as they are; catalogue names downloaded once
-        if model_name is None and not os.path.exists(checkpoint):
-            model_name = hub.model_name(checkpoint)
-        model_config, params = _load_params_file(path)
+        model_config, params = convert.load_checkpoint(path)
     if model_name is not None:
         named = get_config(model_name)
         for key in ('layer_norm_eps', 'gelu_approximate'):   # numerics the file's format implies
-            if model_config is not None and model_config.get(key) is not None:
+            if model_config.get(key) is not None:
                 named[key] = model_config.get(key)
         model_config = named
-    if model_config is None:
-        raise ValueError(f'{checkpoint}: the architecture cannot be read from this file; '
-                         f'pass --model (one of {", ".join(MODEL_CONFIGS)})')
     loaded = build_model(model_config, params, checkpoint, class_names)
     loaded.crop_fraction = crop_fraction
     return loaded
@@ -366,7 +337,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True,
                         help='npz file, training workdir, timm/HF/big_vision checkpoint or catalogue name')
     parser.add_argument('--model', default=None, choices=sorted(MODEL_CONFIGS), metavar='NAME',
-                        help='architecture, when the checkpoint does not say (e.g. ViT-B_16)')
+                        help='override the architecture inferred from the checkpoint (e.g. ViT-B_16)')
 
 
 def _parser() -> argparse.ArgumentParser:
