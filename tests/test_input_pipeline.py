@@ -351,3 +351,17 @@ def test_two_real_processes_make_global_batches(tmp_path):
         assert r['shape'] == [8, 8, 8, 3] and r['local'] == 4  # global batch, half per process
         assert r['seen'] == r['num_eval']  # the global eval pass counts every example once
     assert results[0]['checksum'] != results[1]['checksum']
+
+
+def test_center_eval_crop_and_random_train_crop():
+    def first_eval(**pp):
+        return next(iter(ip.get_datasets(_config('digits', pp=pp))[1]))['image']
+
+    whole = first_eval(crop=16)
+    center = first_eval(crop=8, resize=16, eval_crop='center')
+    np.testing.assert_allclose(center, whole[:, 4:12, 4:12], atol=1e-6)
+    pp = dict(crop=8, resize=12, train_crop='random', flip=True)
+    train, _, _ = ip.get_datasets(_config('digits', pp=pp))
+    assert next(train)['image'].shape == (16, 8, 8, 3)
+    with pytest.raises(ValueError, match='pp.train_crop'):
+        ip.get_datasets(_config('digits', pp=dict(train_crop='bogus')))
