@@ -30,39 +30,40 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vit_jax import predict
 
 # --- The numbers ----------------------------------------------------------------------------
 
 
-def attention_rollout(attention: np.ndarray, residual: float = 0.5) -> np.ndarray:
+def attention_rollout(attention: ArrayLike, residual: float = 0.5) -> jax.Array:
     """Rollout of attention [L, (B,) H, N, N] -> [(B,) N, N] (Abnar & Zuidema, 2020).
 
     Per layer: mean over heads, then `residual`·I + (1 - `residual`)·A with rows renormalised;
-    the layers are multiplied from the first: R = Â_L ··· Â_1.
+    the layers are multiplied from the first: R = Â_L ··· Â_1. (jnp: runs inside jit too.)
     """
-    attention = np.asarray(attention, np.float64)
-    a = attention.mean(axis=-3)
-    eye = np.eye(a.shape[-1])
-    a = residual * eye + (1.0 - residual) * a
-    a = a / a.sum(axis=-1, keepdims=True)
+    a = jnp.mean(jnp.asarray(attention, jnp.float32), axis=-3)
+    a = residual * jnp.eye(a.shape[-1]) + (1.0 - residual) * a
+    a = a / jnp.sum(a, axis=-1, keepdims=True)
     rollout = a[0]
     for layer in a[1:]:
         rollout = layer @ rollout
     return rollout
 
 
-def token_map(matrix: np.ndarray, grid: int, num_prefix_tokens: int) -> np.ndarray:
-    """What the output attends to, as a [(B,) grid, grid] map over patches.
+def token_map(matrix: ArrayLike, grid: int, num_prefix_tokens: int) -> jax.Array:
+    """What the output attends to, as a [..., grid, grid] map over patches.
 
     The class token's row when there is one, else the mean over all query rows.
     """
+    matrix = jnp.asarray(matrix)
     if num_prefix_tokens:
         row = matrix[..., 0, num_prefix_tokens:]
     else:
-        row = matrix.mean(axis=-2)
+        row = jnp.mean(matrix, axis=-2)
     return row.reshape(row.shape[:-1] + (grid, grid))
 
 
@@ -72,23 +73,30 @@ def patch_distances(grid: int, stride: int) -> np.ndarray:
     return stride * np.linalg.norm(yx[:, None, :] - yx[None, :, :], axis=-1)
 
 
-def mean_attention_distance(attention: np.ndarray, grid: int, stride: int,
-                            num_prefix_tokens: int) -> np.ndarray:
-    """Per layer and head [L, H]: attention-weighted query-key distance in pixels (Fig. 7).
+def attention_distance(attention: ArrayLike, grid: int, stride: int, num_prefix_tokens: int) -> jax.Array:
+    """Per layer, image and head [L, B, H]: attention-weighted query-key distance in pixels.
 
-    `attention` is [L, H, N, N] or [L, B, H, N, N]; only patch tokens count, with each query's
-    weights renormalised over the patch keys; the result is averaged over queries (and images).
+    `attention` is [L, B, H, N, N]; only patch tokens count, each query's weights renormalised
+    over the patch keys, averaged over the queries. (jnp: runs inside jit too.)
     """
-    attention = np.asarray(attention, np.float64)
-    if attention.ndim == 4:
-        attention = attention[:, None]
     p = num_prefix_tokens
-    w = attention[..., p:, p:]
+    w = jnp.asarray(attention, jnp.float32)[..., p:, p:]
     if w.shape[-1] != grid * grid:
         raise ValueError(f'attention has {w.shape[-1]} patch tokens, expected grid {grid}² = {grid * grid}')
-    w = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-12)
-    dist = (w * patch_distances(grid, stride)).sum(axis=-1)   # [L, B, H, Q]
-    return dist.mean(axis=(1, 3))
+    w = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-12)
+    return jnp.mean(jnp.sum(w * patch_distances(grid, stride).astype(np.float32), axis=-1), axis=-1)
+
+
+def mean_attention_distance(attention: ArrayLike, grid: int, stride: int,
+                            num_prefix_tokens: int) -> np.ndarray:
+    """Per layer and head [L, H]: `attention_distance` averaged over images (paper Fig. 7).
+
+    `attention` is [L, H, N, N] (one image) or [L, B, H, N, N].
+    """
+    attention = jnp.asarray(attention)
+    if attention.ndim == 4:
+        attention = attention[:, None]
+    return np.asarray(jnp.mean(attention_distance(attention, grid, stride, num_prefix_tokens), axis=1))
 
 
 def position_embedding_similarity(pos_embedding: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
@@ -119,20 +127,29 @@ def embedding_filter_components(kernel: np.ndarray, num: int = 28) -> tuple[np.n
 
 # --- Running the model ----------------------------------------------------------------------
 
-def make_attention_fn(loaded: predict.LoadedModel, batch_size: int):
-    """jit-compiled images [B <= batch_size] -> attention [L, B, H, N, N] (padded to one shape)."""
-    apply = jax.jit(lambda p, x: loaded.model.apply({'params': p}, x, train=False, return_attention=True)[1])
+def make_attention_stats_fn(loaded: predict.LoadedModel, batch_size: int):
+    """jit-compiled images [n <= batch_size] -> (distance [L, n, H], rollout maps [n, g, g],
+    per-head maps of the first image [L, H, g, g]), reduced on the device so that the full
+    attention tensor [L, B, H, N, N] never reaches host memory. Pads to one batch shape."""
+    g, p, stride = loaded.grid, loaded.num_prefix_tokens, loaded.stride
 
-    def attention(images: np.ndarray) -> np.ndarray:
+    @jax.jit
+    def stats(params, images):
+        _, attention = loaded.model.apply({'params': params}, images, train=False, return_attention=True)
+        if attention is None:
+            raise ValueError(f'{loaded.source}: the model has no transformer layers to inspect')
+        return (attention_distance(attention, g, stride, p),
+                token_map(attention_rollout(attention), g, p),
+                token_map(attention[:, 0], g, p))
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(images)
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
-        weights = apply(loaded.params, images)
-        if weights is None:
-            raise ValueError(f'{loaded.source}: the model has no transformer layers to inspect')
-        return np.asarray(weights, np.float32)[:, :n]
+        distance, rollout, first = jax.device_get(stats(loaded.params, images))
+        return distance[:, :n], rollout[:n], first
 
-    return attention
+    return run
 
 
 # --- Figures --------------------------------------------------------------------------------
@@ -284,29 +301,27 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
     if image_paths:
         names, shown, rollout_maps, distance_sum, count = [], [], [], None, 0
         skipped: list[dict] = []
-        on_error = lambda path, msg: (skipped.append({'path': path, 'error': msg}),  # noqa: E731
-                                      print(f'skipped {path}: {msg}', file=sys.stderr))
+
+        def on_error(path: str, message: str) -> None:
+            skipped.append({'path': path, 'error': message})
+            print(f'skipped {path}: {message}', file=sys.stderr)
+
         batches = predict.iter_batches(image_paths, loaded.image_size, batch_size, crop_fraction, on_error)
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, total=-(-len(image_paths) // batch_size), unit='batch', file=sys.stderr)
-        attention_fn = make_attention_fn(loaded, batch_size)
+        stats_fn = make_attention_stats_fn(loaded, batch_size)
         for batch_names, images in batches:
-            attention = attention_fn(images)
-            d = mean_attention_distance(attention, g, loaded.stride, p)
-            distance_sum = d * len(images) if distance_sum is None else distance_sum + d * len(images)
+            distance, rollout, first = stats_fn(images)
+            distance_sum = distance.sum(axis=1) + (0 if distance_sum is None else distance_sum)
             count += len(images)
-            rollout = token_map(attention_rollout(attention), g, p)
-            for i, name in enumerate(batch_names):
-                names.append(name)
-                rollout_maps.append(rollout[i])
-                if len(shown) < max_figure_images:
-                    shown.append(images[i])
-                if len(names) == 1:
-                    per_head = token_map(attention[:, 0], g, p)        # [L, H, g, g]
-                    figures['attention_maps'] = plot_attention_maps(
-                        images[0], per_head, os.path.join(output_dir, 'attention_maps.png'))
-                    doc['attention_maps_image'] = name
+            if not names:
+                figures['attention_maps'] = plot_attention_maps(
+                    images[0], first, os.path.join(output_dir, 'attention_maps.png'))
+                doc['attention_maps_image'] = batch_names[0]
+            names += batch_names
+            rollout_maps += list(rollout)
+            shown += list(images[:max(0, max_figure_images - len(shown))])
         doc['skipped'] = skipped
         if count:
             distance = distance_sum / count

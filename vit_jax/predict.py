@@ -302,6 +302,9 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
     """Classifies `paths`; returns the `--json` document: {results: [...], skipped: [...], ...}."""
     if loaded.num_classes is None:
         raise ValueError(f'{loaded.source}: the checkpoint has no classification head')
+    if loaded.model.classifier not in ('token', 'gap'):
+        raise ValueError(f'{loaded.source}: classifier={loaded.model.classifier!r} gives per-token '
+                         'outputs, not one prediction per image')
     names = class_names if class_names is not None else loaded.class_names
     if names is not None and len(names) != loaded.num_classes:
         raise ValueError(f'{len(names)} labels for a {loaded.num_classes}-class head')
