@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.progress_bar = True
     # Devices: mesh over all devices of all hosts; fsdp > 1 shards params + optimizer state.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 14))
     config.distributed = ml_collections.ConfigDict(dict(
         auto=False, coordinator_address=ml_collections.config_dict.placeholder(str),
         num_processes=ml_collections.config_dict.placeholder(int),

@@ -278,7 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     rng=jax.random.PRNGKey(seed + 1))
 
     abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(seed))
-    state_sh = sharding.tree_shardings(mesh, abstract_state)
+    min_size = int((config.get('mesh') or {}).get('fsdp_min_size', sharding.FSDP_MIN_SIZE))
+    state_sh = sharding.tree_shardings(mesh, abstract_state, min_size)
     repl = sharding.replicated(mesh)
 
     manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), int(config.get('keep_checkpoints', 3)))
