@@ -1,8 +1,6 @@
 """Attention rollout, mean attention distance, the paper's figures and vit-analyze."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import analysis, predict
+from vit_jax import analysis, checkpoint, predict
 from vit_jax.models import get_model
 
 
@@ -117,20 +115,17 @@ def test_analyze_writes_figures_and_numbers(tmp_path, images):
     assert rollout.shape == (4, 4) and np.all(rollout > 0)
 
 
-def test_cli(tmp_path, images):
+def test_cli(tmp_path, images, capsys):
     params = _loaded(tmp_path, zero_queries=False).params
-    flat = {'/'.join(k.key for k in p): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    np.savez(tmp_path / 'm.npz', **flat)
+    checkpoint.save(params, str(tmp_path / 'm.npz'))
     (images / 'bad.jpg').write_bytes(b'not a jpeg')
     try:
-        proc = subprocess.run(
-            [sys.executable, '-m', 'vit_jax.analysis', '--checkpoint', str(tmp_path / 'm.npz'),
-             '--model', 'testing', '--image', str(images), '--output-dir', str(tmp_path / 'fig')],
-            capture_output=True, text=True, timeout=300)
+        rc = analysis.main(['--checkpoint', str(tmp_path / 'm.npz'), '--image', str(images),
+                            '--output-dir', str(tmp_path / 'fig')])
     finally:
         (images / 'bad.jpg').unlink()
-    assert proc.returncode == 0, proc.stderr
-    assert 'bad.jpg' in proc.stderr
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert 'bad.jpg' in out.err
     assert (tmp_path / 'fig' / 'mean_attention_distance.png').stat().st_size > 1000
-    assert 'mean attention distance' in proc.stdout
+    assert 'mean attention distance' in out.out

@@ -1,8 +1,6 @@
 """Few-shot linear evaluation: separable features -> 100 %, random labels -> chance."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +77,7 @@ def test_evaluator_on_a_model():
     assert metrics['fewshot/5shot'] == 1.0          # solid colours are separable in any embedding
 
 
-def test_cli_on_a_folder(tmp_path):
+def test_cli_on_a_folder(tmp_path, capsys):
     model = get_model('testing', num_classes=3)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
     checkpoint.save(params, str(tmp_path / 'm.npz'))
@@ -90,8 +88,8 @@ def test_cli_on_a_folder(tmp_path):
             for i in range(n):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 10, (40, 40, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / 'data' / split / name / f'{i}.png')
-    proc = subprocess.run([sys.executable, '-m', 'vit_jax.fewshot', '--checkpoint', str(tmp_path / 'm.npz'),
-                           '--model', 'testing', '--folder', str(tmp_path / 'data'), '--shots', '1', '3',
-                           '--json'], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {'1': 1.0, '3': 1.0}
+    rc = fewshot.main(['--checkpoint', str(tmp_path / 'm.npz'), '--folder', str(tmp_path / 'data'),
+                       '--shots', '1', '3', '--json'])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert json.loads(out.out) == {'1': 1.0, '3': 1.0}

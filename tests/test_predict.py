@@ -103,13 +103,11 @@ def test_cli_json_schema_and_corrupt_image(setup):
     assert 'broken.png' in proc.stderr
 
 
-def test_cli_bad_input_is_one_line_error(setup, tmp_path):
-    root, ckpt = setup
-    proc = subprocess.run([sys.executable, '-m', 'vit_jax.predict', str(tmp_path / 'nothing*.jpg'),
-                           '--checkpoint', ckpt, '--model', 'testing'],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert 'nothing*.jpg' in proc.stderr and 'Traceback' not in proc.stderr
+def test_cli_bad_input_is_one_line_error(setup, tmp_path, capsys):
+    _, ckpt = setup
+    assert predict.main([str(tmp_path / 'nothing*.jpg'), '--checkpoint', ckpt]) == 2
+    err = capsys.readouterr().err
+    assert 'nothing*.jpg' in err and len(err.strip().splitlines()) == 1
 
 
 def test_shipped_label_lists():
