@@ -249,7 +249,13 @@ def mix_batch(batch: dict[str, tf.Tensor], seed: tf.Tensor, mixup_alpha: float =
     lam_box = 1.0 - tf.reduce_mean(tf.cast(box, tf.float32))
     apply = _uniform(s[4]) < prob
     lam = tf.where(apply, tf.where(use_cutmix, lam_box, lam_mix), 1.0)
-    other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
-    mixed = tf.where(use_cutmix, tf.where(box[None, :, :, None] & apply, other_images, images),
-                     lam * images + (1.0 - lam) * other_images)
+    other_labels = tf.reverse(labels, [0])
+
+    def mix():  # only the chosen one of the three runs: these are whole-batch passes
+        other = tf.reverse(images, [0])
+        inside = tf.cast(box, images.dtype)[None, :, :, None]  # 0/1: the products are exact
+        return tf.cond(use_cutmix, lambda: images * (1.0 - inside) + other * inside,
+                       lambda: lam * images + (1.0 - lam) * other)
+
+    mixed = tf.cond(apply, mix, lambda: images)
     return {**batch, 'image': mixed, 'label': lam * labels + (1.0 - lam) * other_labels}
