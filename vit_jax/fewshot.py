@@ -21,6 +21,7 @@ During training (`FewShotEvaluator` embeds only the sampled support set, once pe
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -170,43 +171,85 @@ def fewshot_evaluate(model: VisionTransformer, params: Any, train_images: np.nda
     return {int(k.split('/')[-1].removesuffix('shot')): v for k, v in evaluator(params).items()}
 
 
-# --- Data for the CLI -----------------------------------------------------------------------
+# --- Data for the CLI: streamed, so that only the support set's images and the test set's
+# features are ever held in memory (a 224 px float32 image is 0.6 MB).
 
-def load_folder(root: str, split: str, size: int, limit: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images, labels, class_names) of `root/split/<class>/<image>` (classes sorted by name)."""
+Example = tuple[int, Callable[[], np.ndarray]]   # (label, load the preprocessed image)
+
+
+def folder_examples(root: str, split: str, size: int, classes: Sequence[str] | None = None
+                    ) -> tuple[list[Example], list[str]]:
+    """Examples of `root/split/<class>/<image>` (classes sorted by name, or as given)."""
     base = os.path.join(root, split)
     if not os.path.isdir(base):
         raise FileNotFoundError(f'{base} does not exist (expected {root}/{{train,test}}/<class>/<image>)')
-    classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
-    if not classes:
+    found = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    if not found:
         raise FileNotFoundError(f'{base} has no class folders')
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = predict.find_images([os.path.join(base, name)])[:limit]
-        for f in files:
-            try:
-                images.append(predict.load_image(f, size))
-                labels.append(label)
-            except (OSError, ValueError) as e:
-                print(f'skipped {f}: {type(e).__name__}: {e}', file=sys.stderr)
-    return np.stack(images), np.asarray(labels), classes
+    classes = list(classes or found)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f'{os.path.join(base, unknown[0])} is not one of the training classes')
+    examples = [(classes.index(d), lambda f=f: predict.load_image(f, size))
+                for d in found for f in predict.find_images([os.path.join(base, d)])]
+    return examples, classes
 
 
-def load_tfds(name: str, split: str, size: int, limit: int | None, data_dir: str | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of a tfds split, resized like vit-predict, at most `limit` examples."""
+def tfds_examples(name: str, split: str, size: int, data_dir: str | None = None) -> Iterable[Example]:
+    """Examples of a tfds split (decoded by tfds, preprocessed as in vit-predict when loaded)."""
     import tensorflow_datasets as tfds
     from PIL import Image
     ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir, shuffle_files=False)
-    if limit is not None:
-        ds = ds.take(limit)
-    images, labels = [], []
     for image, label in tfds.as_numpy(ds):
-        images.append(predict.preprocess(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
-                                                         else image), size))
-        labels.append(int(label))
-    return np.stack(images), np.asarray(labels)
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        yield int(label), lambda pil=pil: predict.preprocess(pil, size)
+
+
+def _loaded_or_skipped(examples: Iterable[Example]) -> Iterable[tuple[int, np.ndarray]]:
+    for label, load in examples:
+        try:
+            yield label, load()
+        except (OSError, ValueError) as e:
+            print(f'skipped an unreadable image: {type(e).__name__}: {e}', file=sys.stderr)
+
+
+def first_shots(examples: Iterable[Example], shots: int, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The first `shots` readable images of every class, looking at most at `limit` examples."""
+    kept: dict[int, list[np.ndarray]] = {}
+    seen = 0
+    for label, load in examples:
+        if limit is not None and seen >= limit:
+            break
+        seen += 1
+        if len(kept.setdefault(label, [])) < shots:
+            kept[label].extend(image for _, image in _loaded_or_skipped([(label, load)]))
+    if not kept:
+        raise ValueError('no readable training images')
+    labels = np.concatenate([[c] * len(v) for c, v in sorted(kept.items())]).astype(int)
+    return np.stack([im for _, v in sorted(kept.items()) for im in v]), labels
+
+
+def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any, examples: Iterable[Example],
+          batch_size: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of up to `limit` examples, embedded batch by batch."""
+    from tqdm import tqdm
+    feats, labels, batch, batch_labels = [], [], [], []
+    total = min(len(examples), limit or len(examples)) if isinstance(examples, Sequence) else limit
+    stream = _loaded_or_skipped(itertools.islice(examples, limit))
+    for label, image in tqdm(stream, desc='embedding', unit='img', file=sys.stderr, leave=False, total=total):
+        batch.append(image)
+        batch_labels.append(label)
+        if len(batch) == batch_size:
+            feats.append(represent(params, np.stack(batch)))
+            labels += batch_labels
+            batch, batch_labels = [], []
+    if batch:
+        feats.append(represent(params, np.stack(batch)))
+        labels += batch_labels
+    if not feats:
+        raise ValueError('no readable test images')
+    return np.concatenate(feats), np.asarray(labels)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,8 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--train-split', default='train')
     parser.add_argument('--test-split', default='test')
     parser.add_argument('--shots', type=int, nargs='+', default=list(SHOTS))
-    parser.add_argument('--max-train', type=int, default=20000,
-                        help='read at most this many training examples to sample shots from')
+    parser.add_argument('--max-train', type=int, default=None,
+                        help='look at most at this many training examples for the support set '
+                             '(the first max(shots) images of each class are used)')
     parser.add_argument('--max-test', type=int, default=10000, help='evaluate on at most this many')
     parser.add_argument('--l2-reg', type=float, default=L2_REG)
     parser.add_argument('--seed', type=int, default=0)
@@ -239,16 +283,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = predict.load_model(args.checkpoint, args.model)
         size = loaded.image_size
         if args.folder:
-            train_x, train_y, _ = load_folder(args.folder, 'train', size, args.max_train)
-            test_x, test_y, _ = load_folder(args.folder, 'test', size, args.max_test)
+            train, classes = folder_examples(args.folder, 'train', size)
+            test, _ = folder_examples(args.folder, 'test', size, classes)
+            np.random.default_rng(args.seed).shuffle(test)   # so that --max-test samples every class
         else:
-            train_x, train_y = load_tfds(args.dataset, args.train_split, size, args.max_train, args.data_dir)
-            test_x, test_y = load_tfds(args.dataset, args.test_split, size, args.max_test, args.data_dir)
-        print(f'{len(train_x)} training / {len(test_x)} test images, {len(np.unique(train_y))} classes, '
+            train = tfds_examples(args.dataset, args.train_split, size, args.data_dir)
+            test = tfds_examples(args.dataset, args.test_split, size, args.data_dir)
+        train_x, train_y = first_shots(train, max(args.shots), args.max_train)
+        represent = make_representation_fn(loaded.model, args.batch_size)
+        test_f, test_y = embed(represent, loaded.params, test, args.batch_size, args.max_test)
+        print(f'{len(train_x)} support / {len(test_f)} test images, {len(np.unique(train_y))} classes, '
               f'{size} px', file=sys.stderr)
-        acc = fewshot_evaluate(loaded.model, loaded.params, train_x, train_y, test_x, test_y,
-                               shots=args.shots, l2_reg=args.l2_reg, seed=args.seed,
-                               batch_size=args.batch_size)
+        acc = fewshot_from_features(represent(loaded.params, train_x), train_y, test_f, test_y,
+                                    shots=args.shots, l2_reg=args.l2_reg, seed=args.seed)
     except (OSError, ValueError, KeyError) as e:
         print(f'vit_jax.fewshot: error: {e}', file=sys.stderr)
         return 2

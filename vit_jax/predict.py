@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loaded.class_names or default_labels(loaded.num_classes))
         doc = predict_files(loaded, paths, k=args.top_k, batch_size=args.batch_size,
                             crop_fraction=args.crop_fraction, class_names=names,
-                            progress=not args.json and len(paths) > args.batch_size)
+                            progress=len(paths) > args.batch_size)   # on stderr
     except (OSError, ValueError, KeyError) as e:
         print(f'vit-predict: error: {e}', file=sys.stderr)
         return 2
