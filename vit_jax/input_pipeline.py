@@ -13,7 +13,11 @@
 Preprocessing is the original vit_jax's and lives in one place (`preprocess_train`,
 `preprocess_eval`) for every source: train "inception" crop (5-100 % of the area, aspect 3/4-4/3,
 no minimum object coverage, bilinear resize to `crop`) + random horizontal flip; eval bilinear
-resize of the whole image to `crop`; then (x - 127.5) / 127.5 and one-hot labels.
+resize of the whole image to `crop`; then (x - 127.5) / 127.5 and one-hot labels. JPEGs are
+decoded only inside the crop box (big_vision's fast path; same box). Augmentation, all off by
+default (`vit_jax.augment`): RandAugment on the uint8 crop after the flip, label smoothing on the
+target, then Mixup / CutMix on the batch. Digits (16 grey levels scaled to 0-255, replicated to
+RGB) go through the same functions, so they are upsampled bilinearly to `crop`.
 
 Config fields read (all optional except `dataset`; defaults in brackets):
   dataset           a tfds name ('cifar10', 'cifar100', 'imagenet2012', 'imagenet21k' (must be
@@ -30,6 +34,9 @@ Config fields read (all optional except `dataset`; defaults in brackets):
   pp.resize         side before a random/central crop [round(crop * 8 / 7)]
   pp.flip           random horizontal flip in training [True; False for digits]
   pp.holdout        fraction held out for eval from folders/CSVs without an eval split [0.1]
+  pp.check_images   decode every folder/CSV image once up front (Pillow, threads) and skip unreadable
+                    ones with one warning [True]; False starts faster on huge trees, but then a
+                    corrupt file stops training when it is reached
   batch [512], batch_eval [batch], shuffle_buffer [50_000], prefetch [2], seed [0]
   aug.randaugment_layers [0], aug.randaugment_magnitude [0], aug.mixup_alpha [0], aug.cutmix_alpha [0],
   aug.mixup_switch_prob [0.5], aug.mixup_prob [1.0], aug.label_smoothing [0]
@@ -276,7 +283,7 @@ class _Source:
     """This process's shard of one split.
 
     `epoch(e, start, seed)` is a tf.data.Dataset of raw (undecoded) `(record, label)` of epoch e
-    in its seeded order, from position `start`; `in_order()` the shard once in stored order;
+    in its seeded order, from position `start`; `in_order()` is the shard once in stored order.
     """
     num_examples: int          # in this shard
     total_examples: int        # in the split, all processes
@@ -532,10 +539,11 @@ def _file_sources(config: Any, process_index: int, process_count: int
             labels = [y for y, e in zip(labels, is_eval, strict=True) if not e]
         else:
             eval_paths, eval_labels = None, None
-    paths, labels = _drop_unreadable(paths, labels, where)
-    if eval_paths is not None:
-        eval_paths, eval_labels = _drop_unreadable(eval_paths, eval_labels, where)
-    else:
+    if _get(config, 'pp.check_images', True):
+        paths, labels = _drop_unreadable(paths, labels, where)
+        if eval_paths is not None:
+            eval_paths, eval_labels = _drop_unreadable(eval_paths, eval_labels, where)
+    if eval_paths is None:
         train_idx, eval_idx = _stratified_split(np.asarray(labels), holdout)
         eval_paths, eval_labels = [paths[i] for i in eval_idx], [labels[i] for i in eval_idx]
         paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
@@ -685,7 +693,10 @@ def _sources(config: Any, process_index: int, process_count: int
     builder = _tfds_builder(config, name)
     if 'label' not in builder.info.features or 'image' not in builder.info.features:
         raise ValueError(f'tfds data set {name!r} has no image/label features')
-    names = _readable_names(name, tuple(builder.info.features['label'].names))
+    label_names = getattr(builder.info.features['label'], 'names', None)
+    if not label_names:
+        raise ValueError(f'tfds data set {name!r}: its label feature is not a ClassLabel with class names')
+    names = _readable_names(name, tuple(label_names))
     buffer = int(_get(config, 'shuffle_buffer', 50_000))
     train_split, eval_split = str(_preset(config, 'train', 'train')), str(_preset(config, 'test', 'test'))
     train = _tfds_source(builder, train_split, process_index, process_count, buffer)
