@@ -93,3 +93,17 @@ def test_cli_on_a_folder(tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert json.loads(out.out) == {'1': 1.0, '3': 1.0}
+
+
+def test_cli_on_tfds(tmp_path, capsys):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    model = get_model('testing', num_classes=3)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
+    checkpoint.save(params, str(tmp_path / 'm.npz'))
+    with tfds.testing.mock_data(num_examples=60):
+        rc = fewshot.main(['--checkpoint', str(tmp_path / 'm.npz'), '--dataset', 'cifar10',
+                           '--shots', '1', '2', '--max-test', '20', '--json'])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert '20 support / 20 test images, 10 classes' in out.err
+    assert set(json.loads(out.out)) == {'1', '2'}
