@@ -72,7 +72,10 @@ import numpy as np
 import tensorflow as tf
 
 # TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
-tf.config.set_visible_devices([], 'GPU')
+try:
+    tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow was already initialised elsewhere; leave it as it is
+    pass
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
