@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from absl import flags
@@ -21,10 +22,11 @@ from ml_collections import config_flags
 USAGE = __doc__
 
 
-def _define_flags(flag_values: flags.FlagValues) -> flags.FlagHolder:
+def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> flags.FlagHolder:
     config = config_flags.DEFINE_config_file(
         'config', None, 'Config file, optionally with an argument: configs/finetune.py:ViT-B_16,cifar10. '
-        'Override any field with --config.<field>=<value>.', flag_values=flag_values, lock_config=True)
+        'Override any field with --config.<field>=<value>.', flag_values=flag_values, lock_config=True,
+        sys_argv=argv)
     flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the final model.',
                         flag_values=flag_values)
     return config
@@ -44,11 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
               '  --workdir=DIR         config.json, checkpoints/, metrics.jsonl, TensorBoard, model.npz')
         sys.exit(0)
     flag_values = flags.FlagValues()
-    config_holder = _define_flags(flag_values)
+    config_holder = _define_flags(flag_values, argv)
     try:
         flag_values(argv)
     except flags.Error as e:
         _fail(str(e).splitlines()[0])
+    except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+        name = re.sub(r'["\'\\]', '', str(e))
+        _fail(f'--config.{name}: the config has no field {name!r} (check the spelling in the config file)')
     except Exception as e:  # config files raising while loading  # noqa: BLE001
         _fail(f'--config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}')
     if config_holder.value is None:
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not flag_values.workdir:
         _fail('--workdir is required, e.g. --workdir=workdirs/digits')
     config = config_holder.value
+    try:
+        config.keys()  # a config file that failed to load raises here
+    except OSError as e:
+        _fail(f'--config={flag_values["config"].config_filename}: {str(e).strip().splitlines()[-1].strip()}')
     workdir = os.path.expanduser(flag_values.workdir)
 
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -285,8 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), int(config.get('keep_checkpoints', 3)))
     latest = manager.latest_step()
     if latest is not None:
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(abstract_state, state_sh)), data=ocp.args.JsonRestore()))
+        try:
+            target = _abstract(abstract_state, state_sh)
+            restored = manager.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        except ValueError as e:
+            raise ValueError(f'checkpoint {latest} in {manager.directory} does not fit this config (another '
+                             f'model or optimizer?): use a new workdir ({str(e).splitlines()[0]})') from None
         state = restored['state']
         data_state = restored['data'] or {}
         if data_state.get('iterator') is not None and hasattr(train_iter, 'set_state'):
