@@ -341,3 +341,12 @@ def test_original_style_construction_from_a_config_dict():
     model = VisionTransformer(num_classes=3, **config)
     x = _images()
     assert model.apply(_init(model, x), x, train=False).shape == (2, 3)
+
+
+@pytest.mark.parametrize('name', ['ViT-B_16', 'ViT-H_14', 'R+ViT-Ti_16', 'R26+ViT-S_32', 'R50+ViT-B_16'])
+def test_patch_stride_and_prefix_tokens_predict_the_position_embedding(name):
+    model = get_model(name)
+    shapes = jax.eval_shape(lambda: _init(model, jnp.zeros((1, 224, 224, 3))))
+    tokens = shapes['params']['Transformer']['posembed_input']['pos_embedding'].shape[1]
+    assert tokens == model.num_prefix_tokens + (224 // model.patch_stride[0]) ** 2
+    assert _tiny(classifier='gap').num_prefix_tokens == 0

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.config_util import get as _field
 from vit_jax.models.resnet import ResNetStem
 
 Array = jnp.ndarray
@@ -26,15 +27,6 @@ CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
 # attention weights); the others call jax.nn.dot_product_attention, which fuses the
 # softmax (and uses cuDNN flash attention on GPUs with 'cudnn'; 'auto' lets JAX choose).
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn', 'auto')
-
-
-def _field(config: Any, key: str, default: Any = None) -> Any:
-    """Reads `key` from a dict or ConfigDict (the original configs use both)."""
-    if config is None:
-        return default
-    if isinstance(config, Mapping) or hasattr(config, 'get'):
-        return config.get(key, default)
-    return getattr(config, key, default)
 
 
 class DropPath(nn.Module):
@@ -256,6 +248,21 @@ class VisionTransformer(nn.Module):
     attention_impl: str = 'einsum'
     remat: bool = False
     scan_layers: bool = False
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: 1 (the class token) or 0."""
+        return 1 if self.classifier in ('token', 'token_unpooled') else 0
+
+    @property
+    def patch_stride(self) -> tuple[int, int]:
+        """Input pixels per patch token: the patch size times the ResNet stem's downsampling
+        (4 from the root conv + max-pool, then 2 for every stage after the first)."""
+        ph, pw = _field(self.patches, 'size')
+        if self.resnet is None:
+            return ph, pw
+        stem = 4 * 2 ** max(len(_field(self.resnet, 'num_layers', ())) - 1, 0)
+        return ph * stem, pw * stem
 
     def _check_config(self) -> None:
         if self.classifier not in CLASSIFIERS:
