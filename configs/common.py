@@ -62,14 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     """`vit_jax.models.get_config(name)` with dotted overrides ('transformer.dropout_rate': 0.1)."""
     from vit_jax import models
-    config = models.get_config(name)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split('.')
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return models.get_config(name, **overrides)
 
 
 def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:

@@ -60,21 +60,16 @@ MODEL_CONFIGS: dict[str, ml_collections.FrozenConfigDict] = {
     c.model_name: ml_collections.FrozenConfigDict(c) for c in _CONFIGS}
 
 
-def get_config(name: str) -> ml_collections.ConfigDict:
-    """A mutable copy of `MODEL_CONFIGS[name]`."""
+def get_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """A mutable copy of `MODEL_CONFIGS[name]`, with overrides applied.
+
+    Overrides are top-level fields (`dtype=jnp.bfloat16`, `scan_layers=True`) or dotted keys
+    for nested fields (`**{'transformer.dropout_rate': 0.1}`).
+    """
     if name not in MODEL_CONFIGS:
         raise KeyError(f'unknown model {name!r}; known models: {", ".join(MODEL_CONFIGS)}')
     # A deep copy: FrozenConfigDict.as_configdict() hands out its shared inner dict.
-    return copy.deepcopy(MODEL_CONFIGS[name].as_configdict())
-
-
-def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer:
-    """Builds `VisionTransformer` for a named config.
-
-    Overrides are module fields (`dtype=jnp.bfloat16`, `scan_layers=True`) or dotted config
-    keys for nested fields (`**{'transformer.dropout_rate': 0.1}`).
-    """
-    config = get_config(name)
+    config = copy.deepcopy(MODEL_CONFIGS[name].as_configdict())
     for key, value in overrides.items():
         parent, _, leaf = key.rpartition('.')
         node = config
@@ -83,4 +78,9 @@ def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> Vi
                 raise KeyError(f'override {key!r}: {part!r} is not a field of model {name!r}')
             node = node[part]
         node[leaf] = value
-    return VisionTransformer(num_classes=num_classes, **config)
+    return config
+
+
+def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer:
+    """Builds `VisionTransformer` for a named config (overrides as in `get_config`)."""
+    return VisionTransformer(num_classes=num_classes, **get_config(name, **overrides))
