@@ -47,7 +47,7 @@ def test_digits_shapes_classes_and_fixed_split():
 
 def test_digits_eval_is_resize_of_the_original_digit():
     from sklearn.datasets import load_digits
-    _, evals, _ = ip.get_datasets(_config('digits', pp=dict(crop=8)))
+    _, evals, _ = ip.get_datasets(_config('digits', pp=dict(crop=8, eval_crop='resize')))
     b = next(iter(evals))
     # crop 8 == source size: the image is the digit itself, (x/16*255 rounded - 127.5) / 127.5.
     pixels = np.round(b['image'][0, ..., 0] * 127.5 + 127.5) / 255 * 16
@@ -243,7 +243,7 @@ def test_csv_dataset_with_split_column_and_missing_file(tmp_path, caplog):
 
 def test_two_processes_read_disjoint_shards_covering_the_data():
     import collections
-    cfg = _config('digits', batch=16, batch_eval=40, pp=dict(crop=8))
+    cfg = _config('digits', batch=16, batch_eval=40, pp=dict(crop=8, train_crop='resize'))
 
     def keys(batches):
         out = collections.Counter()
@@ -258,7 +258,7 @@ def test_two_processes_read_disjoint_shards_covering_the_data():
     assert len(shards[0][1]) == len(shards[1][1])  # same number of eval batches on every host
     assert next(shards[0][0])['image'].shape[0] == 8  # per-process batch
     assert keys(shards[0][1]) + keys(shards[1][1]) == keys(full_eval)
-    # Train: one epoch of each shard (global batch 2 -> 1 per process; digits have no crop or flip).
+    # Train: one epoch of each shard (global batch 2 -> 1 per process; no random crop, no flip).
     cfg.batch = 2
     full = keys(_take(ip.get_datasets(cfg)[0], info.num_train // 2))
     t0, t1 = (keys(_take(ip.get_datasets(cfg, process_index=p, process_count=2)[0], info.num_train // 2))
@@ -357,7 +357,7 @@ def test_center_eval_crop_and_random_train_crop():
     def first_eval(**pp):
         return next(iter(ip.get_datasets(_config('digits', pp=pp))[1]))['image']
 
-    whole = first_eval(crop=16)
+    whole = first_eval(crop=16, eval_crop='resize')
     center = first_eval(crop=8, resize=16, eval_crop='center')
     np.testing.assert_allclose(center, whole[:, 4:12, 4:12], atol=1e-6)
     pp = dict(crop=8, resize=12, train_crop='random', flip=True)
@@ -365,3 +365,31 @@ def test_center_eval_crop_and_random_train_crop():
     assert next(train)['image'].shape == (16, 8, 8, 3)
     with pytest.raises(ValueError, match='pp.train_crop'):
         ip.get_datasets(_config('digits', pp=dict(train_crop='bogus')))
+
+
+# --- public helpers shared with predict / fewshot
+
+
+def test_load_labels_shipped_sets_and_text_files(tmp_path):
+    one, full = ip.load_labels('imagenet2012'), ip.load_labels('imagenet21k')
+    assert len(one) == 1000 and len(full) == 21843 and one[0] == 'tench, Tinca tinca'
+    assert ip.load_labels('imagenet1k') == one
+    path = tmp_path / 'labels.txt'
+    path.write_text('  cat \n\ndog\n   \nbird\n')
+    assert ip.load_labels(str(path)) == ['cat', 'dog', 'bird']
+    with pytest.raises(FileNotFoundError, match='nope.txt'):
+        ip.load_labels(str(tmp_path / 'nope.txt'))
+
+
+def test_digits_preset_is_what_configs_digits_uses():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'digits.py')
+    spec = importlib.util.spec_from_file_location('configs_digits', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def setup(pp):
+        return pp.crop, pp.train_crop, pp.eval_crop, pp.resize_to, pp.flip
+    assert setup(ip.preprocessing_from_config(module.get_config())) == setup(
+        ip.preprocessing_from_config(ConfigDict(dict(dataset='digits'))))

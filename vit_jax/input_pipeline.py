@@ -17,7 +17,8 @@ resize of the whole image to `crop`; then (x - 127.5) / 127.5 and one-hot labels
 decoded only inside the crop box (big_vision's fast path; same box). Augmentation, all off by
 default (`vit_jax.augment`): RandAugment on the uint8 crop after the flip, label smoothing on the
 target, then Mixup / CutMix on the batch. Digits (16 grey levels scaled to 0-255, replicated to
-RGB) go through the same functions, so they are upsampled bilinearly to `crop`.
+RGB) go through the same functions, so they are upsampled bilinearly (their preset: to 18, then a
+16 px crop, as configs/digits.py).
 
 Config fields read (all optional except `dataset`; defaults in brackets):
   dataset           a tfds name ('cifar10', 'cifar100', 'imagenet2012', 'imagenet21k' (must be
@@ -29,8 +30,8 @@ Config fields read (all optional except `dataset`; defaults in brackets):
   pp.train, pp.test split strings for tfds [DATASET_PRESETS, else 'train' / 'test']
   pp.crop           output resolution [DATASET_PRESETS, else 224]
   pp.train_crop     'inception' | 'random' (resize to pp.resize, random crop) | 'resize' ['inception';
-                    'resize' for digits]
-  pp.eval_crop      'resize' | 'center' (resize to pp.resize, central crop) ['resize']
+                    'random' for digits]
+  pp.eval_crop      'resize' | 'center' (resize to pp.resize, central crop) ['resize'; 'center' for digits]
   pp.resize         side before a random/central crop [round(crop * 8 / 7)]
   pp.flip           random horizontal flip in training [True; False for digits]
   pp.holdout        fraction held out for eval from folders/CSVs without an eval split [0.1]
@@ -61,6 +62,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import importlib.resources
 import logging
 import math
 import os
@@ -71,6 +73,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from vit_jax import config_util
+
 # TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
 try:
     tf.config.set_visible_devices([], 'GPU')
@@ -79,7 +83,14 @@ except RuntimeError:  # TensorFlow was already initialised elsewhere; leave it a
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
+# Image files every image reader of vit_jax accepts (folders, CSVs, vit-predict, few-shot): what
+# TensorFlow decodes natively, plus TIFF / PPM, which Pillow decodes (re-encoded as PNG on the way in).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff', '.ppm')
+_TF_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO', 'WEBP')   # Pillow's names of what tf.io decodes
+_PIL_FORMATS = ('TIFF', 'PPM')
+# Label lists shipped in vit_jax/data/ (see vit_jax/data/README.md for their provenance).
+LABEL_SETS = {'imagenet2012': 'imagenet2012.txt', 'imagenet1k': 'imagenet2012.txt',
+              'imagenet21k': 'imagenet21k.txt'}
 DIGITS_EVAL_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the train/eval split of folders, CSVs and digits never depends on config.seed
 EVAL_DIR_NAMES = ('val', 'validation', 'test')
@@ -93,7 +104,10 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     'imagenet21k': dict(train='full[51200:]', test='full[:51200]', crop=224, total_steps=312_000),
     'oxford_iiit_pet': dict(train='train[:90%]', test='test', crop=384, total_steps=500),
     'oxford_flowers102': dict(train='train+validation', test='test', crop=384, total_steps=500),
-    'digits': dict(train='train', test='test', crop=32, total_steps=500, train_crop='resize', flip=False),
+    # configs/digits.py: 8x8 digits upsampled to 18x18 (round(16 * 8 / 7)); random 16x16 crop (a +-1 px
+    # shift) for training, central crop for eval; no flip (digits are not mirror-symmetric).
+    'digits': dict(train='train', test='test', crop=16, total_steps=500, train_crop='random',
+                   eval_crop='center', flip=False),
 }
 
 # Files a manual-download tfds data set needs in its manual directory.
@@ -112,20 +126,7 @@ class DatasetInfo:
 
 
 # ----------------------------------------------------------------------------------------------
-# Config access
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    """`config.a.b` for key 'a.b', or `default` where any part is missing or None."""
-    node = config
-    for part in key.split('.'):
-        if node is None:
-            return default
-        if isinstance(node, dict) or hasattr(node, 'keys'):
-            node = node[part] if part in node else None
-        else:
-            node = getattr(node, part, None)
-    return default if node is None else node
+# Config access and preprocessing settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,21 +154,25 @@ class Preprocessing:
 
 
 def _preset(config: Any, key: str, default: Any) -> Any:
-    name = str(_get(config, 'dataset', ''))
-    return _get(config, 'pp.' + key, DATASET_PRESETS.get(name, {}).get(key, default))
+    name = str(config_util.get(config, 'dataset', ''))
+    return config_util.get(config, 'pp.' + key, DATASET_PRESETS.get(name, {}).get(key, default))
 
 
-def _preprocessing(config: Any, num_classes: int) -> Preprocessing:
+def preprocessing_from_config(config: Any, num_classes: int = 1) -> Preprocessing:
+    """The preprocessing a (training) config implies, presets included: rebuild its eval exactly.
+
+    `num_classes` only sets the width of the one-hot labels.
+    """
     return Preprocessing(
         crop=int(_preset(config, 'crop', 224)),
         train_crop=str(_preset(config, 'train_crop', 'inception')),
         eval_crop=str(_preset(config, 'eval_crop', 'resize')),
-        resize=_get(config, 'pp.resize'),
+        resize=config_util.get(config, 'pp.resize'),
         flip=bool(_preset(config, 'flip', True)),
         num_classes=num_classes,
-        label_smoothing=float(_get(config, 'aug.label_smoothing', 0.0)),
-        randaugment_layers=int(_get(config, 'aug.randaugment_layers', 0)),
-        randaugment_magnitude=float(_get(config, 'aug.randaugment_magnitude', 0.0)),
+        label_smoothing=float(config_util.get(config, 'aug.label_smoothing', 0.0)),
+        randaugment_layers=int(config_util.get(config, 'aug.randaugment_layers', 0)),
+        randaugment_magnitude=float(config_util.get(config, 'aug.randaugment_magnitude', 0.0)),
     )
 
 
@@ -357,7 +362,7 @@ def _digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
 def _tfds_builder(config: Any, name: str):
     """The tfds builder, prepared (downloading where tfds can; manual data sets say what to fetch)."""
     import tensorflow_datasets as tfds
-    data_dir = _get(config, 'tfds_data_dir')
+    data_dir = config_util.get(config, 'tfds_data_dir')
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -365,7 +370,7 @@ def _tfds_builder(config: Any, name: str):
                          + (' (imagenet21k is not in the public tfds catalog: prepare it as a tfds data set '
                             'in config.tfds_data_dir, or give a folder of class folders)'
                             if name == 'imagenet21k' else '')) from None
-    manual_dir = _get(config, 'tfds_manual_dir')
+    manual_dir = config_util.get(config, 'tfds_manual_dir')
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except Exception:  # noqa: BLE001 - re-raised unless the manual download is missing
@@ -379,12 +384,25 @@ def _tfds_builder(config: Any, name: str):
     return builder
 
 
+def load_labels(name_or_path: str) -> list[str]:
+    """Class names, one per line (stripped, blank lines skipped): a shipped set or a text file.
+
+    Shipped sets (vit_jax/data/): 'imagenet2012' (alias 'imagenet1k'), 'imagenet21k'.
+    """
+    if name_or_path in LABEL_SETS:
+        text = (importlib.resources.files('vit_jax') / 'data' / LABEL_SETS[name_or_path]).read_text('utf-8')
+    elif os.path.isfile(name_or_path):
+        with open(name_or_path, encoding='utf-8') as f:
+            text = f.read()
+    else:
+        raise FileNotFoundError(f'labels {name_or_path!r}: neither a file nor one of {sorted(LABEL_SETS)}')
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _readable_names(name: str, names: tuple[str, ...]) -> tuple[str, ...]:
     """ImageNet's WordNet ids -> the human-readable labels shipped in vit_jax/data/ (same order)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', f'{name}.txt')
-    if name in ('imagenet2012', 'imagenet21k') and os.path.exists(path):
-        with open(path) as f:
-            readable = tuple(line.rstrip('\n') for line in f)
+    if name in ('imagenet2012', 'imagenet21k'):
+        readable = tuple(load_labels(name))
         if len(readable) == len(names):
             return readable
     return names
@@ -481,13 +499,36 @@ def _check_image(path: str) -> str | None:
     from PIL import Image
     try:
         with Image.open(path) as im:
-            if im.format not in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO', 'WEBP'):
+            if im.format not in _TF_FORMATS + _PIL_FORMATS:
                 return f'unsupported format {im.format}'
             im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
             im.load()
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
         return f'{type(e).__name__}: {e}'
     return None
+
+
+def _png_bytes(path: np.ndarray) -> bytes:
+    """A file Pillow reads but TensorFlow does not (TIFF, PPM), re-encoded as PNG."""
+    import io
+
+    from PIL import Image
+    with Image.open(os.fsdecode(np.asarray(path).item())) as im:
+        out = io.BytesIO()
+        im.convert('RGBA' if 'A' in im.getbands() else 'RGB').save(out, format='PNG')
+    return out.getvalue()
+
+
+def read_image_file(path: tf.Tensor) -> tf.Tensor:
+    """The encoded bytes of an image file (`IMAGE_EXTENSIONS`) for `decode_image`."""
+    pil_only = tf.strings.regex_full_match(tf.strings.lower(path), r'.*\.(tiff?|ppm)')
+
+    def via_pillow():
+        data = tf.numpy_function(_png_bytes, [path], tf.string, stateful=False)
+        data.set_shape([])
+        return data
+
+    return tf.cond(pil_only, via_pillow, lambda: tf.io.read_file(path))
 
 
 def _drop_unreadable(paths: list[str], labels: list[int], where: str) -> tuple[list[str], list[int]]:
@@ -509,8 +550,8 @@ def _drop_unreadable(paths: list[str], labels: list[int], where: str) -> tuple[l
 def _file_sources(config: Any, process_index: int, process_count: int
                   ) -> tuple[_Source, _Source, tuple[str, ...]]:
     """Sources of a class-folder tree or a CSV file, with a fixed stratified holdout if no eval split."""
-    where = str(_get(config, 'dataset'))
-    holdout = float(_get(config, 'pp.holdout', 0.1))
+    where = str(config_util.get(config, 'dataset'))
+    holdout = float(config_util.get(config, 'pp.holdout', 0.1))
     if os.path.isdir(where):
         train_root = os.path.join(where, 'train')
         eval_root = next((os.path.join(where, d) for d in EVAL_DIR_NAMES
@@ -542,7 +583,7 @@ def _file_sources(config: Any, process_index: int, process_count: int
             labels = [y for y, e in zip(labels, is_eval, strict=True) if not e]
         else:
             eval_paths, eval_labels = None, None
-    if _get(config, 'pp.check_images', True):
+    if config_util.get(config, 'pp.check_images', True):
         paths, labels = _drop_unreadable(paths, labels, where)
         if eval_paths is not None:
             eval_paths, eval_labels = _drop_unreadable(eval_paths, eval_labels, where)
@@ -559,7 +600,7 @@ def _file_sources(config: Any, process_index: int, process_count: int
 
     def source(p, y):
         return _indexed_source(np.asarray(p, dtype=object).astype(bytes), np.asarray(y), process_index,
-                               process_count, read=tf.io.read_file)
+                               process_count, read=read_image_file)
     return source(paths, labels), source(eval_paths, eval_labels), names
 
 
@@ -680,7 +721,7 @@ def _eval_dataset(source: _Source, pp: Preprocessing, batch_size: int, process_c
 
 def _sources(config: Any, process_index: int, process_count: int
              ) -> tuple[_Source, _Source, tuple[str, ...]]:
-    name = str(_get(config, 'dataset', ''))
+    name = str(config_util.get(config, 'dataset', ''))
     if not name:
         raise ValueError('config.dataset is not set: give a tfds name, "digits", a folder or a CSV file')
     if name == 'digits':
@@ -700,7 +741,7 @@ def _sources(config: Any, process_index: int, process_count: int
     if not label_names:
         raise ValueError(f'tfds data set {name!r}: its label feature is not a ClassLabel with class names')
     names = _readable_names(name, tuple(label_names))
-    buffer = int(_get(config, 'shuffle_buffer', 50_000))
+    buffer = int(config_util.get(config, 'shuffle_buffer', 50_000))
     train_split, eval_split = str(_preset(config, 'train', 'train')), str(_preset(config, 'test', 'test'))
     train = _tfds_source(builder, train_split, process_index, process_count, buffer)
     evals = _tfds_source(builder, eval_split, process_index, process_count, buffer)
@@ -716,29 +757,29 @@ def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | No
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    batch = int(_get(config, 'batch', 512))
-    batch_eval = int(_get(config, 'batch_eval', batch))
+    batch = int(config_util.get(config, 'batch', 512))
+    batch_eval = int(config_util.get(config, 'batch_eval', batch))
     for key, value in (('batch', batch), ('batch_eval', batch_eval)):
         if value % process_count:
             raise ValueError(f'config.{key}={value} is not divisible by the number of processes '
                              f'{process_count}')
-    seed = int(_get(config, 'seed', 0) if seed is None else seed)
+    seed = int(config_util.get(config, 'seed', 0) if seed is None else seed)
 
     train, evals, class_names = _sources(config, process_index, process_count)
-    pp = _preprocessing(config, len(class_names))
+    pp = preprocessing_from_config(config, len(class_names))
     local_batch = batch // process_count
     if train.num_examples < local_batch:
-        raise ValueError(f'config.dataset={_get(config, "dataset")!r}: {train.num_examples} training '
-                         f'examples per process, fewer than one batch of {local_batch}')
-    mix = dict(mixup_alpha=float(_get(config, 'aug.mixup_alpha', 0.0)),
-               cutmix_alpha=float(_get(config, 'aug.cutmix_alpha', 0.0)),
-               switch_prob=float(_get(config, 'aug.mixup_switch_prob', 0.5)),
-               prob=float(_get(config, 'aug.mixup_prob', 1.0)))
+        raise ValueError(f'config.dataset={config_util.get(config, "dataset")!r}: {train.num_examples} '
+                         f'training examples per process, fewer than one batch of {local_batch}')
+    mix = dict(mixup_alpha=float(config_util.get(config, 'aug.mixup_alpha', 0.0)),
+               cutmix_alpha=float(config_util.get(config, 'aug.cutmix_alpha', 0.0)),
+               switch_prob=float(config_util.get(config, 'aug.mixup_switch_prob', 0.5)),
+               prob=float(config_util.get(config, 'aug.mixup_prob', 1.0)))
     identity = {'seed': seed, 'batch': batch, 'num_train': train.total_examples,
                 'process_count': process_count}
     train_iter = TrainIterator(
         lambda step: _train_dataset(train, pp, local_batch, seed, process_index, step, mix),
-        identity, batch_sharding, int(_get(config, 'prefetch', 2)))
+        identity, batch_sharding, int(config_util.get(config, 'prefetch', 2)))
     eval_tf, num_batches = _eval_dataset(evals, pp, batch_eval // process_count, process_count)
     info = DatasetInfo(num_classes=len(class_names), num_train=train.total_examples,
                        num_eval=evals.total_examples, class_names=tuple(class_names), image_size=pp.crop)
