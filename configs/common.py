@@ -50,6 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 1_000
     config.keep_checkpoints = 3
     config.progress_bar = True
+    # Few-shot linear probe during training (vit_jax.fewshot; paper §4.1), off unless `dataset` is
+    # set: every `every` steps [eval_every] and at the end, logs fewshot/<n>shot for n in `shots`,
+    # with max(shots) train images per class and at most `max_eval` test images of `dataset`.
+    config.fewshot = ml_collections.ConfigDict(dict(
+        dataset=ml_collections.config_dict.placeholder(str), every=0, shots=(1, 5, 10, 25),
+        max_eval=2_000, l2_reg=2.0 ** 10))
     # Devices: mesh over all devices of all hosts; fsdp > 1 shards params + optimizer state.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 14))
     config.distributed = ml_collections.ConfigDict(dict(
@@ -77,3 +83,13 @@ def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collecti
         config.total_steps = total_steps
     config.pp.update(preset)
     return config
+
+
+def fit_crop(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+    """Rounds `pp.crop` down to a multiple of the model's input pixels per token (ViT-H/14 at
+    384 -> 378 = 27 x 14: the original's VALID patch convolution also dropped the remainder)."""
+    from vit_jax import models
+    stride = max(models.get_model(model, num_classes=1).patch_stride)
+    config.pp.crop -= config.pp.crop % stride
+    return config
+

@@ -23,6 +23,7 @@ def get_config(arg: str = 'ViT-B_16,images') -> ml_collections.ConfigDict:
     config.pp = ml_collections.ConfigDict(dict(crop=384))
     config.model = common.model_config(model)
     config.pretrained_path = model
+    common.fit_crop(config, model)
     config.total_steps = 500
     config.warmup_steps = 50
     config.base_lr = 0.01

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.update(dict(model_name='ViT-digits', hidden_size=64, patches=dict(size=(4, 4))))
     config.model.transformer.update(dict(num_layers=4, num_heads=4, mlp_dim=128, dropout_rate=0.0,
                                          attention_dropout_rate=0.0))
-    config.optimizer = 'adamw'
+    config.optimizer = 'adam'
     config.optim_dtype = None
     config.base_lr = 2e-3
     config.weight_decay = 0.05  # decoupled, multiplied by lr(step) (AdamW)

@@ -7,7 +7,9 @@ ImageNet-1k 300 epochs, lr 3e-3, cosine decay, weight decay 0.3, dropout 0.1. Th
 weight decay is Flax's Adam weight decay: p -= lr * wd * p, i.e. decoupled and multiplied by the
 learning rate, which is weight_decay_type='decoupled' here. Steps = epochs * train images / 4096
 (ImageNet-1k 1,281,167 train images; ImageNet-21k ~14.2M, which must be prepared in tfds_data_dir).
-i21k is multi-label: the paper's sigmoid cross-entropy loss.
+i21k is multi-label: the paper's sigmoid cross-entropy loss. The tfds splits are those of
+vit_jax.input_pipeline.DATASET_PRESETS (i21k: big_vision's full[51200:] / full[:51200]); `num_train`
+below only converts epochs to steps.
 """
 
 import os
@@ -20,9 +22,9 @@ from configs import common  # noqa: E402
 
 RECIPES = {
     'imagenet21k': dict(epochs=90, num_train=14_197_122, base_lr=1e-3, decay_type='linear', weight_decay=0.03,
-                        dropout=0.1, loss='sigmoid_xent', train='train', test='validation'),
+                        dropout=0.1, loss='sigmoid_xent'),
     'imagenet2012': dict(epochs=300, num_train=1_281_167, base_lr=3e-3, decay_type='cosine', weight_decay=0.3,
-                         dropout=0.1, loss='softmax_xent', train='train[:99%]', test='validation'),
+                         dropout=0.1, loss='softmax_xent'),
 }
 
 
@@ -33,7 +35,9 @@ def get_config(arg: str = 'ViT-B_16,imagenet2012') -> ml_collections.ConfigDict:
     r = RECIPES[dataset]
     config = common.get_config()
     config.dataset = dataset
-    config.pp = ml_collections.ConfigDict(dict(train=r['train'], test=r['test'], crop=224))
+    from vit_jax.input_pipeline import DATASET_PRESETS
+    preset = DATASET_PRESETS[dataset]
+    config.pp = ml_collections.ConfigDict(dict(train=preset['train'], test=preset['test'], crop=224))
     config.model = common.model_config(model, **{'transformer.dropout_rate': r['dropout']})
     config.model.representation_size = config.model.hidden_size
     config.optimizer = 'adam'

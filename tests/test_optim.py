@@ -78,7 +78,7 @@ def test_weight_decay_mask_and_decoupled_decay():
     assert not mask['Transformer']['encoderblock_0']['LayerNorm_0']['scale']
     # Zero gradient: AdamW moves only the decayed leaves, by lr * wd * p.
     params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape), params)
-    config = ml_collections.ConfigDict(dict(optimizer='adamw', base_lr=0.1, total_steps=10,
+    config = ml_collections.ConfigDict(dict(optimizer='adam', base_lr=0.1, total_steps=10,
                                             decay_type='constant', weight_decay=0.5))
     tx, _ = optim.make_optimizer(config, params)
     updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)

@@ -65,7 +65,7 @@ def main():
     config.model = common.model_config('testing', **{'patches.size': (4, 4), 'transformer.dropout_rate': 0.0})
     config.update(dict(batch=GLOBAL_BATCH, batch_eval=GLOBAL_BATCH, total_steps=STEPS, warmup_steps=1,
                        base_lr=0.1, accum_steps=2, progress_every=1, eval_every=0, checkpoint_every=0,
-                       progress_bar=False, optimizer='adamw', weight_decay=0.1, optim_dtype=None))
+                       progress_bar=False, optimizer='adam', weight_decay=0.1, optim_dtype=None))
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1
     train.train_and_evaluate(config, workdir)

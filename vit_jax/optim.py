@@ -1,12 +1,17 @@
 """Optax recipes of the paper: schedules, SGD-momentum / Adam(W), decay masks, LLRD, accumulation.
 
 Config fields read (defaults in brackets; configs/common.py sets the fine-tuning ones):
-  optimizer ['sgd'] 'sgd' | 'adam' | 'adamw';  base_lr, total_steps, warmup_steps [0],
+  optimizer ['sgd'] 'sgd' | 'adam';  base_lr, total_steps, warmup_steps [0],
   decay_type ['cosine'] 'cosine' | 'linear' | 'constant', linear_end [1e-5];
   momentum [0.9] (sgd), b1 [0.9], b2 [0.999], eps [1e-8] (adam);
   optim_dtype [None] dtype of the first-moment accumulator ('bfloat16' as in the original);
   weight_decay [0.0], weight_decay_type ['decoupled'] 'decoupled' | 'l2';
   grad_norm_clip [None]; layer_decay [None]; accum_steps [1].
+
+Weight decay is one setting for both optimizers: `weight_decay` (0 = none) applied to weight
+matrices only, 'decoupled' (p -= lr(step) * wd * p after the moments: AdamW, and the paper's
+Table 3 Adam, which used Flax's decoupled Adam weight decay) or 'l2' (wd * p added to the gradient
+before the moments). So AdamW is optimizer='adam' with weight_decay > 0 (decoupled is the default).
 """
 
 from __future__ import annotations
@@ -19,14 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vit_jax.config_util import get as _get
+
 Schedule = Callable[[Any], jnp.ndarray]
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
+OPTIMIZERS = ('sgd', 'adam')
 DECAY_TYPES = ('cosine', 'linear', 'constant')
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    value = config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
-    return default if value is None else value
 
 
 def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str = 'cosine',
@@ -132,13 +134,15 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
     layer-wise factors -> -lr(step). Decoupled decay is multiplied by lr(step), as in AdamW.
     """
     name = _get(config, 'optimizer', 'sgd')
+    if name == 'adamw':
+        raise ValueError("optimizer='adamw' is optimizer='adam' with weight_decay > 0 (decoupled by default)")
     if name not in OPTIMIZERS:
         raise ValueError(f'optimizer={name!r} is unknown; expected one of {OPTIMIZERS}')
     lr_fn = schedule_from_config(config)
     dtype = _get(config, 'optim_dtype', None)
     dtype = jnp.dtype(dtype) if dtype else None
     wd = float(_get(config, 'weight_decay', 0.0))
-    wd_type = 'decoupled' if name == 'adamw' else _get(config, 'weight_decay_type', 'decoupled')
+    wd_type = _get(config, 'weight_decay_type', 'decoupled')
     if wd_type not in ('decoupled', 'l2'):
         raise ValueError(f"weight_decay_type={wd_type!r} is unknown; expected 'decoupled' or 'l2'")
     mask = weight_decay_mask(params)

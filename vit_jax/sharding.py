@@ -19,14 +19,12 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vit_jax.config_util import get as _cfg
+
 MESH_AXES = ('data', 'fsdp')
 # Tensors smaller than this stay replicated even under fsdp: gathering them costs more than
 # the memory they would save (biases, LayerNorm scales, small heads).
 FSDP_MIN_SIZE = 2 ** 14
-
-
-def _cfg(config: Any, key: str, default: Any = None) -> Any:
-    return config.get(key, default) if config is not None and hasattr(config, 'get') else default
 
 
 def maybe_initialize_distributed(config: Any = None) -> None:

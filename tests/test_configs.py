@@ -1,0 +1,81 @@
+"""Every config in configs/ with every documented argument builds its model and optimizer.
+
+Cheap: the model is only traced (jax.eval_shape), the optimizer built on the abstract params and
+its schedule evaluated at a few steps; nothing is downloaded or trained.
+"""
+
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import optim, train
+from vit_jax.input_pipeline import DATASET_PRESETS
+from vit_jax.models import MODEL_CONFIGS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINETUNE_DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102')
+AUG = ('none', 'light1', 'light2', 'medium1', 'medium2', 'strong1', 'strong2')
+# configs/<name>.py -> the arguments its docstring documents (None: no argument).
+VARIANTS = {
+    'digits': [None],
+    'cifar10': [None, 'ViT-L_16'],
+    'custom': [None, 'ViT-B_16,/data/my_images', 'R50+ViT-B_16,labels.csv'],
+    'finetune': [None] + [f'ViT-B_16,{d}' for d in FINETUNE_DATASETS]
+                + [f'{m},cifar10' for m in MODEL_CONFIGS if m != 'testing'],
+    'pretrain': [None, 'ViT-B_16,imagenet2012', 'ViT-L_16,imagenet21k', 'ViT-B_32,imagenet21k'],
+    'augreg': [None] + [f'ViT-B_16,imagenet2012,{a}' for a in AUG] + ['ViT-S_16,imagenet21k,light1'],
+}
+LIBRARY_MODULES = {'common'}  # the shared defaults the others start from, not a config of its own
+CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
+
+
+def _load(name):
+    path = os.path.join(ROOT, 'configs', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_config_file_is_covered():
+    files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))}
+    assert files - LIBRARY_MODULES - {'__init__'} == set(VARIANTS)
+
+
+@pytest.mark.parametrize('name,arg', CASES, ids=[f'{n}:{a}' for n, a in CASES])
+def test_config_builds_model_and_optimizer(name, arg):
+    module = _load(name)
+    config = module.get_config() if arg is None else module.get_config(arg)
+    crop = config.pp.get('crop') or DATASET_PRESETS.get(config.dataset, {}).get('crop', 224)
+    model = train.build_model(config.model, 10)
+
+    def init(key):
+        return model.init({'params': key}, jnp.zeros((1, crop, crop, 3)), train=False)['params']
+
+    params = jax.eval_shape(init, jax.random.PRNGKey(0))
+    tx, lr_fn = optim.make_optimizer(config, params)
+    jax.eval_shape(tx.init, params)
+    assert config.batch % config.accum_steps == 0
+    assert 0 <= config.warmup_steps < config.total_steps
+    lrs = np.array([lr_fn(s) for s in (0, config.warmup_steps, config.total_steps - 1)])
+    assert np.all(np.isfinite(lrs)) and lrs[1] == pytest.approx(config.base_lr, rel=1e-3)
+    assert lrs[2] < lrs[1]  # the schedule decays
+
+
+def test_finetune_small_sets_warm_up_for_a_tenth():
+    finetune = _load('finetune')
+    for dataset in ('oxford_iiit_pet', 'oxford_flowers102'):
+        config = finetune.get_config(f'ViT-B_16,{dataset}')
+        assert (config.total_steps, config.warmup_steps) == (500, 50)
+    assert finetune.get_config('ViT-B_16,cifar10').warmup_steps == 500
+
+
+def test_pretrain_splits_are_the_input_pipeline_presets():
+    config = _load('pretrain').get_config('ViT-B_16,imagenet21k')
+    assert (config.pp.train, config.pp.test) == (DATASET_PRESETS['imagenet21k']['train'],
+                                                  DATASET_PRESETS['imagenet21k']['test'])
