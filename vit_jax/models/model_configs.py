@@ -1,18 +1,21 @@
 """The model configurations of the original vit_jax (`configs/models.py`), by name.
 
 `MODEL_CONFIGS[name]` is a frozen ml_collections config with the original fields;
-`get_config(name)` returns a mutable copy and `get_model(name, num_classes=..., **overrides)`
-builds the module.
+`get_config(name)` returns a mutable copy, `build_model(model_config, num_classes)` builds the
+module from any saved config (the one place that does) and `get_model(name, num_classes=...,
+**overrides)` builds a named one.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import Encoder, VisionTransformer
 
 
 def _vit(name: str, patch: int, hidden: int, mlp: int, heads: int, layers: int,
@@ -81,6 +84,63 @@ def get_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
+# The fields a saved model config may have, per sub-config ('' is the top level).
+_FIELDS = {
+    '': set(VisionTransformer.__dataclass_fields__) - {'parent', 'name', 'num_classes'},
+    # Encoder fields that VisionTransformer does not set itself.
+    'transformer': set(Encoder.__dataclass_fields__) - set(VisionTransformer.__dataclass_fields__),
+    'patches': {'size'},
+    'resnet': {'num_layers', 'width_factor'},
+}
+# Choices of a training run (compute/storage dtype, memory, kernels, regularisation) that
+# inference does not inherit: a bf16 run with cuDNN attention predicts in float32 anywhere.
+INFERENCE_DROPS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl')
+_INFERENCE_ZERO = ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth')
+
+
+def _plain(config: Any) -> Any:
+    """ConfigDicts (also nested inside dicts) -> plain dicts, copied."""
+    if hasattr(config, 'to_dict'):
+        config = config.to_dict()
+    if isinstance(config, Mapping):
+        return {k: _plain(v) for k, v in config.items()}
+    return config
+
+
+def build_model(model_config: Any, num_classes: int | None, *, inference: bool = False
+                ) -> VisionTransformer:
+    """`VisionTransformer` from a model config (ConfigDict, or a dict as read from JSON).
+
+    Dtype names ('bfloat16') become dtypes; a field the model does not have is a ValueError
+    naming it. `inference=True` drops `INFERENCE_DROPS` and zeroes the dropout rates, so that
+    a training run's choices do not follow the model into evaluation or serving.
+    """
+    kwargs = _plain(model_config)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f'model config must be a mapping, got {type(model_config).__name__}')
+    for section, allowed in _FIELDS.items():
+        fields = kwargs if not section else kwargs.get(section)
+        if isinstance(fields, dict):
+            unknown = sorted(set(fields) - allowed)
+            if unknown:
+                name = f'{section}.{unknown[0]}' if section else unknown[0]
+                raise ValueError(f'{name} is not a {section or "VisionTransformer"} field '
+                                 f'(known: {", ".join(sorted(allowed))})')
+    if inference:
+        for key in INFERENCE_DROPS:
+            kwargs.pop(key, None)
+        for key in _INFERENCE_ZERO:
+            if isinstance(kwargs.get('transformer'), dict) and key in kwargs['transformer']:
+                kwargs['transformer'][key] = 0.0
+    for key in ('dtype', 'param_dtype'):
+        if isinstance(kwargs.get(key), str):
+            try:
+                kwargs[key] = jnp.dtype(kwargs[key])
+            except TypeError:
+                raise ValueError(f'model config field {key}={kwargs[key]!r} is not a dtype name') from None
+    return VisionTransformer(num_classes=num_classes, **kwargs)
+
+
 def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer:
     """Builds `VisionTransformer` for a named config (overrides as in `get_config`)."""
-    return VisionTransformer(num_classes=num_classes, **get_config(name, **overrides))
+    return build_model(get_config(name, **overrides), num_classes)
