@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
+from sklearn.linear_model import Ridge
 
 from vit_jax import checkpoint, fewshot
 from vit_jax.models import get_model
@@ -36,7 +38,6 @@ def test_random_labels_give_chance():
 
 
 def test_least_squares_matches_sklearn_ridge_in_both_forms():
-    sklearn = pytest.importorskip('sklearn.linear_model')
     rng = np.random.default_rng(2)
     for n, d in ((20, 50), (200, 10)):            # dual (n < d) and primal (n > d) forms
         x, y = rng.normal(size=(n, d)), rng.integers(0, 3, n)
@@ -45,7 +46,7 @@ def test_least_squares_matches_sklearn_ridge_in_both_forms():
         xs = (x - x.mean(0)) / (x.std(0) + 1e-5)
         # The bias feature 100 is regularised with strength 4 / 100²: nearly a free intercept.
         xb = np.pad(xs, ((0, 0), (0, 1)), constant_values=100.0)
-        ridge = sklearn.Ridge(alpha=4.0, fit_intercept=False).fit(xb, 2 * np.eye(3)[y] - 1)
+        ridge = Ridge(alpha=4.0, fit_intercept=False).fit(xb, 2 * np.eye(3)[y] - 1)
         zb = np.pad((z - x.mean(0)) / (x.std(0) + 1e-5), ((0, 0), (0, 1)), constant_values=100.0)
         np.testing.assert_allclose(ours, ridge.predict(zb), rtol=1e-6, atol=1e-8)
 
@@ -53,6 +54,16 @@ def test_least_squares_matches_sklearn_ridge_in_both_forms():
 def test_sample_shots_errors_when_a_class_is_too_small():
     with pytest.raises(ValueError, match='class 1 has 2 training examples'):
         fewshot.sample_shots(np.array([0, 0, 0, 1, 1]), 3)
+
+
+def test_support_sets_are_seeded_random_and_nested():
+    labels = np.repeat(np.arange(4), 50)
+    five, ten = fewshot.sample_shots(labels, 5, seed=3), fewshot.sample_shots(labels, 10, seed=3)
+    assert np.bincount(labels[five]).tolist() == [5] * 4
+    for c in range(4):   # the first 5 of each class in the 10-shot set are the 5-shot set
+        np.testing.assert_array_equal(ten[labels[ten] == c][:5], five[labels[five] == c])
+    assert not np.array_equal(five, fewshot.sample_shots(labels, 5, seed=4))
+    assert not np.array_equal(np.sort(five), np.concatenate([np.arange(5) + 50 * c for c in range(4)]))
 
 
 def _color_images(rng, n_per_class):
@@ -93,10 +104,20 @@ def test_cli_on_a_folder(tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert json.loads(out.out) == {'1': 1.0, '3': 1.0}
+    assert '6 support / 8 test images, 2 classes' in out.err
+    # Bad input: one line naming what is wrong, exit code 2.
+    with pytest.raises(SystemExit) as e:
+        fewshot.run(['--checkpoint', str(tmp_path / 'm.npz'), '--folder', str(tmp_path / 'nope')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('vit-fewshot: error:') and 'nope' in err and '\n' not in err
+    with pytest.raises(SystemExit) as e:
+        fewshot.run(['--checkpoint', str(tmp_path / 'm.npz'), '--folder', str(tmp_path / 'data'),
+                     '--shots', '4'])
+    assert e.value.code == 2 and 'fewer than 4 shots' in capsys.readouterr().err
 
 
 def test_cli_on_tfds(tmp_path, capsys):
-    tfds = pytest.importorskip('tensorflow_datasets')
     model = get_model('testing', num_classes=3)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
     checkpoint.save(params, str(tmp_path / 'm.npz'))

@@ -7,10 +7,11 @@ constant bias feature is appended, and a ridge regression to {-1, 1} one-hot tar
 in closed form; test accuracy is the argmax of its predictions (as big_vision's few-shot
 evaluator, whose default regulariser 2**10 is used).
 
-From the command line (a tfds data set, or a folder `root/{train,test}/<class>/<image>`):
+From the command line (any `config.dataset` of vit-train: a tfds name, 'digits', a folder
+`root/{train,test}/<class>/<image>` or a CSV; eval preprocessing at the model's resolution):
 
     python -m vit_jax.fewshot --checkpoint ViT-B_16.npz --dataset cifar10 --shots 1 5 10 25
-    python -m vit_jax.fewshot --checkpoint workdir/ --folder my_images/ --json
+    python -m vit_jax.fewshot --checkpoint workdir/ --dataset my_images/ --json
 
 During training (`FewShotEvaluator` embeds only the sampled support set, once per call):
 
@@ -23,16 +24,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from vit_jax import predict
+from vit_jax import config_util, input_pipeline, predict
+from vit_jax.cli import run_cli
 from vit_jax.models import VisionTransformer
 
 SHOTS = (1, 5, 10, 25)
@@ -71,42 +73,46 @@ def fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
 
 
 def sample_shots(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
-    """Indices of `shots` random examples of every class present in `labels` (sorted)."""
+    """Indices of a seeded random `shots` examples of every class in `labels`, class by class.
+
+    The one support-set rule (CLI and `FewShotEvaluator`): every example gets a random key from
+    `seed`; a class's support set is its `shots` examples with the smallest keys, in key order,
+    so the first n of each class are the n-shot set and smaller sets are nested in larger ones.
+    """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
+    keys = np.random.default_rng(seed).random(len(labels))
     picked = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if len(idx) < shots:
             raise ValueError(f'class {c} has {len(idx)} training examples, fewer than {shots} shots')
-        picked.append(rng.choice(idx, shots, replace=False))
-    return np.sort(np.concatenate(picked))
+        picked.append(idx[np.argsort(keys[idx], kind='stable')[:shots]])
+    return np.concatenate(picked)
+
+
+def support_accuracies(support_x: np.ndarray, support_y: np.ndarray, test_x: np.ndarray,
+                       test_y: np.ndarray, shots: Iterable[int] = SHOTS, l2_reg: float = L2_REG
+                       ) -> dict[int, float]:
+    """{n: accuracy} where the n-shot set is the first n examples of every class of the support set."""
+    support_y = np.asarray(support_y)
+    rank = np.zeros(len(support_y), int)
+    seen: dict[int, int] = {}
+    for i, c in enumerate(support_y.tolist()):
+        rank[i] = seen.get(c, 0)
+        seen[c] = rank[i] + 1
+    num_classes = int(max(np.max(support_y), np.max(test_y))) + 1
+    return {n: fewshot_accuracy(np.asarray(support_x)[rank < n], support_y[rank < n], test_x, test_y,
+                                num_classes, l2_reg) for n in sorted(shots)}
 
 
 def fewshot_from_features(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                           shots: Iterable[int] = SHOTS, l2_reg: float = L2_REG, seed: int = 0
                           ) -> dict[int, float]:
-    """{shots: accuracy} with nested support sets (the n-shot set contains the smaller ones)."""
+    """{shots: accuracy}, support sets drawn from the training set by `sample_shots` (nested)."""
     shots = sorted(shots)
-    num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
-    order = sample_shots(train_y, shots[-1], seed)
-    rank = _rank_within_class(np.asarray(train_y)[order], seed)
-    results = {}
-    for n in shots:
-        idx = order[rank < n]
-        results[n] = fewshot_accuracy(np.asarray(train_x)[idx], np.asarray(train_y)[idx],
-                                      test_x, test_y, num_classes, l2_reg)
-    return results
-
-
-def _rank_within_class(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A random order of the examples within each class (0, 1, ...), for nested shot sets."""
-    rng = np.random.default_rng(seed + 1)
-    rank = np.empty(len(labels), int)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rank[idx] = rng.permutation(len(idx))
-    return rank
+    idx = sample_shots(train_y, shots[-1], seed)
+    return support_accuracies(np.asarray(train_x)[idx], np.asarray(train_y)[idx], test_x, test_y,
+                              shots, l2_reg)
 
 
 # --- Representations of a model -------------------------------------------------------------
@@ -139,8 +145,9 @@ def make_representation_fn(model: VisionTransformer, batch_size: int = 64
 class FewShotEvaluator:
     """Few-shot accuracies of the current params; for use as an evaluator during training.
 
-    The support set (max(shots) images per class, sampled once with `seed`) and the test
-    images are held in memory as preprocessed arrays; each call embeds them with `params`.
+    The support set (max(shots) images per class, `sample_shots(train_labels, max(shots), seed)`)
+    and the test images are held in memory as preprocessed arrays; each call embeds them with
+    `params`. `support_set(config, ...)` and `input_pipeline.eval_examples` make these arrays.
     """
 
     def __init__(self, model: VisionTransformer, train_images: np.ndarray, train_labels: np.ndarray,
@@ -155,150 +162,93 @@ class FewShotEvaluator:
 
     def __call__(self, params: Any) -> dict[str, float]:
         params = params.get('params', params) if hasattr(params, 'get') else params
-        acc = fewshot_from_features(self.represent(params, self.train_images), self.train_labels,
-                                    self.represent(params, self.test_images), self.test_labels,
-                                    self.shots, self.l2_reg, self.seed)
+        acc = support_accuracies(self.represent(params, self.train_images), self.train_labels,
+                                 self.represent(params, self.test_images), self.test_labels,
+                                 self.shots, self.l2_reg)
         return {f'{self.prefix}/{n}shot': a for n, a in acc.items()}
 
 
-def fewshot_evaluate(model: VisionTransformer, params: Any, train_images: np.ndarray,
-                     train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, *,
-                     shots: Sequence[int] = SHOTS, l2_reg: float = L2_REG, seed: int = 0,
-                     batch_size: int = 64) -> dict[int, float]:
-    """{shots: test accuracy} of the paper's few-shot linear evaluation of `params`."""
-    evaluator = FewShotEvaluator(model, train_images, train_labels, test_images, test_labels,
-                                 shots=shots, l2_reg=l2_reg, seed=seed, batch_size=batch_size, prefix='')
-    return {int(k.split('/')[-1].removesuffix('shot')): v for k, v in evaluator(params).items()}
+# --- Data: any source of vit_jax.input_pipeline, eval-preprocessed (no augmentation).
 
-
-# --- Data for the CLI: streamed, so that only the support set's images and the test set's
-# features are ever held in memory (a 224 px float32 image is 0.6 MB).
-
-Example = tuple[int, Callable[[], np.ndarray]]   # (label, load the preprocessed image)
-
-
-def folder_examples(root: str, split: str, size: int, classes: Sequence[str] | None = None
-                    ) -> tuple[list[Example], list[str]]:
-    """Examples of `root/split/<class>/<image>` (classes sorted by name, or as given)."""
-    base = os.path.join(root, split)
-    if not os.path.isdir(base):
-        raise FileNotFoundError(f'{base} does not exist (expected {root}/{{train,test}}/<class>/<image>)')
-    found = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
-    if not found:
-        raise FileNotFoundError(f'{base} has no class folders')
-    classes = list(classes or found)
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise ValueError(f'{os.path.join(base, unknown[0])} is not one of the training classes')
-    examples = [(classes.index(d), lambda f=f: predict.load_image(f, size))
-                for d in found for f in predict.find_images([os.path.join(base, d)])]
-    return examples, classes
-
-
-def tfds_examples(name: str, split: str, size: int, data_dir: str | None = None) -> Iterable[Example]:
-    """Examples of a tfds split (decoded by tfds, preprocessed as in vit-predict when loaded)."""
-    import tensorflow_datasets as tfds
-    from PIL import Image
-    ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir, shuffle_files=False)
-    for image, label in tfds.as_numpy(ds):
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        yield int(label), lambda pil=pil: predict.preprocess(pil, size)
-
-
-def _loaded_or_skipped(examples: Iterable[Example]) -> Iterable[tuple[int, np.ndarray]]:
-    for label, load in examples:
-        try:
-            yield label, load()
-        except (OSError, ValueError) as e:
-            print(f'skipped an unreadable image: {type(e).__name__}: {e}', file=sys.stderr)
-
-
-def first_shots(examples: Iterable[Example], shots: int, limit: int | None = None
+def support_set(config: Any, shots: int, seed: int = 0, limit: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first `shots` readable images of every class, looking at most at `limit` examples."""
-    kept: dict[int, list[np.ndarray]] = {}
-    seen = 0
-    for label, load in examples:
-        if limit is not None and seen >= limit:
-            break
-        seen += 1
-        if len(kept.setdefault(label, [])) < shots:
-            kept[label].extend(image for _, image in _loaded_or_skipped([(label, load)]))
-    if not kept:
-        raise ValueError('no readable training images')
-    labels = np.concatenate([[c] * len(v) for c, v in sorted(kept.items())]).astype(int)
-    return np.stack([im for _, v in sorted(kept.items()) for im in v]), labels
+    """(images, labels) of `sample_shots` on the training split of `config.dataset` (only those decoded).
+
+    `limit`: draw from the first `limit` training examples only (a quick look at a huge data set).
+    """
+    labels = input_pipeline.split_labels(config, 'train')[:limit]
+    if not len(labels):
+        raise ValueError(f'the training split of {config_util.get(config, "dataset")!r} has no examples')
+    idx = sample_shots(labels, shots, seed)
+    where = np.argsort(idx)                        # eval_examples yields in stored order
+    images = np.empty((len(idx),), object)
+    examples = input_pipeline.eval_examples(config, 'train', np.sort(idx))
+    for slot, (image, _) in zip(where, examples, strict=True):
+        images[slot] = image
+    return np.stack(list(images)), labels[idx]
 
 
-def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any, examples: Iterable[Example],
-          batch_size: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of up to `limit` examples, embedded batch by batch."""
+def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any,
+          examples: Iterable[tuple[np.ndarray, int]], batch_size: int, limit: int | None = None,
+          where: str = 'the test split') -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of up to `limit` (image, label) examples, embedded batch by batch."""
     from tqdm import tqdm
-    feats, labels, batch, batch_labels = [], [], [], []
-    total = min(len(examples), limit or len(examples)) if isinstance(examples, Sequence) else limit
-    stream = _loaded_or_skipped(itertools.islice(examples, limit))
-    for label, image in tqdm(stream, desc='embedding', unit='img', file=sys.stderr, leave=False, total=total):
+    feats, labels, batch = [], [], []
+    for image, label in tqdm(itertools.islice(examples, limit), desc='embedding', unit='img',
+                             file=sys.stderr, leave=False, total=limit):
         batch.append(image)
-        batch_labels.append(label)
+        labels.append(label)
         if len(batch) == batch_size:
             feats.append(represent(params, np.stack(batch)))
-            labels += batch_labels
-            batch, batch_labels = [], []
+            batch = []
     if batch:
         feats.append(represent(params, np.stack(batch)))
-        labels += batch_labels
     if not feats:
-        raise ValueError('no readable test images')
+        raise ValueError(f'{where} has no examples')
     return np.concatenate(feats), np.asarray(labels)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.fewshot', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='vit-fewshot', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_checkpoint_args(parser)
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument('--dataset', help='tfds name, e.g. cifar10 (train/test splits as in --train-split)')
-    data.add_argument('--folder', help='root/{train,test}/<class>/<image>')
+    data.add_argument('--dataset', help="tfds name (e.g. cifar10), 'digits', a folder or a CSV file, as "
+                                        'config.dataset of vit-train')
+    data.add_argument('--folder', help='same as --dataset: root/{train,test}/<class>/<image>')
     parser.add_argument('--data-dir', default=None, help='tfds data_dir')
-    parser.add_argument('--train-split', default='train')
-    parser.add_argument('--test-split', default='test')
+    parser.add_argument('--manual-dir', default=None, help='tfds manual download directory')
+    parser.add_argument('--train-split', default=None, help='tfds split [the data set preset, else train]')
+    parser.add_argument('--test-split', default=None, help='tfds split [the data set preset, else test]')
     parser.add_argument('--shots', type=int, nargs='+', default=list(SHOTS))
     parser.add_argument('--max-train', type=int, default=None,
-                        help='look at most at this many training examples for the support set '
-                             '(the first max(shots) images of each class are used)')
+                        help='draw the support set from the first this many training examples only')
     parser.add_argument('--max-test', type=int, default=10000, help='evaluate on at most this many')
     parser.add_argument('--l2-reg', type=float, default=L2_REG)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='of the support set sample')
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--json', action='store_true', help='print {shots: accuracy} as JSON')
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; user errors raise (ValueError / KeyError / OSError), `run` turns them into exit 2."""
     args = _parser().parse_args(argv)
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
-    try:
-        if min(args.shots) < 1:
-            raise ValueError(f'--shots must be >= 1, got {args.shots}')
-        loaded = predict.load_model(args.checkpoint, args.model)
-        size = loaded.image_size
-        if args.folder:
-            train, classes = folder_examples(args.folder, 'train', size)
-            test, _ = folder_examples(args.folder, 'test', size, classes)
-            np.random.default_rng(args.seed).shuffle(test)   # so that --max-test samples every class
-        else:
-            train = tfds_examples(args.dataset, args.train_split, size, args.data_dir)
-            test = tfds_examples(args.dataset, args.test_split, size, args.data_dir)
-        train_x, train_y = first_shots(train, max(args.shots), args.max_train)
-        represent = make_representation_fn(loaded.model, args.batch_size)
-        test_f, test_y = embed(represent, loaded.params, test, args.batch_size, args.max_test)
-        print(f'{len(train_x)} support / {len(test_f)} test images, {len(np.unique(train_y))} classes, '
-              f'{size} px', file=sys.stderr)
-        acc = fewshot_from_features(represent(loaded.params, train_x), train_y, test_f, test_y,
-                                    shots=args.shots, l2_reg=args.l2_reg, seed=args.seed)
-    except (OSError, ValueError, KeyError) as e:
-        print(f'vit_jax.fewshot: error: {e}', file=sys.stderr)
-        return 2
+    if min(args.shots) < 1:
+        raise ValueError(f'--shots must be >= 1, got {args.shots}')
+    loaded = predict.load_model(args.checkpoint, args.model)
+    size = loaded.image_size
+    pp = {'crop': size, **{k: v for k, v in (('train', args.train_split), ('test', args.test_split)) if v}}
+    config = ml_collections.ConfigDict(dict(dataset=args.dataset or args.folder, pp=pp,
+                                            tfds_data_dir=args.data_dir, tfds_manual_dir=args.manual_dir))
+    train_x, train_y = support_set(config, max(args.shots), args.seed, args.max_train)
+    represent = make_representation_fn(loaded.model, args.batch_size)
+    test_f, test_y = embed(represent, loaded.params, input_pipeline.eval_examples(config, 'test'),
+                           args.batch_size, args.max_test, f'the test split of {config.dataset!r}')
+    print(f'{len(train_x)} support / {len(test_f)} test images, {len(np.unique(train_y))} classes, '
+          f'{size} px', file=sys.stderr)
+    acc = support_accuracies(represent(loaded.params, train_x), train_y, test_f, test_y,
+                             shots=args.shots, l2_reg=args.l2_reg)
     if args.json:
         print(json.dumps({str(k): v for k, v in acc.items()}))
     else:
@@ -307,5 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (`vit-fewshot`, `python -m vit_jax.fewshot`)."""
+    sys.exit(run_cli('vit-fewshot', lambda: main(argv)))
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    run()

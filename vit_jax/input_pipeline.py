@@ -73,7 +73,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from vit_jax import config_util
+from vit_jax import config_util, sharding
 
 # TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
 try:
@@ -297,6 +297,7 @@ class _Source:
     total_examples: int        # in the split, all processes
     epoch: Callable[[tf.Tensor, int, tf.Tensor], tf.data.Dataset]
     in_order: Callable[[], tf.data.Dataset]
+    labels: np.ndarray | None = None   # of `in_order()`, where known without reading the data
 
 
 def _indexed_source(records: np.ndarray, labels: np.ndarray, process_index: int, process_count: int,
@@ -324,7 +325,7 @@ def _indexed_source(records: np.ndarray, labels: np.ndarray, process_index: int,
     def in_order():
         return tf.data.Dataset.range(n).map(gather)
 
-    return _Source(n, len(labels), epoch, in_order)
+    return _Source(n, len(labels), epoch, in_order, labels[order[start:end]].astype(np.int64))
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED
@@ -608,11 +609,9 @@ def _file_sources(config: Any, process_index: int, process_count: int
 # Iterators
 
 
-def _prepare(batch: dict[str, Any], sharding: jax.sharding.NamedSharding | None) -> dict[str, Any]:
+def _prepare(batch: dict[str, Any], batch_sharding: jax.sharding.NamedSharding | None) -> dict[str, Any]:
     """Host-local numpy batch -> global jax.Arrays split along the batch axis (when sharded)."""
-    if sharding is None:
-        return batch
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return batch if batch_sharding is None else sharding.to_global(batch, batch_sharding)
 
 
 class TrainIterator(Iterator):
@@ -746,6 +745,52 @@ def _sources(config: Any, process_index: int, process_count: int
     train = _tfds_source(builder, train_split, process_index, process_count, buffer)
     evals = _tfds_source(builder, eval_split, process_index, process_count, buffer)
     return train, evals, names
+
+
+def _split_source(config: Any, split: str) -> tuple[_Source, Preprocessing]:
+    """The whole (one-process) 'train' or 'test' split of `config.dataset` and its preprocessing."""
+    if split not in ('train', 'test'):
+        raise ValueError(f"split {split!r}: expected 'train' or 'test' (tfds splits are pp.train / pp.test)")
+    train, evals, names = _sources(config, 0, 1)
+    return (train if split == 'train' else evals), preprocessing_from_config(config, len(names))
+
+
+def split_labels(config: Any, split: str = 'test') -> np.ndarray:
+    """Integer labels of the 'train' or 'test' split, in the order `eval_examples` yields them.
+
+    Folders, CSVs and digits know them without reading an image; tfds reads the (undecoded) records.
+    """
+    source, _ = _split_source(config, split)
+    if source.labels is not None:
+        return source.labels
+    return np.fromiter(source.in_order().map(lambda r, y: y).as_numpy_iterator(), np.int64)
+
+
+def eval_examples(config: Any, split: str = 'test', indices: np.ndarray | None = None
+                  ) -> Iterator[tuple[np.ndarray, int]]:
+    """`(image float32 [crop, crop, 3] in [-1, 1], label)` of a split, eval-preprocessed, in stored order.
+
+    Any source (tfds name, folder, CSV, digits) and its preprocessing as in `get_datasets`, on one
+    process; 'train' is the training split without augmentation (e.g. a few-shot support set).
+    With `indices` (positions in that order), only those examples (still in stored order), and
+    only they are decoded. Errors in the config are raised here, not on the first `next()`.
+    """
+    source, pp = _split_source(config, split)
+    ds = source.in_order()
+    if indices is not None:
+        keep = np.zeros(source.num_examples, bool)
+        try:
+            keep[np.asarray(indices, np.int64)] = True
+        except IndexError:
+            raise ValueError(f'eval_examples: index {np.max(indices)} is out of range for the {split} '
+                             f'split of {config_util.get(config, "dataset")!r} ({source.num_examples} '
+                             'examples)') from None
+        keep_t = tf.constant(keep)
+        ds = ds.enumerate().filter(lambda i, example: keep_t[i])
+        ds = ds.map(lambda j, record: record).take(int(keep.sum()))   # stop reading after the last one
+    ds = ds.map(lambda r, y: (preprocess_eval(r, y, pp)['image'], y), num_parallel_calls=AUTOTUNE,
+                deterministic=True).prefetch(AUTOTUNE)
+    return ((image, int(label)) for image, label in ds.as_numpy_iterator())
 
 
 def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | None = None,
