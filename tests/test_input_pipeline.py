@@ -141,8 +141,6 @@ def test_imagenet_preset_splits_and_readable_class_names(tmp_path):
                                                  pp=dict(crop=16)))
         assert next(train)['label'].shape == (4, 1000)
     assert info.class_names[:2] == ('tench, Tinca tinca', 'goldfish, Carassius auratus')
-    assert ip.DATASET_PRESETS['imagenet2012']['train'] == 'train[:99%]'
-    assert ip.DATASET_PRESETS['cifar10']['test'] == 'test'
 
 
 # --- image folders and CSV files
@@ -393,3 +391,33 @@ def test_digits_preset_is_what_configs_digits_uses():
         return pp.crop, pp.train_crop, pp.eval_crop, pp.resize_to, pp.flip
     assert setup(ip.preprocessing_from_config(module.get_config())) == setup(
         ip.preprocessing_from_config(ConfigDict(dict(dataset='digits'))))
+
+
+def test_eval_examples_of_a_folder_follow_split_labels(image_folder):
+    from PIL import Image
+    Image.new('RGB', (12, 9), (GREYS[2],) * 3).save(image_folder / 'emu' / 'extra.tif')  # via Pillow
+    cfg = _config(str(image_folder), pp=dict(crop=16, holdout=0.2))
+    for split, count in (('train', 25), ('test', 6)):   # broken.jpg skipped, extra.tif read
+        labels = ip.split_labels(cfg, split)
+        examples = list(ip.eval_examples(cfg, split))
+        assert len(examples) == len(labels) == count
+        images = np.stack([im for im, _ in examples])
+        assert images.shape == (count, 16, 16, 3) and images.dtype == np.float32
+        np.testing.assert_array_equal([y for _, y in examples], labels)
+        np.testing.assert_array_equal(labels, _label_from_pixels({'image': images}))
+    some = list(ip.eval_examples(cfg, 'train', indices=[7, 2, 20]))
+    np.testing.assert_array_equal([y for _, y in some], ip.split_labels(cfg, 'train')[[2, 7, 20]])
+    with pytest.raises(ValueError, match='index 99 is out of range'):
+        ip.eval_examples(cfg, 'train', indices=[99])
+    with pytest.raises(ValueError, match="split 'val'"):
+        ip.eval_examples(cfg, 'val')
+
+
+def test_eval_examples_of_digits_are_the_eval_batches():
+    cfg = _config('digits')
+    _, evals, info = ip.get_datasets(cfg)
+    examples = list(ip.eval_examples(cfg, 'test'))
+    assert len(examples) == info.num_eval and examples[0][0].shape == (16, 16, 3)   # the digits preset
+    first = next(iter(evals))
+    np.testing.assert_array_equal(np.stack([im for im, _ in examples[:24]]), first['image'])
+    np.testing.assert_array_equal([y for _, y in examples[:24]], np.argmax(first['label'], 1))
