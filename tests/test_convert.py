@@ -4,6 +4,7 @@ The max relative logit errors are printed (run with `-s` to see them):
     max|ours - reference| / max|reference| per format.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,13 +14,21 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint, convert
+from vit_jax import checkpoint, convert, io_util
 from vit_jax.checkpoint import CheckpointError
 from vit_jax.models import VisionTransformer, get_config, get_model, num_params
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-F = torch.nn.functional
+HAS_TORCH = importlib.util.find_spec('torch') is not None
+
+
+def _torch():
+    """torch, for the PyTorch cross-checks only (the other tests run without it)."""
+    return pytest.importorskip('torch')
+
+
+def _transformers():
+    _torch()
+    return pytest.importorskip('transformers')
 
 TINY = {'patches.size': (8, 8), 'hidden_size': 32, 'transformer.num_layers': 2, 'transformer.mlp_dim': 64}
 TOLERANCE = 1e-4  # Relative, on logits.
@@ -49,7 +58,7 @@ def _rel_err(got, want, label):
 
 
 def _assert_same_tree(a, b):
-    fa, fb = checkpoint.flatten(a), checkpoint.flatten(b)
+    fa, fb = io_util.flatten(a), io_util.flatten(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
@@ -68,7 +77,7 @@ def exact():
 def test_npz_pre_linen_detected_and_config_inferred(exact, tmp_path):
     _, params, _ = exact
     flat = {'opt/target/' + k.replace('MlpBlock_0', 'MlpBlock_3'): v
-            for k, v in checkpoint.flatten(params).items()}
+            for k, v in io_util.flatten(params).items()}
     np.savez(tmp_path / 'x.npz', **flat)
     assert convert.detect_format(str(tmp_path / 'x.npz')) == 'npz'
     config, loaded = convert.load_checkpoint(tmp_path / 'x.npz')
@@ -84,7 +93,7 @@ def test_big_vision_detected(exact, tmp_path):
     p = jax.tree_util.tree_map(np.asarray, params)
     pos = p['Transformer'].pop('posembed_input')['pos_embedding']
     p['pos_embedding'], p['cls'] = pos[:, 1:], p['cls'] + pos[:, :1]
-    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in checkpoint.flatten(p).items()})
+    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in io_util.flatten(p).items()})
     assert convert.detect_format(str(tmp_path / 'bv.npz')) == 'big_vision'
     config, loaded = convert.load_checkpoint(tmp_path / 'bv.npz')
     config.gelu_approximate = False
@@ -113,6 +122,8 @@ def test_config_inference_names_public_models():
 
 def _timm_reference(sd, images, heads, eps=1e-6):
     """timm's VisionTransformer forward, written out in PyTorch (timm is not a dependency)."""
+    torch = _torch()
+    F = torch.nn.functional
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
     patch = t['patch_embed.proj.weight'].shape[-1]
     x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
@@ -138,6 +149,7 @@ def _timm_reference(sd, images, heads, eps=1e-6):
 def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
     from safetensors.numpy import load_file, save_file
 
+    torch = _torch()
     model, params, logits = exact
     config = convert.infer_config(params, gelu_approximate=False)
     dst = convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm')
@@ -167,6 +179,7 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
 # --- Hugging Face -----------------------------------------------------------------------------
 
 def _hf_model(hidden_act='gelu'):
+    torch, transformers = _torch(), _transformers()
     torch.manual_seed(0)
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, image_size=32, patch_size=8, num_labels=5,
@@ -179,6 +192,7 @@ def _hf_model(hidden_act='gelu'):
 
 
 def _hf_logits(model):
+    torch = _torch()
     with torch.no_grad():
         return model(pixel_values=torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).logits.numpy()
 
@@ -208,6 +222,7 @@ def test_hf_directory_matches_transformers(tmp_path):
 def test_hf_export_loads_with_from_pretrained(tmp_path):
     hf = _hf_model()
     hf.save_pretrained(tmp_path / 'src')
+    transformers = _transformers()
     config, params = convert.load_checkpoint(tmp_path / 'src')
     convert.export(params, config, str(tmp_path / 'out'), format='hf')
     back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
@@ -223,6 +238,7 @@ def test_original_numerics_survive_hf_export(tmp_path):
     params = _random_params(model, seed=3)
     config = convert.infer_config(params)
     convert.export(params, config, str(tmp_path / 'out'), format='hf')
+    transformers = _transformers()
     back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
     assert back.config.hidden_act == 'gelu_pytorch_tanh'
     ours = np.asarray(model.apply({'params': params}, IMAGES, train=False))
@@ -244,11 +260,13 @@ class _Evil:
 def test_error_cases(exact, tmp_path, capsys):
     _, params, _ = exact
     marker = str(tmp_path / 'pwned')
-    torch.save({'model': {'cls_token': torch.zeros(1, 1, 4)}, 'x': _Evil(marker)}, tmp_path / 'evil.pth')
+    if HAS_TORCH:
+        torch = _torch()
+        torch.save({'model': {'cls_token': torch.zeros(1, 1, 4)}, 'x': _Evil(marker)}, tmp_path / 'evil.pth')
     np.save(tmp_path / 'evil.npy', np.array([_Evil(marker)], dtype=object), allow_pickle=True)
     (tmp_path / 'notes.txt').write_text('hello')
     (tmp_path / 'broken.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
-    bad = checkpoint.flatten(params)
+    bad = io_util.flatten(params)
     bad['Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel'] = np.zeros((64, 31), np.float32)
     np.savez(tmp_path / 'shapes.npz', **bad)
 
@@ -260,19 +278,27 @@ def test_error_cases(exact, tmp_path, capsys):
         'shapes.npz': 'wrong shape Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel (64, 31)',
         'missing.npz': 'no such file',
     }
+    if not HAS_TORCH:
+        del cases['evil.pth']
     for name, expect in cases.items():
         with pytest.raises((CheckpointError, FileNotFoundError)) as e:
             convert.load_checkpoint(tmp_path / name)
         assert expect in str(e.value) and '\n' not in str(e.value), (name, str(e.value))
     assert not os.path.exists(marker)
 
-    # The CLI: exit 1, one line on stderr, no output file.
+    # The CLI: exit 2 (bad input), one line on stderr, no output file.
     before = sorted(os.listdir(tmp_path))
     for name in cases:
-        assert convert.run([str(tmp_path / name), str(tmp_path / 'out.npz')]) == 1
+        with pytest.raises(SystemExit) as exit_info:
+            convert.run([str(tmp_path / name), str(tmp_path / 'out.npz')])
+        assert exit_info.value.code == 2, name
         err = capsys.readouterr().err
         assert err.startswith('vit-convert: error:') and err.count('\n') == 1, err
     assert sorted(os.listdir(tmp_path)) == before and not os.path.exists(marker)
+    # A ValueError from the arguments is a one-line error too (no traceback).
+    with pytest.raises(SystemExit) as exit_info:
+        convert.run([str(tmp_path / 'shapes.npz'), str(tmp_path / 'out.npz'), '--num-classes', '-1'])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count('\n') == 1
 
 
 def test_export_refuses_what_the_target_cannot_hold(exact, tmp_path):
@@ -293,12 +319,13 @@ def test_export_refuses_what_the_target_cannot_hold(exact, tmp_path):
 def test_cli_converts_as_a_new_user_would(exact, tmp_path, capsys):
     _, params, _ = exact
     checkpoint.save(params, tmp_path / 'model.npz')
-    assert convert.run([str(tmp_path / 'model.npz'), str(tmp_path / 'model.safetensors')]) == 0
+    assert convert.main([str(tmp_path / 'model.npz'), str(tmp_path / 'model.safetensors')]) == 0
     out = capsys.readouterr().out
     assert 'detected: original/AugReg .npz' in out and f'parameters: {num_params(params):,}' in out
     assert 'wrote: timm state dict' in out
 
-    assert convert.run([str(tmp_path / 'model.safetensors'), str(tmp_path / 'hf'), '--num-classes', '3']) == 0
+    assert convert.main([str(tmp_path / 'model.safetensors'), str(tmp_path / 'hf'), '--num-classes', '3'
+                         ]) == 0
     out = capsys.readouterr().out
     assert 'detected: timm state dict' in out and '3 classes' in out
     with open(tmp_path / 'hf' / 'config.json') as f:
@@ -318,7 +345,7 @@ def test_named_model_summary(tmp_path, capsys):
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
     params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), params['params'])
     checkpoint.save(params, tmp_path / 'ti.npz')
-    assert convert.run([str(tmp_path / 'ti.npz'), str(tmp_path / 'ti2.npz')]) == 0
+    assert convert.main([str(tmp_path / 'ti.npz'), str(tmp_path / 'ti2.npz')]) == 0
     out = capsys.readouterr().out
     assert 'model: ViT-Ti_16' in out and config.model_name == 'ViT-Ti_16'
 
@@ -340,6 +367,7 @@ def test_load_pretrained_from_a_hugging_face_directory(tmp_path):
 
 def test_hf_vitmodel_pooler_becomes_pre_logits(tmp_path):
     """A headless HF ViTModel: its pooler (Dense + tanh on the class token) is the pre_logits layer."""
+    torch, transformers = _torch(), _transformers()
     torch.manual_seed(0)
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  intermediate_size=64, image_size=32, patch_size=8)

@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -23,13 +22,13 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from vit_jax import config_util, io_util
 from vit_jax.models import blocks_to_scan, scan_to_blocks
 
 logger = logging.getLogger(__name__)
 
 # How many keys an error message lists per category before it says "and N more".
 _MAX_LISTED = 8
-_REMOTE = re.compile(r'^[a-z][a-z0-9+.-]*://')
 # Pre-Linen (and Linen) submodule names: a type name and an index, e.g. `MlpBlock_3`.
 _NUMBERED = re.compile(r'^(.*)_(\d+)$')
 _GROUPNORM = re.compile(r'^gn(\d+|_root|_proj)$')
@@ -41,51 +40,6 @@ class CheckpointError(ValueError):
 
 # --- Files (local or remote) -----------------------------------------------------------------
 
-def _is_remote(path: str) -> bool:
-    return bool(_REMOTE.match(str(path)))
-
-
-def _read_bytes(path: str) -> bytes:
-    """Reads a local file, or a remote one (gs://...) via tf.io.gfile or etils.epath."""
-    path = os.fspath(path)
-    if not _is_remote(path):
-        with open(path, 'rb') as f:
-            return f.read()
-    try:
-        from tensorflow.io import gfile  # noqa: PLC0415 (optional, heavy)
-        with gfile.GFile(path, 'rb') as f:
-            return f.read()
-    except ImportError:
-        pass
-    try:
-        from etils import epath  # noqa: PLC0415
-        return epath.Path(path).read_bytes()
-    except ImportError as e:
-        raise CheckpointError(f'{path}: reading remote paths needs tensorflow or etils[epath]; '
-                              'download the file and pass the local path instead') from e
-
-
-def _write_bytes_atomic(data: bytes, path: str) -> None:
-    """Writes `data` so that `path` is either untouched or complete (never half-written)."""
-    path = os.fspath(path)
-    if _is_remote(path):
-        from tensorflow.io import gfile  # noqa: PLC0415
-        with gfile.GFile(path, 'wb') as f:
-            f.write(data)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _fix_dtype(x: np.ndarray) -> np.ndarray:
     """bfloat16 arrays saved by `np.savez` come back as raw 2-byte voids (big_vision files)."""
     if x.dtype.kind == 'V' and x.dtype.itemsize == 2:
@@ -96,8 +50,8 @@ def _fix_dtype(x: np.ndarray) -> np.ndarray:
 def _open_npz(path: str) -> Any:
     """An `np.load` handle (lazy, no pickles): local files are read in place, remote ones fetched."""
     path = os.fspath(path)
-    if _is_remote(path):
-        source: Any = io.BytesIO(_read_bytes(path))
+    if io_util.is_remote(path):
+        source: Any = io.BytesIO(io_util.read_bytes(path))
         magic = source.getvalue()[:6]
     else:
         source = path
@@ -140,30 +94,12 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 # --- Trees ------------------------------------------------------------------------------------
 
-def flatten(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
-    """{'a': {'b': x}} -> {'a/b': x}."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            for sub, leaf in flatten(value, sep).items():
-                out[f'{key}{sep}{sub}'] = leaf
-        else:
-            out[key] = value
-    return out
-
-
-def unflatten(flat: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
-    """{'a/b': x} -> {'a': {'b': x}} (the original `recover_tree`)."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(sep)
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise CheckpointError(f'key {key!r} nests below an array')
-        node[leaf] = value
-    return tree
+def unflatten(flat: Mapping[str, Any], source: str = 'checkpoint') -> dict[str, Any]:
+    """`io_util.unflatten`, with its error as a CheckpointError naming the key and `source`."""
+    try:
+        return io_util.unflatten(flat, source=source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def convert_pre_linen(tree: Any) -> Any:
@@ -194,7 +130,7 @@ def convert_pre_linen(tree: Any) -> Any:
 
 def _fix_groupnorm(tree: dict) -> dict:
     """GroupNorm scale/bias of old hybrid files are [1,1,1,C]; Linen wants [C]."""
-    flat = flatten(tree)
+    flat = io_util.flatten(tree)
     for key, value in flat.items():
         parts = key.split('/')
         if len(parts) > 1 and _GROUPNORM.match(parts[-2]) and parts[-1] in ('scale', 'bias'):
@@ -202,7 +138,7 @@ def _fix_groupnorm(tree: dict) -> dict:
     return unflatten(flat)
 
 
-def _strip_prefix(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def strip_prefix(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Keeps the parameters of `opt/target/...` or big_vision `params/...` files."""
     for prefix in ('opt/target/', 'params/'):
         if any(k.startswith(prefix) for k in flat):
@@ -223,9 +159,14 @@ def _from_big_vision(tree: dict) -> dict:
     return tree
 
 
-def normalize(flat: Mapping[str, np.ndarray]) -> dict:
+def is_big_vision(keys: Any) -> bool:
+    """Whether flat npz keys are big_vision's (a `params/` prefix or a top-level pos_embedding)."""
+    return any(k.startswith('params/') for k in keys) or 'pos_embedding' in strip_prefix(dict.fromkeys(keys))
+
+
+def normalize(flat: Mapping[str, np.ndarray], source: str = 'checkpoint') -> dict:
     """A flat checkpoint dict in any published layout -> the per-block Linen tree."""
-    tree = unflatten(_strip_prefix(dict(flat)))
+    tree = unflatten(strip_prefix(dict(flat)), source)
     tree = convert_pre_linen(tree)
     if 'pos_embedding' in tree:
         tree = _from_big_vision(tree)
@@ -236,7 +177,7 @@ def normalize(flat: Mapping[str, np.ndarray]) -> dict:
 
 def load(path: str) -> dict:
     """Loads a `.npz` checkpoint (any published layout, see module doc) as a Linen tree."""
-    return normalize(read_npz(path))
+    return normalize(read_npz(path), os.fspath(path))
 
 
 def save(params: Mapping[str, Any], path: str) -> None:
@@ -244,14 +185,14 @@ def save(params: Mapping[str, Any], path: str) -> None:
 
     The file appears complete or not at all.
     """
-    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    flat = {k: np.asarray(v) for k, v in io_util.flatten(params).items()}
     for key, value in flat.items():
         if value.dtype.kind == 'O':
             raise CheckpointError(f'{path}: parameter {key!r} is not a numeric array ({value.dtype}); '
                                   'nothing was written')
     buffer = io.BytesIO()
     np.savez(buffer, **flat)
-    _write_bytes_atomic(buffer.getvalue(), path)
+    io_util.write_atomic(path, buffer.getvalue())
 
 
 # --- Checking and adapting ------------------------------------------------------------------
@@ -269,18 +210,18 @@ def inspect_params(params: Mapping[str, Any], expected: Mapping[str, Any], *,
     Raises one `CheckpointError` listing the missing, extra and wrong-shape keys with their
     shapes; otherwise returns `params` unchanged.
     """
-    got, want = flatten(params), flatten(expected)
+    got, want = io_util.flatten(params), io_util.flatten(expected)
     missing = sorted(want.keys() - got.keys())
     extra = sorted(got.keys() - want.keys())
-    shape = sorted(k for k in want.keys() & got.keys() if _shape(got[k]) != _shape(want[k]))
+    shape = sorted(k for k in want.keys() & got.keys() if array_shape(got[k]) != array_shape(want[k]))
     problems = []
     if missing and fail_if_missing:
-        problems.append('missing ' + _listed([f'{k} {_shape(want[k])}' for k in missing]))
+        problems.append('missing ' + _listed([f'{k} {array_shape(want[k])}' for k in missing]))
     if extra and fail_if_extra:
-        problems.append('extra ' + _listed([f'{k} {_shape(got[k])}' for k in extra]))
+        problems.append('extra ' + _listed([f'{k} {array_shape(got[k])}' for k in extra]))
     if shape and fail_if_shape:
         problems.append('wrong shape ' + _listed(
-            [f'{k} {_shape(got[k])} (expected {_shape(want[k])})' for k in shape]))
+            [f'{k} {array_shape(got[k])} (expected {array_shape(want[k])})' for k in shape]))
     if problems:
         raise CheckpointError(f'{source} does not match the model: ' + '; '.join(problems))
     if extra:
@@ -345,28 +286,9 @@ def resize_patch_embedding(kernel: Any, new_hw: tuple[int, int]) -> np.ndarray:
     return (pinv @ flat).reshape(*new_hw, *kernel.shape[2:]).astype(kernel.dtype)
 
 
-def _shape(x: Any) -> tuple[int, ...]:
+def array_shape(x: Any) -> tuple[int, ...]:
     """Shape of an array, jax array or `jax.ShapeDtypeStruct` (from `jax.eval_shape`)."""
     return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
-
-
-def _field(config: Any, key: str, default: Any = None) -> Any:
-    return config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
-
-
-def _load_any(path: str, model_config: Any) -> dict:
-    """`load` for .npz; timm / Hugging Face files go through `vit_jax.convert`."""
-    if str(path).endswith('.npz') or _is_remote(path):
-        return load(path)
-    from vit_jax import convert  # noqa: PLC0415 (convert imports this module)
-
-    config, params = convert.load_checkpoint(path)
-    for key in ('layer_norm_eps', 'gelu_approximate'):
-        want = _field(model_config, key, {'layer_norm_eps': 1e-6, 'gelu_approximate': True}[key])
-        if config[key] != want:
-            logger.warning('load_pretrained: %s has %s=%s but the model uses %s; set it in the model '
-                           'config to reproduce the source model', path, key, config[key], want)
-    return params
 
 
 def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
@@ -377,18 +299,19 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
     classes), `pre_logits` is dropped when `model_config` has no `representation_size`, and
     the position-embedding grid is resized linearly (class-token row kept). Beyond it: a
     different patch size resizes the patch-embedding kernel (FlexiViT), `pretrained_path`
-    may be a catalogue name (`vit_jax.hub.resolve`) or a timm / Hugging Face checkpoint, and
-    scan-layout models are supported.
+    may be anything `vit_jax.convert.load_checkpoint` reads (a catalogue name, a timm / Hugging
+    Face checkpoint, a `vit-train` workdir), and scan-layout models are supported.
     Raises `CheckpointError` naming missing or wrong-shape keys.
     """
-    from vit_jax import hub  # noqa: PLC0415 (hub is optional for plain file loading)
+    from vit_jax import convert  # convert reads every format and imports this module
 
-    path = hub.resolve(pretrained_path)
-    restored = _load_any(path, model_config)
+    source = convert.read_checkpoint(pretrained_path)
+    convert.warn_numerics(source, model_config)
+    restored = dict(source.params)
     expected = init_params
     scan = 'encoderblock' in expected.get('Transformer', {})
 
-    if _field(model_config, 'representation_size') is None and 'pre_logits' in restored:
+    if config_util.get(model_config, 'representation_size') is None and 'pre_logits' in restored:
         logger.info('load_pretrained: drop-head variant (no representation_size)')
         del restored['pre_logits']
     restored.pop('head', None)
@@ -398,22 +321,24 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
 
     posemb = restored.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
     posemb_new = expected.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
-    if posemb is not None and posemb_new is not None and _shape(posemb) != _shape(posemb_new):
-        logger.info('load_pretrained: resized variant %s -> %s', _shape(posemb), _shape(posemb_new))
+    if posemb is not None and posemb_new is not None and array_shape(posemb) != array_shape(posemb_new):
+        logger.info('load_pretrained: resized variant %s -> %s',
+                    array_shape(posemb), array_shape(posemb_new))
         restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
-            posemb, _shape(posemb_new)[1], has_class_token='cls' in expected)
+            posemb, array_shape(posemb_new)[1], has_class_token='cls' in expected)
 
     kernel = restored.get('embedding', {}).get('kernel')
     kernel_new = expected.get('embedding', {}).get('kernel')
-    if (kernel is not None and kernel_new is not None and _shape(kernel)[2:] == _shape(kernel_new)[2:]
-            and _shape(kernel)[:2] != _shape(kernel_new)[:2]):
-        logger.info('load_pretrained: patch size %s -> %s', _shape(kernel)[:2], _shape(kernel_new)[:2])
-        restored['embedding']['kernel'] = resize_patch_embedding(kernel, _shape(kernel_new)[:2])
+    if kernel is not None and kernel_new is not None:
+        old_hw, new_hw = array_shape(kernel)[:2], array_shape(kernel_new)[:2]
+        if array_shape(kernel)[2:] == array_shape(kernel_new)[2:] and old_hw != new_hw:
+            logger.info('load_pretrained: patch size %s -> %s', old_hw, new_hw)
+            restored['embedding']['kernel'] = resize_patch_embedding(kernel, new_hw)
 
     if scan and 'encoderblock_0' in restored.get('Transformer', {}):
         restored = jax.tree_util.tree_map(np.asarray, blocks_to_scan(restored))
     inspect_params(restored, expected, fail_if_extra=False, source=str(pretrained_path))
     # Keep only what the model has, in the model's parameter dtype.
-    got = flatten(restored)
-    return unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
-                      for k, v in flatten(expected).items()})
+    got = io_util.flatten(restored)
+    return io_util.unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
+                             for k, v in io_util.flatten(expected).items()})

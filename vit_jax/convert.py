@@ -1,24 +1,25 @@
 """Convert ViT checkpoints between the public formats, and the `vit-convert` CLI.
 
-`load_checkpoint(path)` auto-detects the original / AugReg `.npz`, big_vision `.npz`, timm
-(`.safetensors`; `.pth`/`.bin` through `torch.load(weights_only=True)` when torch is
-installed) and Hugging Face ViT (a directory with `config.json` + `model.safetensors`, legacy
-or transformers-5 key names), and returns `(model_config, params)`: a ConfigDict usable as
-`VisionTransformer(num_classes=..., **model_config)`, which carries the source's LayerNorm
-epsilon and GELU form, and the Linen parameter tree. `export` writes npz, timm safetensors or
-a Hugging Face directory. Layouts: timm/HF Linear weights are [out, in] (transposed here),
+`load_checkpoint(path_or_name)` is the one loader of vit_jax: it resolves catalogue names
+(`vit_jax.hub.resolve`), reads `vit-train` workdirs (`vit_jax.train.load_trained`) and
+auto-detects the original / AugReg `.npz`, big_vision `.npz`, timm (`.safetensors`;
+`.pth`/`.bin` through `torch.load(weights_only=True)` when torch is installed) and Hugging Face
+ViT (a directory with `config.json` + `model.safetensors`, legacy or transformers-5 key names).
+It returns `(model_config, params)`: a ConfigDict for `vit_jax.models.build_model`, which
+carries the source's LayerNorm epsilon and GELU form, and the per-block Linen parameter tree
+(`read_checkpoint` also gives the format and a workdir's class names). `export` writes npz,
+timm safetensors or a Hugging Face directory. Layouts: timm/HF Linear weights are [out, in] (transposed here),
 convs OIHW (ours HWIO), timm's `attn.qkv` is q, k, v concatenated.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,17 +29,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, hub
-from vit_jax.checkpoint import CheckpointError, _shape
-from vit_jax.models import MODEL_CONFIGS, VisionTransformer, num_params, scan_to_blocks
+from vit_jax import checkpoint, cli, config_util, hub, io_util
+from vit_jax.checkpoint import CheckpointError, array_shape
+from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, num_params, scan_to_blocks
 
 EXPORT_FORMATS = ('npz', 'timm', 'hf')
 FORMAT_NAMES = {
     'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
-    'timm': 'timm state dict', 'hf': 'Hugging Face ViT'}
+    'timm': 'timm state dict', 'hf': 'Hugging Face ViT', 'workdir': 'vit-train workdir'}
 HF_GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
-# Hidden sizes whose head count is not hidden/64 (ViT-H/14: 1280 = 16 heads x 80).
-_TIMM_HEADS = {1280: 16}
+HF_LAYER_NORM_EPS = 1e-12   # transformers' ViTConfig default
+TIMM_LAYER_NORM_EPS = 1e-6  # built into timm's VisionTransformer (with exact GELU)
+# Head count by hidden size of the named configs, for timm files (which do not record it).
+_HEADS_BY_WIDTH = {int(c.hidden_size): int(c.transformer.num_heads)
+                   for name, c in MODEL_CONFIGS.items() if name != 'testing'}
 _META_PREFIX = 'vit_jax.'
 
 # --- Canonical "torch-style" names: one table per source format ----------------------------
@@ -217,7 +221,7 @@ def _to_source_names(c: Mapping[str, np.ndarray], table: Mapping[str, str]) -> d
 # --- Reading files ------------------------------------------------------------------------------
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors import safe_open
 
     try:
         with safe_open(path, framework='np') as f:
@@ -229,11 +233,11 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
 def _read_torch(path: str) -> dict[str, np.ndarray]:
     """A PyTorch state dict loaded with `weights_only=True` (never arbitrary pickles)."""
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:
         raise CheckpointError(f'{path}: reading .pth/.bin needs torch (pip install "vit_jax[torch]"), '
                               'or convert it to .safetensors') from None
-    import pickle  # noqa: PLC0415
+    import pickle
 
     try:
         sd = torch.load(path, map_location='cpu', weights_only=True)
@@ -280,9 +284,9 @@ def _read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def _weight_names(path: str) -> list[str]:
-    """Tensor names of a weights file (safetensors: from the header only)."""
+    """Tensor names of a weights file (safetensors: from the header only; torch: the whole file)."""
     if path.endswith('.safetensors'):
-        from safetensors import safe_open  # noqa: PLC0415
+        from safetensors import safe_open
 
         try:
             with safe_open(path, framework='np') as f:
@@ -292,42 +296,56 @@ def _weight_names(path: str) -> list[str]:
     return list(_read_weights(path)[0])
 
 
-def _looks_hf(keys: Sequence[str]) -> bool:
-    return any(k.removeprefix('vit.').startswith(('embeddings.', 'encoder.layer', 'layers.')) for k in keys)
+def is_training_workdir(path: str) -> bool:
+    """A `vit-train` workdir: config.json beside model.npz or checkpoints/ (an HF folder has neither)."""
+    return (os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json'))
+            and (os.path.exists(os.path.join(path, 'model.npz'))
+                 or os.path.isdir(os.path.join(path, 'checkpoints'))))
 
 
-def detect_format(path: str) -> str:
-    """'npz', 'big_vision', 'timm' or 'hf' for a checkpoint path; CheckpointError otherwise."""
-    path = os.fspath(path)
-    if not os.path.exists(path) and not checkpoint._is_remote(path):
+def _weights_format(path: str, keys: Sequence[str]) -> str:
+    """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
+    if any(k.removeprefix('vit.').startswith(('embeddings.', 'encoder.layer', 'layers.')) for k in keys):
+        _hf_files(path)
+        return 'hf'
+    if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
+        return 'timm'
+    raise CheckpointError(f'{path}: neither timm nor Hugging Face ViT weights (keys: {list(keys)[:4]} ...)')
+
+
+def _path_kind(path: str) -> str:
+    """'workdir', 'hf', 'npz' or 'weights' from the path alone; FileNotFoundError/CheckpointError."""
+    if not os.path.exists(path) and not io_util.is_remote(path):
         raise FileNotFoundError(f'{path}: no such file or directory')
+    if is_training_workdir(path):
+        return 'workdir'
     if os.path.isdir(path) or os.path.basename(path) == 'config.json':
         _hf_files(path)
         return 'hf'
-    if path.endswith('.npz') or checkpoint._is_remote(path):
-        keys = dict.fromkeys(checkpoint.npz_keys(path))
-        if not keys:
-            raise CheckpointError(f'{path}: the .npz holds no arrays')
-        big_vision = ('pos_embedding' in checkpoint._strip_prefix(keys)
-                      or any(k.startswith('params/') for k in keys))
-        return 'big_vision' if big_vision else 'npz'
+    if path.endswith('.npz') or io_util.is_remote(path):
+        return 'npz'
     if path.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        keys = _weight_names(path)
-        if _looks_hf(keys):
-            _hf_files(path)
-            return 'hf'
-        if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
-            return 'timm'
-        raise CheckpointError(f'{path}: neither timm nor Hugging Face ViT weights (keys: {keys[:4]} ...)')
-    raise CheckpointError(f'{path}: unknown checkpoint format; expected .npz, .safetensors, .pth/.bin '
-                          'or a Hugging Face directory')
+        return 'weights'
+    raise CheckpointError(f'{path}: unknown checkpoint format; expected .npz, .safetensors, .pth/.bin, '
+                          'a Hugging Face directory or a vit-train workdir')
+
+
+def detect_format(path: str) -> str:
+    """'npz', 'big_vision', 'timm', 'hf' or 'workdir' for a local path, reading as little as it can."""
+    path = os.fspath(path)
+    kind = _path_kind(path)
+    if kind == 'npz':
+        return 'big_vision' if checkpoint.is_big_vision(checkpoint.npz_keys(path)) else 'npz'
+    if kind == 'weights':
+        return _weights_format(path, _weight_names(path))
+    return kind
 
 
 # --- Configs ------------------------------------------------------------------------------------
 
 def num_classes(params: Mapping[str, Any]) -> int:
     """Classes of the head (0 when the checkpoint has none)."""
-    return int(_shape(params['head']['kernel'])[-1]) if 'head' in params else 0
+    return int(array_shape(params['head']['kernel'])[-1]) if 'head' in params else 0
 
 
 def _structure(config: Any) -> tuple:
@@ -346,9 +364,9 @@ def match_model_name(config: Any) -> str | None:
     return None
 
 
-def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float = 1e-6,
-                 gelu_approximate: bool = True) -> ml_collections.ConfigDict:
-    """The model config of a Linen parameter tree, from its shapes."""
+def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = None,
+                 gelu_approximate: bool | None = None) -> ml_collections.ConfigDict:
+    """The model config of a Linen parameter tree, from its shapes (numerics: the model defaults)."""
     if 'MAPHead_0' in params:
         raise CheckpointError('MAP-head pooling (big_vision pool_type="map") is not supported by '
                               'vit_jax.models.VisionTransformer')
@@ -357,27 +375,27 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float = 1e-6,
         layers = sorted(int(k.split('_')[1]) for k in enc if re.fullmatch(r'encoderblock_\d+', k))
         query = enc['encoderblock_0']['MultiHeadDotProductAttention_0']['query']['kernel']
         mlp = enc['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
-        patch = tuple(int(s) for s in _shape(params['embedding']['kernel'])[:2])
+        patch = tuple(int(s) for s in array_shape(params['embedding']['kernel'])[:2])
     except (KeyError, IndexError) as e:
         raise CheckpointError(f'not a ViT parameter tree (no {e})') from None
     config = ml_collections.ConfigDict()
     config.model_name = None
     config.patches = ml_collections.ConfigDict({'size': patch})
-    config.hidden_size = int(_shape(query)[0])
+    config.hidden_size = int(array_shape(query)[0])
     config.transformer = ml_collections.ConfigDict(dict(
-        mlp_dim=int(_shape(mlp)[1]), num_heads=int(_shape(query)[1]), num_layers=len(layers),
+        mlp_dim=int(array_shape(mlp)[1]), num_heads=int(array_shape(query)[1]), num_layers=len(layers),
         attention_dropout_rate=0.0, dropout_rate=0.0))
     config.classifier = 'token' if 'cls' in params else 'gap'
-    config.representation_size = (int(_shape(params['pre_logits']['kernel'])[1])
+    config.representation_size = (int(array_shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)
     if 'conv_root' in params:
         stages = sorted((k for k in params if re.fullmatch(r'block\d+', k)), key=lambda k: int(k[5:]))
-        width = _shape(params['conv_root']['kernel'])[-1] / 64
+        width = array_shape(params['conv_root']['kernel'])[-1] / 64
         config.resnet = ml_collections.ConfigDict(dict(
             num_layers=tuple(len(params[s]) for s in stages),
             width_factor=int(width) if float(width).is_integer() else width))
-    config.layer_norm_eps = float(layer_norm_eps)
-    config.gelu_approximate = bool(gelu_approximate)
+    config.layer_norm_eps, config.gelu_approximate = numerics(
+        {'layer_norm_eps': layer_norm_eps, 'gelu_approximate': gelu_approximate})
     name = match_model_name(config)
     if name is not None:
         config.model_name = name
@@ -386,20 +404,28 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float = 1e-6,
     return config
 
 
+def model_default(field: str) -> Any:
+    """The default of a VisionTransformer field (the original numerics: eps 1e-6, tanh GELU)."""
+    return VisionTransformer.__dataclass_fields__[field].default
+
+
+def numerics(config: Any) -> tuple[float, bool]:
+    """(layer_norm_eps, gelu_approximate) of a model config, defaults where unset."""
+    return (float(config_util.get(config, 'layer_norm_eps', model_default('layer_norm_eps'))),
+            bool(config_util.get(config, 'gelu_approximate', model_default('gelu_approximate'))))
+
+
 def image_size(params: Mapping[str, Any], config: Any) -> int:
     """The training resolution implied by the position-embedding grid."""
-    pos = _shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
-    grid = round(np.sqrt(pos - (1 if 'cls' in params else 0)))
-    stride = 1
-    if config.get('resnet') is not None:
-        stride = 4 * 2 ** max(len(config.resnet.num_layers) - 1, 0)
-    return int(grid * config.patches.size[0] * stride)
+    model = build_model(config, None, inference=True)
+    pos = array_shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
+    return int(round(np.sqrt(pos - model.num_prefix_tokens)) * model.patch_stride[0])
 
 
 def check_params(params: Mapping[str, Any], config: Any, source: str = 'checkpoint') -> None:
     """Checks every key and shape against the model `config` builds (abstractly, no compute)."""
     size = image_size(params, config)
-    model = VisionTransformer(num_classes=num_classes(params), **config)
+    model = build_model(config, num_classes(params), inference=True)
     expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
                                                  train=False))['params']
     checkpoint.inspect_params(params, expected, source=source)
@@ -407,7 +433,9 @@ def check_params(params: Mapping[str, Any], config: Any, source: str = 'checkpoi
 
 # --- Loading ------------------------------------------------------------------------------------
 
-def _hf_params(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+def _hf_params(path: str, sd: Mapping[str, np.ndarray] | None = None
+               ) -> tuple[ml_collections.ConfigDict, dict]:
+    """An HF directory / config.json / weights file (`sd`: its weights, if already read)."""
     config_path, weights = _hf_files(path)
     with open(config_path) as f:
         hf = json.load(f)
@@ -419,7 +447,8 @@ def _hf_params(path: str) -> tuple[ml_collections.ConfigDict, dict]:
                               f'{sorted(HF_GELU)})')
     if hf.get('num_channels', 3) != 3:
         raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
-    sd, _ = _read_weights(weights)
+    if sd is None:
+        sd, _ = _read_weights(weights)
     sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
     if 'classifier.weight' in sd:  # ViTForImageClassification does not use the pooler.
         sd = {k: v for k, v in sd.items() if not k.startswith('pooler.')}
@@ -427,7 +456,7 @@ def _hf_params(path: str) -> tuple[ml_collections.ConfigDict, dict]:
         raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
     canonical = _rename(sd, _HF_NAMES, weights, ignore=[r'embeddings\.mask_token'])
     params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
-    return infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', 1e-12),
+    return infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', HF_LAYER_NORM_EPS),
                         gelu_approximate=HF_GELU[act]), params
 
 
@@ -436,16 +465,16 @@ def _timm_heads(d: int, meta: Mapping[str, str], num_heads: int | None, path: st
         return num_heads
     if _META_PREFIX + 'num_heads' in meta:
         return int(meta[_META_PREFIX + 'num_heads'])
-    if d in _TIMM_HEADS:
-        return _TIMM_HEADS[d]
+    if d in _HEADS_BY_WIDTH:
+        return _HEADS_BY_WIDTH[d]
     if d % 64 == 0:
         return d // 64
     raise CheckpointError(f'{path}: timm files do not record the number of heads and hidden size {d} '
                           'has no standard one; pass num_heads (--num-heads)')
 
 
-def _timm_params(path: str, num_heads: int | None) -> tuple[ml_collections.ConfigDict, dict]:
-    sd, meta = _read_weights(path)
+def _timm_params(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None
+                 ) -> tuple[ml_collections.ConfigDict, dict]:
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
     if 'fc_norm.weight' in sd:
         raise CheckpointError(f'{path}: timm fc_norm (LayerNorm after pooling) is not supported by '
@@ -453,7 +482,7 @@ def _timm_params(path: str, num_heads: int | None) -> tuple[ml_collections.Confi
     canonical = _rename(sd, _TIMM_NAMES, path)
     heads = _timm_heads(np.shape(canonical.get('patch.w', np.zeros(1)))[0], meta, num_heads, path)
     params = _linen_from_canonical(canonical, heads, path)
-    eps = float(meta.get(_META_PREFIX + 'layer_norm_eps', 1e-6))
+    eps = float(meta.get(_META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
     approx = meta.get(_META_PREFIX + 'gelu_approximate', 'false') == 'true'
     config = infer_config(params, layer_norm_eps=eps, gelu_approximate=approx)
     if meta.get(_META_PREFIX + 'classifier'):
@@ -461,31 +490,86 @@ def _timm_params(path: str, num_heads: int | None) -> tuple[ml_collections.Confi
     return config, params
 
 
-def load_checkpoint(path: str, *, num_heads: int | None = None
-                    ) -> tuple[ml_collections.ConfigDict, dict]:
-    """Loads any supported checkpoint as `(model_config, params)` (see the module doc).
+@dataclasses.dataclass
+class Checkpoint:
+    """What `read_checkpoint` found: the model config, the per-block Linen params and their origin."""
+
+    model_config: ml_collections.ConfigDict
+    params: dict
+    format: str                # a FORMAT_NAMES key
+    path: str                  # the local path (or remote URL) that was read
+    class_names: list[str] | None = None   # a vit-train workdir's
+
+
+def _workdir_params(path: str) -> tuple[ml_collections.ConfigDict, dict, list[str] | None]:
+    """(model_config, per-block params, class names) of a vit-train workdir (train owns its format)."""
+    from vit_jax.train import load_trained  # Orbax and Optax: imported only for workdirs
+
+    model_config, _, params, class_names = load_trained(path)
+    params = jax.tree_util.tree_map(np.asarray, dict(params))
+    if 'encoderblock' in params.get('Transformer', {}):
+        params = jax.tree_util.tree_map(np.asarray, scan_to_blocks(params))
+    config = ml_collections.ConfigDict(
+        model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config))
+    config.scan_layers = False   # the parameters are now in the per-block layout
+    config.layer_norm_eps, config.gelu_approximate = numerics(config)
+    return config, params, list(class_names) if class_names else None
+
+
+def read_checkpoint(path_or_name: str, *, num_heads: int | None = None) -> Checkpoint:
+    """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
     `num_heads` is only needed for timm files with a non-standard head count (timm state
     dicts do not record it). Raises CheckpointError (one line) on unreadable or inconsistent
-    files.
+    files, FileNotFoundError / hub.DownloadError when there is nothing to read.
     """
-    path = os.fspath(path)
-    fmt = detect_format(path)
-    if fmt in ('npz', 'big_vision'):
-        params = checkpoint.load(path)
+    path = hub.resolve(os.fspath(path_or_name))
+    kind = _path_kind(path)
+    class_names = None
+    if kind == 'workdir':
+        fmt = 'workdir'
+        config, params, class_names = _workdir_params(path)
+    elif kind == 'npz':
+        flat = checkpoint.read_npz(path)
+        fmt = 'big_vision' if checkpoint.is_big_vision(flat) else 'npz'
+        params = checkpoint.normalize(flat, path)
         config = infer_config(params)
-    elif fmt == 'timm':
-        config, params = _timm_params(path, num_heads)
-    else:
+    elif kind == 'hf':
+        fmt = 'hf'
         config, params = _hf_params(path)
+    else:
+        sd, meta = _read_weights(path)
+        fmt = _weights_format(path, list(sd))
+        config, params = _hf_params(path, sd) if fmt == 'hf' else _timm_params(path, sd, meta, num_heads)
     check_params(params, config, source=path)
-    return config, params
+    return Checkpoint(config, params, fmt, path, class_names)
+
+
+def load_checkpoint(path_or_name: str, *, num_heads: int | None = None
+                    ) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name."""
+    found = read_checkpoint(path_or_name, num_heads=num_heads)
+    return found.model_config, found.params
+
+
+def warn_numerics(found: Checkpoint, model_config: Any) -> None:
+    """Warns when a model is given weights trained with another LayerNorm eps or GELU form.
+
+    Only formats that record their numerics are checked (an .npz says nothing about them).
+    """
+    if found.format not in ('timm', 'hf', 'workdir'):
+        return
+    names = ('layer_norm_eps', 'gelu_approximate')
+    for key, have, want in zip(names, numerics(found.model_config), numerics(model_config), strict=True):
+        if have != want:
+            warnings.warn(f'{found.path} has {key}={have} but the model uses {want}; set it in the model '
+                          'config to reproduce the source model', stacklevel=3)
 
 
 def replace_head(params: Mapping[str, Any], classes: int) -> dict:
     """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head."""
     params = dict(params)
-    features = _shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params else \
+    features = array_shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params else \
         np.shape(params['Transformer']['encoder_norm']['scale'])[0]
     dtype = np.asarray(params['Transformer']['encoder_norm']['scale']).dtype
     params.pop('head', None)
@@ -500,12 +584,12 @@ def _hf_config(params: Mapping[str, Any], config: Any) -> dict:
     patch = tuple(config.patches.size)
     classes = num_classes(params)
     t = config.transformer
+    eps, approx = numerics(config)
     return {
         'architectures': ['ViTForImageClassification'], 'model_type': 'vit',
         'hidden_size': int(config.hidden_size), 'num_hidden_layers': int(t.num_layers),
         'num_attention_heads': int(t.num_heads), 'intermediate_size': int(t.mlp_dim),
-        'hidden_act': 'gelu_pytorch_tanh' if config.get('gelu_approximate', True) else 'gelu',
-        'layer_norm_eps': float(config.get('layer_norm_eps', 1e-6)),
+        'hidden_act': 'gelu_pytorch_tanh' if approx else 'gelu', 'layer_norm_eps': eps,
         'hidden_dropout_prob': float(t.get('dropout_rate', 0.0)),
         'attention_probs_dropout_prob': float(t.get('attention_dropout_rate', 0.0)),
         'initializer_range': 0.02, 'image_size': image_size(params, config), 'patch_size': int(patch[0]),
@@ -534,7 +618,7 @@ def _check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
 
 
 def _safetensors_bytes(sd: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    from safetensors.numpy import save  # noqa: PLC0415
+    from safetensors.numpy import save
 
     return save({k: np.ascontiguousarray(v) for k, v in sd.items()}, metadata=dict(metadata))
 
@@ -557,10 +641,10 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
         checkpoint.save(params, dst)
         return dst
     _check_exportable(params, model_config, format)
-    eps = float(model_config.get('layer_norm_eps', 1e-6))
-    approx = bool(model_config.get('gelu_approximate', True))
+    eps, approx = numerics(model_config)
     if format == 'timm':
-        differs = ([f'LayerNorm eps {eps:g} (timm: 1e-6)'] if eps != 1e-6 else []) + \
+        differs = ([f'LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g})']
+                   if eps != TIMM_LAYER_NORM_EPS else []) + \
             (['tanh GELU (timm: exact)'] if approx else [])
         if differs:
             warnings.warn(f'this model uses {" and ".join(differs)}, so its logits in timm will differ '
@@ -573,25 +657,14 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
                 _META_PREFIX + 'classifier': str(model_config.classifier)}
         if model_config.get('model_name'):
             meta[_META_PREFIX + 'model_name'] = str(model_config.model_name)
-        checkpoint._write_bytes_atomic(_safetensors_bytes(sd, meta), dst)
-        return dst
+        return io_util.write_atomic(dst, _safetensors_bytes(sd, meta))
     sd = _to_source_names(_canonical_from_linen(params, qkv=False), _HF_EXPORT)
     files = {'config.json': json.dumps(_hf_config(params, model_config), indent=2).encode(),
              'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'})}
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise CheckpointError(f'{dst}: exists and is not a directory (Hugging Face export writes one)')
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix='.vit_jax_export_')
-    try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), 'wb') as f:
-                f.write(data)
-        os.makedirs(dst, exist_ok=True)
-        for name in files:
-            os.replace(os.path.join(tmp, name), os.path.join(dst, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for name, data in files.items():   # each file complete or untouched
+        io_util.write_atomic(os.path.join(dst, name), data)
     return dst
 
 
@@ -600,15 +673,16 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
 def describe(config: Any, params: Mapping[str, Any]) -> str:
     """One-paragraph summary: config name, architecture, numerics, parameter count."""
     t = config.transformer
-    name = config.get('model_name') or 'custom (no MODEL_CONFIGS match)'
-    hybrid = f', ResNet stem {tuple(config.resnet.num_layers)}' if config.get('resnet') is not None else ''
+    name = config_util.get(config, 'model_name') or 'custom (no MODEL_CONFIGS match)'
+    resnet = config_util.get(config, 'resnet')
+    hybrid = f', ResNet stem {tuple(resnet.num_layers)}' if resnet is not None else ''
+    eps, approx = numerics(config)
     return (f'model: {name}\n'
             f'  hidden {config.hidden_size}, {t.num_layers} layers, {t.num_heads} heads, mlp {t.mlp_dim}, '
             f'patch {tuple(config.patches.size)}{hybrid}, classifier {config.classifier}, '
-            f'representation_size {config.representation_size}, {num_classes(params)} classes, '
-            f'image size {image_size(params, config)}\n'
-            f'  layer_norm_eps {config.layer_norm_eps:g}, '
-            f'GELU {"tanh" if config.gelu_approximate else "exact"}\n'
+            f'representation_size {config_util.get(config, "representation_size")}, '
+            f'{num_classes(params)} classes, image size {image_size(params, config)}\n'
+            f'  layer_norm_eps {eps:g}, GELU {"tanh" if approx else "exact"}\n'
             f'parameters: {num_params(params):,}')
 
 
@@ -638,31 +712,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """`vit-convert SRC DST [--to npz|timm|hf] [--num-classes N]`; returns the exit code."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """`vit-convert SRC DST [--to npz|timm|hf] [--num-classes N]`; raises on bad input."""
     args = _parser().parse_args(argv)
-    try:
-        if args.num_classes is not None and args.num_classes < 0:
-            raise CheckpointError(f'--num-classes must be >= 0, got {args.num_classes}')
-        src = hub.resolve(args.src)
-        fmt = detect_format(src)
-        print(f'detected: {FORMAT_NAMES[fmt]} ({src})')
-        config, params = load_checkpoint(src, num_heads=args.num_heads)
-        if args.num_classes is not None:
-            params = replace_head(params, args.num_classes)
-        print(describe(config, params))
-        to = args.to or _default_format(args.dst)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            export(params, config, args.dst, format=to)
-        for warning in caught:
-            print(f'note: {warning.message}')
-        print(f'wrote: {FORMAT_NAMES.get(to, to)} -> {args.dst}')
-    except (CheckpointError, OSError) as e:
-        print(f'vit-convert: error: {e}', file=sys.stderr)
-        return 1
+    if args.num_classes is not None and args.num_classes < 0:
+        raise ValueError(f'--num-classes must be >= 0, got {args.num_classes}')
+    found = read_checkpoint(args.src, num_heads=args.num_heads)
+    print(f'detected: {FORMAT_NAMES[found.format]} ({found.path})')
+    config, params = found.model_config, found.params
+    if args.num_classes is not None:
+        params = replace_head(params, args.num_classes)
+    print(describe(config, params))
+    to = args.to or _default_format(args.dst)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        export(params, config, args.dst, format=to)
+    for warning in caught:
+        print(f'note: {warning.message}')
+    print(f'wrote: {FORMAT_NAMES.get(to, to)} -> {args.dst}')
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`vit-convert`): exit 2 with one line on bad input."""
+    sys.exit(cli.run_cli('vit-convert', lambda: main(argv)))
+
+
 if __name__ == '__main__':
-    sys.exit(run())
+    run()
