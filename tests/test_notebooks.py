@@ -1,6 +1,5 @@
 """The Colab notebooks are clean and run headless (tiny model, local data, offline)."""
 
-import importlib.util
 import os
 
 import nbformat
@@ -41,16 +40,7 @@ def test_inference_notebook_executes(tmp_path, monkeypatch):
         assert f'{figure}.png' in text
 
 
-def _has_train_and_evaluate() -> bool:
-    if importlib.util.find_spec('vit_jax.train') is None:
-        return False
-    from vit_jax import train
-    return hasattr(train, 'train_and_evaluate')
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_train_and_evaluate(),
-                    reason='vit_jax.train.train_and_evaluate has not landed yet')
 def test_finetune_notebook_executes(tmp_path, monkeypatch):
     text = _execute('finetune.ipynb', tmp_path, monkeypatch)
     assert 'model.npz' in text

@@ -1,4 +1,4 @@
-"""The training loop end to end: digits accuracy, exact resume after SIGTERM, clear errors."""
+"""The training loop end to end: digits accuracy, exact resume after SIGTERM, few-shot probe, clear errors."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from vit_jax import main, metrics, train
+from vit_jax import hub, io_util, main, metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -73,7 +73,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
 
 def _cli(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        main.main(['vit-train', *argv])
+        main.run(['vit-train', *argv])
     err = capsys.readouterr().err.strip()
     return e.value.code, err
 
@@ -100,6 +100,55 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and '--config is required' in err
 
 
+def test_cli_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """A catalogue name with an empty cache and no network: the URL and what to do, no traceback."""
+    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(hub, 'HTTPS_ROOT', 'http://127.0.0.1:9')  # a closed port: never the network
+    cfg = os.path.join(ROOT, 'configs', 'digits.py')
+    code, err = _cli([f'--config={cfg}', '--config.pretrained_path=ViT-B_16', '--config.total_steps=2',
+                      '--config.warmup_steps=1', '--config.progress_bar=False', f'--workdir={tmp_path}/w'],
+                     capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith('vit-train: error: could not download') and 'ViT-B_16.npz' in err
+    assert 'Traceback' not in err
+
+
+def test_fewshot_probe_is_logged_during_training(tmp_path):
+    config = _tiny_config(total_steps=4, eval_every=2, checkpoint_every=0)
+    config.fewshot.update(dict(dataset='digits', shots=(1, 5), max_eval=200))
+    train.train_and_evaluate(config, str(tmp_path))
+    records = [r for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl') if 'fewshot/5shot' in r]
+    assert [r['step'] for r in records] == [2, 4]
+    for r in records:
+        assert 0.1 < r['fewshot/5shot'] <= 1.0 and 0.0 <= r['fewshot/1shot'] <= 1.0
+
+
+def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    train.train_and_evaluate(_tiny_config(total_steps=3, checkpoint_every=0), workdir)
+    npz = _npz(tmp_path / 'model.npz')
+    assert json.loads((tmp_path / 'config.json').read_text())['model_npz_step'] == 3
+    # Resumed with more steps and preempted at step 4: model.npz (step 3) is now older.
+    write = metrics.MetricWriter.write_scalars
+
+    def write_and_kill(self, step, scalars):
+        write(self, step, scalars)
+        if step == 4 and 'train_loss' in scalars:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(metrics.MetricWriter, 'write_scalars', write_and_kill)
+    assert train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir)['step'] == 4
+    _, _, params, _ = train.load_trained(workdir)
+    flat = io_util.flatten(params)
+    assert flat.keys() == npz.keys()
+    assert any(not np.array_equal(flat[k], npz[k]) for k in npz)  # the step-4 checkpoint, not model.npz
+    # Finished: model.npz (step 6) is the newest again.
+    monkeypatch.setattr(metrics.MetricWriter, 'write_scalars', write)
+    train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir)
+    flat, npz = io_util.flatten(train.load_trained(workdir)[2]), _npz(tmp_path / 'model.npz')
+    assert all(np.array_equal(flat[k], npz[k]) for k in npz)
+
+
 @pytest.mark.slow
 def test_digits_end_to_end_reaches_95_percent(tmp_path, capsys):
     workdir = tmp_path / 'digits'
@@ -109,7 +158,7 @@ def test_digits_end_to_end_reaches_95_percent(tmp_path, capsys):
     assert result['accuracy'] >= 0.95, result
     assert 'Final test accuracy after 500 steps' in out
     files = os.listdir(workdir)
-    assert {'config.json', 'labels.txt', 'metrics.jsonl', 'model.npz', 'checkpoints'} <= set(files)
+    assert {'config.json', 'metrics.jsonl', 'model.npz', 'checkpoints'} <= set(files)
     assert any(f.startswith('events.out.tfevents') for f in files)
     records = metrics.read_jsonl(workdir / 'metrics.jsonl')
     assert {'train_loss', 'lr', 'grad_norm', 'img_per_sec_per_core', 'step_time_ms'} <= set(records[0])

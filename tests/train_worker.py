@@ -24,16 +24,23 @@ def _batch(seed, n):
             'label': np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, n)]}
 
 
+def _global(batch, sharding):
+    """This process's rows -> global arrays, as input_pipeline does with a batch_sharding."""
+    from vit_jax import sharding as sharding_lib
+    return sharding_lib.to_global(batch, sharding)
+
+
 class Synthetic:
-    def __init__(self):
+    def __init__(self, sharding):
         self.step = 0
+        self.sharding = sharding
 
     def __next__(self):
         batch = _batch(self.step, GLOBAL_BATCH)
         self.step += 1
         per = GLOBAL_BATCH // jax.process_count()
         lo = jax.process_index() * per
-        return {k: v[lo:lo + per] for k, v in batch.items()}
+        return _global({k: v[lo:lo + per] for k, v in batch.items()}, self.sharding)
 
     def get_state(self):
         return {'step': self.step}
@@ -47,7 +54,8 @@ def get_datasets(config, *, batch_sharding=None, seed=None):
     ev = _batch(1000, GLOBAL_BATCH)
     ev = {k: v[jax.process_index() * per:][:per] for k, v in ev.items()}
     ev['mask'] = np.ones(per, np.float32)
-    return Synthetic(), [ev], Info(CLASSES, 64, GLOBAL_BATCH, ['a', 'b', 'c'], SIZE)
+    info = Info(CLASSES, 64, GLOBAL_BATCH, ['a', 'b', 'c'], SIZE)
+    return Synthetic(batch_sharding), [_global(ev, batch_sharding)], info
 
 
 def main():

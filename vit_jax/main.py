@@ -19,6 +19,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from vit_jax import cli
+
 USAGE = __doc__
 
 
@@ -32,13 +34,12 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> flags.FlagH
     return config
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f'vit-train: error: {message}', file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> dict:
-    """Parses the command line, prints the resolved config and trains; returns the final metrics."""
+    """Parses the command line, prints the resolved config and trains; returns the final metrics.
+
+    Bad input raises ValueError / KeyError / OSError (a missing file, an unknown config field, a
+    failed download); a run that cannot go on raises `train.TrainingError`.
+    """
     argv = list(sys.argv if argv is None else argv)
     if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
         print(USAGE + '\nFlags:\n'
@@ -50,42 +51,51 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         flag_values(argv)
     except flags.Error as e:
-        _fail(str(e).splitlines()[0])
+        raise ValueError(str(e).splitlines()[0]) from None
     except (AttributeError, KeyError) as e:  # an override of a field the config does not have
         name = re.sub(r'["\'\\]', '', str(e))
-        _fail(f'--config.{name}: the config has no field {name!r} (check the spelling in the config file)')
+        raise ValueError(f'--config.{name}: the config has no field {name!r} (check the spelling in the '
+                         'config file)') from None
     except Exception as e:  # config files raising while loading  # noqa: BLE001
-        _fail(f'--config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}')
+        first_line = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ValueError(f'--config: {type(e).__name__}: {first_line}') from None
     if config_holder.value is None:
-        _fail('--config is required, e.g. --config=configs/digits.py')
+        raise ValueError('--config is required, e.g. --config=configs/digits.py')
     if not flag_values.workdir:
-        _fail('--workdir is required, e.g. --workdir=workdirs/digits')
+        raise ValueError('--workdir is required, e.g. --workdir=workdirs/digits')
     config = config_holder.value
+    config_file = flag_values['config'].config_filename
     try:
         config.keys()  # a config file that failed to load raises here
     except OSError as e:
-        _fail(f'--config={flag_values["config"].config_filename}: {str(e).strip().splitlines()[-1].strip()}')
+        raise ValueError(f'--config={config_file}: {str(e).strip().splitlines()[-1].strip()}') from None
     workdir = os.path.expanduser(flag_values.workdir)
 
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
     import jax
 
     from vit_jax import train  # after flag parsing: imports JAX
     if jax.process_index() == 0:
-        print(f'Config {flag_values["config"].config_filename}:\n{config}', flush=True)
+        print(f'Config {config_file}:\n{config}', flush=True)
+    return train.train_and_evaluate(config, workdir)
+
+
+def _main_exit_code(argv: list[str] | None) -> int:
+    """`main`; a run that failed (non-finite loss, ...) is one line and exit code 1."""
     try:
-        return train.train_and_evaluate(config, workdir)
-    except train.TrainingError as e:
-        _fail(str(e), code=1)
-    except (ValueError, KeyError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        _fail(str(message))
+        main(argv)
+    except RuntimeError as e:
+        from vit_jax import train
+        if not isinstance(e, train.TrainingError):
+            raise
+        print(f'vit-train: error: {cli.error_message(e)}', file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
-def run() -> None:
-    """Console-script entry point."""
-    main()
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exit 0 done, 1 training failed, 2 bad input (one line each)."""
+    sys.exit(cli.run_cli('vit-train', lambda: _main_exit_code(argv)))
 
 
 if __name__ == '__main__':

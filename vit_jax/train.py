@@ -2,12 +2,13 @@
 
 `train_and_evaluate(config, workdir)` trains `config.model` on `config.dataset` and leaves in
 `workdir`:
-  config.json    the resolved config (+ `dataset_info` = {num_classes, class_names, ...})
-  labels.txt     class names, one per line
+  config.json    the resolved config (+ `dataset_info` = {num_classes, class_names, ...}, and
+                 `model_npz_step` once model.npz is written)
   checkpoints/   Orbax checkpoints (params, optimizer state, step, RNG, data-iterator position):
                  the last `keep_checkpoints` and the best by eval accuracy; resumed automatically
   model.npz      the final params in the public npz format (`vit_jax.checkpoint.save`)
-  metrics.jsonl  + TensorBoard event files (loss, lr, grad_norm, accuracy, img/s/core, step time)
+  metrics.jsonl  + TensorBoard event files (loss, lr, grad_norm, accuracy, img/s/core, step time,
+                 fewshot/<n>shot when `config.fewshot.dataset` is set)
 
 The step is the original's: split the batch into `accum_steps` micro-batches, average the
 gradients (over all devices: the batch is one global array), clip, update. Under `jax.jit`
@@ -18,6 +19,7 @@ parameters and optimizer state optionally sharded over 'fsdp'.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -34,9 +36,10 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from vit_jax import checkpoint, fewshot, hub, io_util, optim, sharding
 from vit_jax import metrics as metrics_lib
-from vit_jax import optim, sharding
-from vit_jax.models import VisionTransformer
+from vit_jax.config_util import get
+from vit_jax.models import VisionTransformer, build_model
 
 LOSSES = ('softmax_xent', 'sigmoid_xent')
 
@@ -46,23 +49,6 @@ class TrainingError(RuntimeError):
 
 
 # --- Model and loss.
-
-def model_kwargs(model_config: Any) -> dict:
-    """`config.model` as VisionTransformer keyword arguments (dtype names -> dtypes)."""
-    kwargs = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-    for key in ('dtype', 'param_dtype'):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = jnp.dtype(kwargs[key])
-    return kwargs
-
-
-def build_model(model_config: Any, num_classes: int) -> VisionTransformer:
-    kwargs = model_kwargs(model_config)
-    unknown = set(kwargs) - set(VisionTransformer.__dataclass_fields__) - {'parent', 'name'}
-    if unknown:
-        raise ValueError(f'config.model.{sorted(unknown)[0]} is not a VisionTransformer field')
-    return VisionTransformer(num_classes=num_classes, **kwargs)
-
 
 def loss_fn(logits: jax.Array, labels: jax.Array, kind: str = 'softmax_xent') -> jax.Array:
     """Per-example loss. Labels are (smoothed / mixed) one-hot targets [B, C]."""
@@ -113,14 +99,14 @@ def make_eval_step(model: VisionTransformer, loss: str = 'softmax_xent') -> Call
     return eval_step
 
 
-def evaluate(eval_step: Callable, params: Any, eval_ds: Any, batch_sharding: Any) -> dict:
-    """Loss, accuracy (top-1) and top-5 on one full pass over `eval_ds`."""
+def evaluate(eval_step: Callable, params: Any, eval_ds: Any, dataset: str = 'the data set') -> dict:
+    """Loss, accuracy (top-1) and top-5 on one full pass over `eval_ds` (global batches)."""
     totals = None
     for batch in eval_ds:
-        sums = eval_step(params, sharding.to_global(batch, batch_sharding))
+        sums = eval_step(params, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
-        raise ValueError('the eval split is empty')
+        raise ValueError(f'config.dataset={dataset!r}: the eval split is empty')
     totals = jax.device_get(totals)
     count = max(float(totals['count']), 1.0)
     return dict(eval_loss=float(totals['loss']) / count, accuracy=float(totals['top1']) / count,
@@ -148,6 +134,7 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 # --- Helpers.
 
+
 def _check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -159,24 +146,22 @@ def _check_workdir(workdir: str) -> None:
         raise PermissionError(f'workdir {workdir!r} is not writable: {e.strerror or e}') from None
 
 
-def _image_shape(info: Any, config: Any) -> tuple[int, int]:
-    size = getattr(info, 'image_size', None) or config.pp.get('crop')
-    return (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)[:2]
-
-
 def _json_config(config: Any, info: Any) -> dict:
     out = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') else dict(config)
     out['dataset_info'] = dict(num_classes=int(info.num_classes), class_names=list(info.class_names),
                                num_train=int(info.num_train), num_eval=int(info.num_eval),
-                               image_size=list(_image_shape(info, config)))
+                               image_size=[int(info.image_size)] * 2)
     return out
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _npz_step_entry(workdir: str) -> dict:
+    """{'model_npz_step': n} of an existing workdir's model.npz (kept when a run resumes)."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(os.path.join(workdir, 'model.npz')) or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        step = json.load(f).get('model_npz_step')
+    return {} if step is None else {'model_npz_step': step}
 
 
 @contextlib.contextmanager
@@ -210,23 +195,44 @@ def _gather_params(params: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
 
 
-def _export_npz(params: Any, path: str) -> None:
-    try:
-        from vit_jax import checkpoint
-    except ImportError:
-        logging.warning('vit_jax.checkpoint is not available: %s not written', path)
-        return
-    checkpoint.save(params, path)
-
-
-def _load_pretrained(config: Any, params: Any) -> Any:
-    try:
-        from vit_jax import checkpoint, hub
-    except ImportError as e:
-        raise ValueError(f'config.pretrained_path={config.pretrained_path!r} needs vit_jax.checkpoint '
-                         f'and vit_jax.hub ({e})') from None
+def _load_pretrained(config: Any, abstract_params: Any, shardings: Any) -> Any:
+    """`config.pretrained_path` adapted to the model (new zero head, resized position embeddings),
+    placed with `shardings`. Every process reads the file: nothing needs the (possibly sharded,
+    multi-host) fresh params."""
     path = hub.resolve(config.pretrained_path)
-    return checkpoint.load_pretrained(pretrained_path=path, init_params=params, model_config=config.model)
+    params = checkpoint.load_pretrained(pretrained_path=path, init_params=abstract_params,
+                                        model_config=config.model)
+    return jax.device_put(params, shardings)
+
+
+def _fewshot_evaluator(config: Any, model: VisionTransformer, image_size: int) -> Any:
+    """A `fewshot.FewShotEvaluator` on `config.fewshot.dataset` (None when unset), on process 0.
+
+    Images at this model's input size, eval-preprocessed: max(shots) per class from the train
+    split (`fewshot.support_set`) and the first `max_eval` test images.
+    """
+    name = get(config, 'fewshot.dataset')
+    if not name or jax.process_index() != 0:
+        return None
+    from vit_jax import input_pipeline
+    shots = tuple(int(n) for n in get(config, 'fewshot.shots', fewshot.SHOTS))
+    seed = int(get(config, 'seed', 0))
+    pp = dict(crop=image_size, eval_crop=get(config, 'pp.eval_crop', 'resize'),
+              resize=get(config, 'pp.resize'))
+    if name == config.dataset:  # the same splits as training
+        pp.update({k: get(config, 'pp.' + k) for k in ('train', 'test', 'holdout')
+                   if get(config, 'pp.' + k) is not None})
+    fs_config = ml_collections.ConfigDict(dict(
+        dataset=name, pp=pp, tfds_data_dir=get(config, 'tfds_data_dir'),
+        tfds_manual_dir=get(config, 'tfds_manual_dir')))
+    train_images, train_labels = fewshot.support_set(fs_config, max(shots), seed)
+    test = list(itertools.islice(input_pipeline.eval_examples(fs_config, 'test'),
+                                 int(get(config, 'fewshot.max_eval', 2_000))))
+    if not test:
+        raise ValueError(f'config.fewshot.dataset={name!r}: the test split is empty')
+    return fewshot.FewShotEvaluator(
+        model, train_images, train_labels, np.stack([x for x, _ in test]), np.array([y for _, y in test]),
+        shots=shots, l2_reg=float(get(config, 'fewshot.l2_reg', fewshot.L2_REG)), seed=seed)
 
 
 # --- The loop.
@@ -255,12 +261,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter, eval_ds, info = input_pipeline.get_datasets(config, batch_sharding=batch_sh,
                                                             seed=config.get('seed', 0))
     model = build_model(config.model, info.num_classes)
-    image_hw = _image_shape(info, config)
+    image_hw = (int(info.image_size),) * 2
     total_steps = int(config.total_steps)
 
     if jax.process_index() == 0:
-        _write_text(os.path.join(workdir, 'config.json'), json.dumps(_json_config(config, info), indent=2))
-        _write_text(os.path.join(workdir, 'labels.txt'), ''.join(f'{n}\n' for n in info.class_names))
+        io_util.write_atomic(os.path.join(workdir, 'config.json'), json.dumps(
+            dict(_json_config(config, info), **_npz_step_entry(workdir)), indent=2))
 
     # Abstract state -> shardings -> sharded init (no full copy on one device).
     seed = int(config.get('seed', 0))
@@ -294,14 +300,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              f'model or optimizer?): use a new workdir ({str(e).splitlines()[0]})') from None
         state = restored['state']
         data_state = restored['data'] or {}
-        if data_state.get('iterator') is not None and hasattr(train_iter, 'set_state'):
+        if data_state.get('iterator') is not None:
             train_iter.set_state(data_state['iterator'])
         logging.info('Resumed from %s at step %d', manager.directory, latest)
     else:
         state = jax.jit(init_state, out_shardings=state_sh)(jax.random.PRNGKey(seed))
         if config.get('pretrained_path'):
-            params = _load_pretrained(config, jax.device_get(state['params']))
-            state['params'] = jax.device_put(params, state_sh['params'])
+            state['params'] = _load_pretrained(config, abstract_params, state_sh['params'])
     start_step = int(jax.device_get(state['step']))
 
     train_step = jax.jit(make_train_step(model, tx, lr_fn, accum_steps=accum_steps, loss=loss_kind),
@@ -309,10 +314,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(model, loss_kind), in_shardings=(state_sh['params'], batch_sh),
                         out_shardings=repl)
 
+    eval_every = int(get(config, 'eval_every', 100) or 0)  # 0: only at the end
+    fewshot_eval = _fewshot_evaluator(config, model, int(info.image_size))
+    fewshot_every = int(get(config, 'fewshot.every', 0) or eval_every)
+
+    def run_fewshot(step):
+        """fewshot/<n>shot of the current params (gathered on every process, probed on process 0)."""
+        if not get(config, 'fewshot.dataset'):
+            return
+        t0 = time.perf_counter()
+        params = _gather_params(state['params'])
+        if fewshot_eval is not None:
+            scores = fewshot_eval(params)
+            writer.write_scalars(step, {**scores, 'fewshot_time_s': time.perf_counter() - t0})
+
     writer = metrics_lib.MetricWriter(workdir, total_steps, start_step,
                                       progress=bool(config.get('progress_bar', True)))
     progress_every = max(int(config.get('progress_every', 10)), 1)
-    eval_every = int(config.get('eval_every', 100) or 0)
     checkpoint_every = int(config.get('checkpoint_every', 1000) or 0)
     n_dev = jax.device_count()
     writer.log(f'Training {config.model.get("model_name") or "ViT"} on {config.dataset}: '
@@ -351,8 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def save(step, eval_metrics=None):
         nonlocal last_good_step
-        data_state = {'iterator': train_iter.get_state() if hasattr(train_iter, 'get_state') else None,
-                      'process_count': jax.process_count()}
+        data_state = {'iterator': train_iter.get_state(), 'process_count': jax.process_count()}
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(data_state)),
                      metrics=({'accuracy': eval_metrics['accuracy']} if eval_metrics else None), force=True)
@@ -363,10 +380,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         with _sigterm_flag() as sigterm, mesh:
             if start_step >= total_steps:
-                last_eval = evaluate(eval_step, state['params'], eval_ds, batch_sh)
+                last_eval = evaluate(eval_step, state['params'], eval_ds, config.dataset)
             while step < total_steps:
-                batch = sharding.to_global(next(train_iter), batch_sh)
-                state, step_metrics = train_step(state, batch)
+                state, step_metrics = train_step(state, next(train_iter))
                 pending.append(step_metrics)
                 step += 1
                 steps_since += 1
@@ -375,9 +391,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     flush(step)
                 if (eval_every and step % eval_every == 0) or last:
                     t0 = time.perf_counter()
-                    last_eval = evaluate(eval_step, state['params'], eval_ds, batch_sh)
+                    last_eval = evaluate(eval_step, state['params'], eval_ds, config.dataset)
                     writer.write_scalars(step, {**last_eval, 'eval_time_s': time.perf_counter() - t0})
                     writer.progress(step, dict(acc=last_eval['accuracy']))
+                    t_last = time.perf_counter()
+                if (fewshot_every and step % fewshot_every == 0) or last:
+                    run_fewshot(step)
                     t_last = time.perf_counter()
                 stop = sigterm['stop']
                 if jax.process_count() > 1 and not (step % progress_every == 0 or last):
@@ -397,7 +416,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not preempted:
             params = _gather_params(state['params'])
             if jax.process_index() == 0:
-                _export_npz(params, os.path.join(workdir, 'model.npz'))
+                checkpoint.save(params, os.path.join(workdir, 'model.npz'))
+                saved = dict(_json_config(config, info), model_npz_step=step)
+                io_util.write_atomic(os.path.join(workdir, 'config.json'), json.dumps(saved, indent=2))
     finally:
         manager.wait_until_finished()
         manager.close()
@@ -416,8 +437,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, int, Any, list[str]]:
     """(model_config, num_classes, params, class_names) of a workdir written by `train_and_evaluate`.
 
-    Params come from `model.npz` when present (end of training), else from the latest Orbax
-    checkpoint (a run still in progress or preempted).
+    Params come from the newest of `model.npz` (end of training; its step is config.json's
+    `model_npz_step`) and the latest Orbax checkpoint (a run in progress, preempted, or resumed
+    with more `total_steps` after model.npz was written).
     """
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
@@ -427,18 +449,22 @@ def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, int, Any, lis
     model_config = ml_collections.ConfigDict(saved['model'])
     info = saved['dataset_info']
     npz = os.path.join(workdir, 'model.npz')
-    if os.path.exists(npz):
-        from vit_jax import checkpoint
-        params = checkpoint.load(npz)
-    else:
-        ckpt_dir = os.path.join(workdir, 'checkpoints')
-        if not os.path.isdir(ckpt_dir):
-            raise FileNotFoundError(f'{workdir!r} has neither model.npz nor checkpoints/')
-        with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=('state', 'data'),
-                                   options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f'{ckpt_dir} holds no checkpoint')
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    manager = None
+    if os.path.isdir(ckpt_dir):
+        manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=('state', 'data'),
+                                        options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        latest = manager.latest_step() if manager else None
+        npz_step = saved.get('model_npz_step', -1 if latest is None else latest)
+        if os.path.exists(npz) and (latest is None or npz_step >= latest):
+            params = checkpoint.load(npz)
+        elif latest is not None:
+            restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
             params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
+        else:
+            raise FileNotFoundError(f'{workdir!r} has neither model.npz nor a checkpoint in checkpoints/')
+    finally:
+        if manager:
+            manager.close()
     return model_config, int(info['num_classes']), params, list(info['class_names'])
