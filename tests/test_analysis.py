@@ -70,7 +70,7 @@ def _loaded(tmp_path, zero_queries: bool) -> predict.LoadedModel:
         attn = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']
         for name in ('query', 'key'):
             attn[name] = jax.tree_util.tree_map(np.zeros_like, attn[name])
-    return predict.build_model(predict.get_config('testing'), params, 'test')
+    return predict.from_params(predict.get_config('testing'), params, 'test')
 
 
 def test_model_with_uniform_attention_gives_uniform_rollout(tmp_path):

@@ -1,6 +1,7 @@
 """vit_jax.checkpoint: every published .npz layout loads to the same model, fine-tune adaptation."""
 
 import io
+import json
 import os
 
 import jax
@@ -11,7 +12,7 @@ import scipy.ndimage
 
 from vit_jax import checkpoint, io_util
 from vit_jax.checkpoint import CheckpointError
-from vit_jax.models import get_model
+from vit_jax.models import get_config, get_model
 
 TINY = {'patches.size': (8, 8), 'hidden_size': 32, 'transformer.num_layers': 2, 'transformer.mlp_dim': 64}
 
@@ -264,3 +265,28 @@ def test_load_pretrained_scan_layout_and_mismatch_error(tmp_path, tiny):
                                               r'\(expected \(32, 48\)\)'):
         checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'a.npz'), init_params=init['params'],
                                    model_config=wider)
+
+
+def test_load_pretrained_from_a_training_workdir(tmp_path, tiny):
+    """Fine-tuning can start from a vit-train workdir (its model.npz, read by train.load_trained)."""
+    model, params, _ = tiny
+    workdir = tmp_path / 'workdir'
+    workdir.mkdir()
+    checkpoint.save(params, workdir / 'model.npz')
+    config = get_config('testing', **TINY).to_dict()
+    config.update(dtype='bfloat16', remat=True)    # training choices stored as the trainer writes them
+    (workdir / 'config.json').write_text(json.dumps({
+        'model': config, 'dataset_info': {'num_classes': 5, 'class_names': list('abcde')}}))
+    dst = get_model('testing', num_classes=3, **TINY)
+    init = _random_params(dst, image_size=48)
+    loaded = checkpoint.load_pretrained(pretrained_path=str(workdir), init_params=init, model_config=dst)
+    np.testing.assert_array_equal(loaded['Transformer']['encoderblock_1']['LayerNorm_0']['scale'],
+                                  params['Transformer']['encoderblock_1']['LayerNorm_0']['scale'])
+    assert loaded['Transformer']['posembed_input']['pos_embedding'].shape == (1, 37, 32)
+    np.testing.assert_array_equal(loaded['head']['kernel'], init['head']['kernel'])
+
+
+def test_unflatten_error_names_the_key_and_the_file(tmp_path):
+    np.savez(tmp_path / 'clash.npz', **{'cls': np.zeros(2), 'cls/x': np.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"clash\.npz: key 'cls/x' nests below the array 'cls'"):
+        checkpoint.load(tmp_path / 'clash.npz')

@@ -66,6 +66,14 @@ def test_cli_export_then_serve_without_model_code(live, tmp_path):
     np.testing.assert_allclose(out['logits'], want, rtol=1e-5, atol=1e-6)
 
 
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.run(['--checkpoint', str(tmp_path / 'missing.npz'), '--output', str(tmp_path / 'm.vitx')])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith('vit-export: error:') and err.count('\n') == 1
+    assert 'missing.npz' in err and not (tmp_path / 'm.vitx').exists()
+
+
 def test_loader_rejects_other_files(tmp_path):
     (tmp_path / 'x.vitx').write_bytes(b'hello')
     with pytest.raises(ValueError, match='not a vit_jax export'):
@@ -74,7 +82,7 @@ def test_loader_rejects_other_files(tmp_path):
 
 def test_export_of_loaded_model_records_metadata(tmp_path, live):
     model, params = live
-    loaded = predict.build_model(predict.get_config('testing'), params, 'mem', [f'c{i}' for i in range(7)])
+    loaded = predict.from_params(predict.get_config('testing'), params, 'mem', [f'c{i}' for i in range(7)])
     served = export.load_exported(export.export_model(loaded, str(tmp_path / 'a.vitx')))
     assert served.metadata['class_names'][3] == 'c3' and served.metadata['num_classes'] == 7
     assert served.metadata['params_baked'] is True

@@ -51,8 +51,6 @@ def test_catalogue_urls():
     assert hub.https_url(hub.url_for('ViT-B_16')) == \
         'https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz'
     assert hub.url_for('ViT-B_99') is None
-    assert hub.model_name('imagenet21k+imagenet2012/ViT-B_16-224') == 'ViT-B_16'
-    assert hub.model_name('augreg/R26_S_32-i21k-300ep-lr_0.001') == 'R26+ViT-S_32'
     # AugReg keys as in the original (no ViT-L_32, R50+ViT-B_16, ViT-H_14 in the AugReg release).
     assert {'Ti_16', 'S_32', 'B_8', 'R_Ti_16', 'R26_B_32', 'R50_L_32'} <= set(hub.AUGREG_MODELS)
     assert not {'L_32', 'R50_B_16', 'H_14', 'testing'} & set(hub.AUGREG_MODELS)

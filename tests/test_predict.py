@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import checkpoint, predict
+from vit_jax import checkpoint, input_pipeline, predict
 from vit_jax.models import get_model
 
 COLORS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
@@ -73,7 +73,7 @@ def test_known_answers_from_python(setup):
     assert (loaded.image_size, loaded.num_classes) == (32, 3)
     paths = predict.find_images([str(root / 'images')])
     doc = predict.predict_files(loaded, paths, k=2, batch_size=2,
-                                class_names=predict.load_labels(str(root / 'labels.txt')))
+                                class_names=input_pipeline.load_labels(str(root / 'labels.txt')))
     top1 = {os.path.basename(r['path']): r['predictions'][0]['label'] for r in doc['results']}
     assert top1 == {'red.png': 'red', 'green.jpg': 'green', 'blue.png': 'blue'}
     assert [s['path'] for s in doc['skipped']] == [str(root / 'images' / 'broken.png')]
@@ -105,16 +105,19 @@ def test_cli_json_schema_and_corrupt_image(setup):
 
 def test_cli_bad_input_is_one_line_error(setup, tmp_path, capsys):
     _, ckpt = setup
-    assert predict.main([str(tmp_path / 'nothing*.jpg'), '--checkpoint', ckpt]) == 2
-    err = capsys.readouterr().err
-    assert 'nothing*.jpg' in err and len(err.strip().splitlines()) == 1
+    for argv, expect in (([str(tmp_path / 'nothing*.jpg'), '--checkpoint', ckpt], 'nothing*.jpg'),
+                         ([ckpt, '--checkpoint', str(tmp_path / 'missing.npz')], 'missing.npz')):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.run(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert err.startswith('vit-predict: error:') and expect in err and len(err.strip().splitlines()) == 1
 
 
-def test_shipped_label_lists():
-    one, full = predict.load_labels('imagenet2012'), predict.load_labels('imagenet21k')
+def test_default_labels_follow_the_head_size():
+    one = predict.default_labels(1000)
     assert len(one) == 1000 and one[0].startswith('tench')
-    assert len(full) == 21843
-    assert predict.default_labels(1000) == one and predict.default_labels(3) is None
+    assert len(predict.default_labels(21843)) == 21843 and predict.default_labels(3) is None
 
 
 def test_center_crop_keeps_the_middle():

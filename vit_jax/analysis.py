@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vit_jax import predict
+from vit_jax import cli, predict
 
 # --- The numbers ----------------------------------------------------------------------------
 
@@ -349,24 +349,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-figure-images', type=int, default=4,
                         help='how many images the rollout figure shows (all are averaged)')
     parser.add_argument('--crop-fraction', type=float, default=None,
-                        help='center crop this fraction of the shorter side before resizing')
+                        help='resize to image_size / fraction, then take the central image_size crop '
+                             '(default: what a training workdir used, else resize the whole image), '
+                             'as vit-predict does')
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`vit-analyze`; returns 1 when none of the images could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
-    try:
-        if args.batch_size < 1 or args.max_figure_images < 1:
-            raise ValueError('--batch-size and --max-figure-images must be >= 1')
-        paths = predict.find_images(args.image) if args.image else []
-        loaded = predict.load_model(args.checkpoint, args.model)
-        doc = analyze(loaded, paths, args.output_dir, batch_size=args.batch_size,
-                      max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
-                      progress=len(paths) > args.batch_size)
-    except (OSError, ValueError, KeyError) as e:
-        print(f'vit-analyze: error: {e}', file=sys.stderr)
-        return 2
+    if args.batch_size < 1 or args.max_figure_images < 1:
+        raise ValueError('--batch-size and --max-figure-images must be >= 1')
+    paths = predict.find_images(args.image) if args.image else []
+    loaded = predict.load_model(args.checkpoint, args.model)
+    doc = analyze(loaded, paths, args.output_dir, batch_size=args.batch_size,
+                  max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
+                  progress=len(paths) > args.batch_size)
     for name, path in doc['figures'].items():
         print(f'{name}: {path}')
     print(f'numbers: {os.path.join(args.output_dir, "analysis.json")}')
@@ -379,9 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run() -> None:
-    """Console-script entry point (`vit-analyze`)."""
-    sys.exit(main())
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`vit-analyze`): exit 2 with one line on bad input."""
+    sys.exit(cli.run_cli('vit-analyze', lambda: main(argv)))
 
 
 if __name__ == '__main__':

@@ -30,7 +30,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,29 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import io_util  # numpy and the standard library only: the loader stays Flax-free
+
 FORMAT_VERSION = 1
 _MODULE, _PARAMS, _METADATA = 'model.stablehlo', 'params.npz', 'metadata.json'
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f'{prefix}{key}/'))
-        else:
-            flat[f'{prefix}{key}'] = np.asarray(value)
-    return flat
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split('/')
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+def _flat_numpy(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in io_util.flatten(jax.device_get(params)).items()}
 
 
 def export_inference(model: Any, params: Any, image_size: int, *, bake_params: bool = True,
@@ -79,7 +63,7 @@ def export_inference(model: Any, params: Any, image_size: int, *, bake_params: b
         params = jax.tree_util.tree_map(jnp.asarray, params)
         return jax.export.export(jax.jit(lambda x: apply(params, x)), **kwargs)(images)
     # Plain nested dicts (not FrozenDict): the loader rebuilds the tree without Flax.
-    params = _unflatten(_flatten(jax.device_get(params)))
+    params = io_util.unflatten(_flat_numpy(params))
     specs = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
     return jax.export.export(jax.jit(apply), **kwargs)(specs, images)
 
@@ -89,23 +73,15 @@ def save_exported(exported: jax.export.Exported, path: str, metadata: Mapping[st
     """Writes the zip file described in the module doc; it appears complete or not at all."""
     metadata = dict(metadata, format_version=FORMAT_VERSION, platforms=list(exported.platforms),
                     params_baked=params is None)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f, zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED) as z:
-            z.writestr(_MODULE, bytes(exported.serialize()))
-            z.writestr(_METADATA, json.dumps(metadata, indent=1))
-            if params is not None:
-                buffer = io.BytesIO()
-                np.savez(buffer, **_flatten(jax.device_get(params)))
-                z.writestr(_PARAMS, buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_STORED) as z:
+        z.writestr(_MODULE, bytes(exported.serialize()))
+        z.writestr(_METADATA, json.dumps(metadata, indent=1))
+        if params is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **_flat_numpy(params))
+            z.writestr(_PARAMS, buffer.getvalue())
+    return io_util.write_atomic(path, archive.getvalue())
 
 
 class Served:
@@ -135,7 +111,8 @@ def load_exported(path: str) -> Served:
             params = None
             if _PARAMS in names:
                 with np.load(io.BytesIO(z.read(_PARAMS)), allow_pickle=False) as f:
-                    params = jax.tree_util.tree_map(jnp.asarray, _unflatten({k: f[k] for k in f.files}))
+                    flat = {k: f[k] for k in f.files}
+                    params = jax.tree_util.tree_map(jnp.asarray, io_util.unflatten(flat, source=path))
     except zipfile.BadZipFile:
         raise ValueError(f'{path}: not a vit_jax export (not a zip file)') from None
     return Served(exported, metadata, params)
@@ -169,23 +146,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m vit_jax.export`; raises on bad input."""
+    from vit_jax.predict import default_labels, load_model
+
     args = _parser().parse_args(argv)
-    from vit_jax.predict import load_model
-    try:
-        loaded = load_model(args.checkpoint, args.model)
-        labels = loaded.class_names
-        if labels is None:
-            from vit_jax.predict import default_labels
-            loaded.class_names = default_labels(loaded.num_classes)
-        path = export_model(loaded, args.output, bake_params=not args.params_separate,
-                            platforms=args.platforms)
-    except (OSError, ValueError, KeyError) as e:
-        print(f'vit_jax.export: error: {e}', file=sys.stderr)
-        return 2
+    loaded = load_model(args.checkpoint, args.model)
+    if loaded.class_names is None:
+        loaded.class_names = default_labels(loaded.num_classes)
+    path = export_model(loaded, args.output, bake_params=not args.params_separate, platforms=args.platforms)
     print(f'wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB): images [batch, {loaded.image_size}, '
           f'{loaded.image_size}, 3] -> {loaded.num_classes or "features"}')
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point: exit 2 with one line on bad input."""
+    from vit_jax import cli
+    sys.exit(cli.run_cli('vit-export', lambda: main(argv)))
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    run()

@@ -150,14 +150,6 @@ def url_for(name: str, *, index: str | None = None) -> str | None:
     return None
 
 
-def model_name(name: str) -> str | None:
-    """The MODEL_CONFIGS name of a catalogue/AugReg name ('augreg/B_16-...' -> 'ViT-B_16')."""
-    bare = name.split('/')[-1].removesuffix('.npz').removesuffix('-224')
-    if bare in MODEL_CONFIGS:
-        return bare
-    return AUGREG_MODELS.get(bare.split('-')[0])
-
-
 # --- Downloads -------------------------------------------------------------------------------
 
 def _offline_error(url: str, reason: Any) -> DownloadError:
@@ -212,7 +204,7 @@ def resolve(name_or_path: str, *, index: str | None = None, directory: str | Non
     """A local path for a file, directory, URL or catalogue name (downloaded once, then cached).
 
     Remote paths other than the public bucket (e.g. gs://my-bucket/x.npz) are returned as they
-    are: `vit_jax.checkpoint.load` reads them through tf.io.gfile / etils.epath.
+    are: `vit_jax.io_util.read_bytes` reads them through tf.io.gfile / etils.epath.
     """
     name = os.fspath(name_or_path)
     local = os.path.expanduser(name)

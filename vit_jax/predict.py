@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import importlib.resources
 import json
 import os
 import sys
@@ -26,17 +25,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from vit_jax import convert, hub
-from vit_jax.models import MODEL_CONFIGS, VisionTransformer, get_config
+from vit_jax import cli, convert
+from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, get_config, scan_to_blocks
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
-# Label lists shipped in vit_jax/data/ (see vit_jax/data/README.md for their provenance).
-LABEL_SETS = {'imagenet2012': 'imagenet2012.txt', 'imagenet1k': 'imagenet2012.txt',
-              'imagenet21k': 'imagenet21k.txt'}
+# The shipped label list (vit_jax/data/) that a head of this size means.
 _LABELS_BY_SIZE = {1000: 'imagenet2012', 21843: 'imagenet21k'}
 
 
@@ -47,7 +42,6 @@ class LoadedModel:
     model: VisionTransformer
     params: Any
     image_size: int            # side of the square input the position embeddings were made for
-    stride: int                # input pixels per token along each side (patch size x stem stride)
     class_names: list[str] | None
     source: str
     crop_fraction: float | None = None   # eval center crop of a training workdir (None: resize)
@@ -59,7 +53,12 @@ class LoadedModel:
     @property
     def num_prefix_tokens(self) -> int:
         """1 for a class token, else 0 (the tokens before the patch tokens)."""
-        return 1 if self.model.classifier in ('token', 'token_unpooled') else 0
+        return self.model.num_prefix_tokens
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per token along each side (patch size x ResNet stem stride)."""
+        return self.model.patch_stride[0]
 
     @property
     def grid(self) -> int:
@@ -68,111 +67,44 @@ class LoadedModel:
 
 # --- Labels -------------------------------------------------------------------------------
 
-def read_label_file(path: str) -> list[str]:
-    """One label per line (blank lines skipped)."""
-    with open(path, encoding='utf-8') as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def load_labels(spec: str) -> list[str]:
-    """A shipped label set ('imagenet2012', 'imagenet1k', 'imagenet21k') or a text file."""
-    if spec in LABEL_SETS:
-        res = importlib.resources.files('vit_jax') / 'data' / LABEL_SETS[spec]
-        return [line.strip() for line in res.read_text(encoding='utf-8').splitlines() if line.strip()]
-    if not os.path.isfile(spec):
-        raise FileNotFoundError(f'--labels {spec!r} is neither a file nor one of {sorted(LABEL_SETS)}')
-    return read_label_file(spec)
-
-
 def default_labels(num_classes: int | None) -> list[str] | None:
     """The shipped list matching a head size (1000 -> ImageNet-1k, 21843 -> ImageNet-21k)."""
+    from vit_jax import input_pipeline  # imports TensorFlow: only when labels are needed
     name = _LABELS_BY_SIZE.get(num_classes or 0)
-    return load_labels(name) if name else None
+    return input_pipeline.load_labels(name) if name else None
 
 
 # --- Checkpoints ----------------------------------------------------------------------------
 
-def is_training_workdir(path: str) -> bool:
-    """A `vit-train` workdir: config.json with a "model" entry (a Hugging Face folder has none)."""
-    config = os.path.join(path, 'config.json')
-    if not (os.path.isdir(path) and os.path.isfile(config)):
-        return False
-    try:
-        with open(config, encoding='utf-8') as f:
-            return 'model' in json.load(f)
-    except (OSError, ValueError):
-        return False
+def _workdir_crop_fraction(workdir: str) -> float | None:
+    """The eval center-crop fraction of a training workdir's config (None: whole-image resize)."""
+    from vit_jax import input_pipeline
+    with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+        pp = input_pipeline.preprocessing_from_config(json.load(f))
+    return pp.crop / pp.resize_to if pp.eval_crop == 'center' else None
 
 
-def _eval_crop_fraction(config: dict) -> float | None:
-    """The eval center-crop fraction a training config used (None: whole-image resize)."""
-    pp = config.get('pp') or {}
-    if pp.get('eval_crop') != 'center' or not pp.get('crop'):
-        return None
-    return float(pp['crop']) / float(pp.get('resize') or round(pp['crop'] * 8 / 7))
-
-
-def _training_workdir(path: str) -> tuple[Any, Any, list[str] | None, float | None]:
-    """(model_config, params, class_names, eval crop fraction) of a `vit-train` workdir."""
-    from vit_jax.train import load_trained  # Orbax, Optax: imported only for workdirs
-    with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
-        crop_fraction = _eval_crop_fraction(json.load(f))
-    model_config, _, params, class_names = load_trained(path)
-    return model_config, params, list(class_names) if class_names else None, crop_fraction
-
-
-def _unwrap_params(params: Any) -> dict:
-    """Accepts `{'params': tree}` (Flax variables) as well as the tree itself."""
-    params = dict(params)
-    if set(params) == {'params'}:
-        params = dict(params['params'])
-    return params
-
-
-# Training-time and hardware choices that a checkpoint's config may carry but inference
-# should not inherit (a bf16 or cuDNN-attention run still predicts in float32 on any machine).
-_TRAINING_FIELDS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl')
-
-
-def _model_config(config: Any) -> dict:
-    """The VisionTransformer fields of a saved config, less `_TRAINING_FIELDS` (and extras)."""
-    if isinstance(config, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
-        config = config.to_dict()
-    fields = set(VisionTransformer.__dataclass_fields__) - {'parent', 'name', 'num_classes'}
-    return {k: v for k, v in dict(config).items() if k in fields and k not in _TRAINING_FIELDS}
-
-
-def _token_stride(model: VisionTransformer) -> int:
-    """Input pixels per token side, read off the model itself (hybrid stems downsample first)."""
-    probe = max(256, 64 * int(model.patches['size'][0]))
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                            jax.ShapeDtypeStruct((1, probe, probe, 3), jnp.float32))
-    tokens = shapes['params']['Transformer']['posembed_input']['pos_embedding'].shape[1]
-    prefix = 1 if model.classifier in ('token', 'token_unpooled') else 0
-    return probe // int(round((tokens - prefix) ** 0.5))
-
-
-def build_model(model_config: Any, params: Any, source: str, class_names: list[str] | None = None
+def from_params(model_config: Any, params: Any, source: str, class_names: list[str] | None = None
                 ) -> LoadedModel:
-    """Builds the module for `params` (head size and resolution read from the parameters)."""
-    params = _unwrap_params(params)
-    head = params.get('head')
-    num_classes = int(np.shape(head['kernel'])[-1]) if head is not None else None
-    config = _model_config(model_config)
-    # A named config (--model) may differ from the file in its pre-logits layer or class token.
-    if 'pre_logits' in params:
-        config['representation_size'] = int(np.shape(params['pre_logits']['kernel'])[-1])
-    else:
-        config['representation_size'] = None
-    if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
-        config['classifier'] = 'gap'
-    config['scan_layers'] = 'encoderblock' in params.get('Transformer', {})   # the params' layout
-    model = VisionTransformer(num_classes=num_classes, **config)
+    """The inference module for `params` (head size, pre-logits and class token read from them)."""
+    params = dict(params)
+    if set(params) == {'params'}:   # Flax variables
+        params = dict(params['params'])
+    if 'encoderblock' in params.get('Transformer', {}):
+        params = scan_to_blocks(params)
     if 'Transformer' not in params or 'posembed_input' not in params['Transformer']:
         raise ValueError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
-    stride = _token_stride(model)
+    head = params.get('head')
+    num_classes = int(np.shape(head['kernel'])[-1]) if head is not None else None
+    config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+    # A named config (--model) may differ from the file in its pre-logits layer or class token.
+    config['representation_size'] = (int(np.shape(params['pre_logits']['kernel'])[-1])
+                                     if 'pre_logits' in params else None)
+    if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
+        config['classifier'] = 'gap'
+    model = build_model(config, num_classes, inference=True)
+    prefix = model.num_prefix_tokens
     tokens = np.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
-    prefix = 1 if model.classifier in ('token', 'token_unpooled') else 0
     grid = int(round((tokens - prefix) ** 0.5))
     if grid * grid != tokens - prefix:
         raise ValueError(f'{source}: pos_embedding has {tokens} tokens, not a square grid '
@@ -180,7 +112,7 @@ def build_model(model_config: Any, params: Any, source: str, class_names: list[s
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
         raise ValueError(f'{source}: {len(class_names)} class names for a {num_classes}-class head')
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    return LoadedModel(model=model, params=params, image_size=grid * stride, stride=stride,
+    return LoadedModel(model=model, params=params, image_size=grid * model.patch_stride[0],
                        class_names=class_names, source=source)
 
 
@@ -193,20 +125,17 @@ def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
     """
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ValueError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
-    class_names, crop_fraction = None, None
-    if is_training_workdir(checkpoint):
-        model_config, params, class_names, crop_fraction = _training_workdir(checkpoint)
-    else:
-        path = hub.resolve(checkpoint)  # local paths as they are; catalogue names downloaded once
-        model_config, params = convert.load_checkpoint(path)
+    found = convert.read_checkpoint(checkpoint)
+    model_config = found.model_config
     if model_name is not None:
         named = get_config(model_name)
         for key in ('layer_norm_eps', 'gelu_approximate'):   # numerics the file's format implies
             if model_config.get(key) is not None:
                 named[key] = model_config.get(key)
         model_config = named
-    loaded = build_model(model_config, params, checkpoint, class_names)
-    loaded.crop_fraction = crop_fraction
+    loaded = from_params(model_config, found.params, checkpoint, found.class_names)
+    if found.format == 'workdir':
+        loaded.crop_fraction = _workdir_crop_fraction(found.path)
     return loaded
 
 
@@ -214,6 +143,7 @@ def load_model(checkpoint: str, model_name: str | None = None) -> LoadedModel:
 
 def find_images(inputs: Sequence[str]) -> list[str]:
     """Expands files, folders (recursively, image extensions) and globs, keeping input order."""
+    from vit_jax.input_pipeline import IMAGE_EXTENSIONS
     found: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
@@ -370,21 +300,18 @@ def format_text(doc: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`vit-predict`; returns 1 when no image could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow decodes images: keep it quiet
-    try:
-        if args.top_k < 1 or args.batch_size < 1:
-            raise ValueError('--top-k and --batch-size must be >= 1')
-        paths = find_images(args.inputs)
-        loaded = load_model(args.checkpoint, args.model)
-        names = load_labels(args.labels) if args.labels else (
-            loaded.class_names or default_labels(loaded.num_classes))
-        doc = predict_files(loaded, paths, k=args.top_k, batch_size=args.batch_size,
-                            crop_fraction=args.crop_fraction, class_names=names,
-                            progress=len(paths) > args.batch_size)   # on stderr
-    except (OSError, ValueError, KeyError) as e:
-        print(f'vit-predict: error: {e}', file=sys.stderr)
-        return 2
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError('--top-k and --batch-size must be >= 1')
+    paths = find_images(args.inputs)
+    loaded = load_model(args.checkpoint, args.model)
+    from vit_jax import input_pipeline
+    names = input_pipeline.load_labels(args.labels) if args.labels else (
+        loaded.class_names or default_labels(loaded.num_classes))
+    doc = predict_files(loaded, paths, k=args.top_k, batch_size=args.batch_size,
+                        crop_fraction=args.crop_fraction, class_names=names,
+                        progress=len(paths) > args.batch_size)   # on stderr
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     if not doc['results']:
         print('vit-predict: error: none of the images could be read', file=sys.stderr)
@@ -392,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run() -> None:
-    """Console-script entry point (`vit-predict`)."""
-    sys.exit(main())
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`vit-predict`): exit 2 with one line on bad input."""
+    sys.exit(cli.run_cli('vit-predict', lambda: main(argv)))
 
 
 if __name__ == '__main__':
