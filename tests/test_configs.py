@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import optim, train
+from vit_jax import optim
 from vit_jax.input_pipeline import DATASET_PRESETS
-from vit_jax.models import MODEL_CONFIGS
+from vit_jax.models import MODEL_CONFIGS, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINETUNE_DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102')
@@ -52,7 +52,7 @@ def test_config_builds_model_and_optimizer(name, arg):
     module = _load(name)
     config = module.get_config() if arg is None else module.get_config(arg)
     crop = config.pp.get('crop') or DATASET_PRESETS.get(config.dataset, {}).get('crop', 224)
-    model = train.build_model(config.model, 10)
+    model = build_model(config.model, 10)
 
     def init(key):
         return model.init({'params': key}, jnp.zeros((1, crop, crop, 3)), train=False)['params']

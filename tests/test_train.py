@@ -63,6 +63,21 @@ def test_exact_resume_after_sigterm(tmp_path, monkeypatch):
     assert num_classes == 10 and names == [str(i) for i in range(10)] and model_config.hidden_size == 16
 
 
+def test_fine_tuning_starts_from_pretrained_params_with_a_zero_head(tmp_path):
+    train.train_and_evaluate(_tiny_config(total_steps=3, checkpoint_every=0), str(tmp_path / 'pre'))
+    pretrained = _npz(tmp_path / 'pre' / 'model.npz')
+    config = _tiny_config(total_steps=1, warmup_steps=0, base_lr=0.0, checkpoint_every=0,
+                          pretrained_path=str(tmp_path / 'pre' / 'model.npz'))
+    train.train_and_evaluate(config, str(tmp_path / 'ft'))
+    tuned = _npz(tmp_path / 'ft' / 'model.npz')
+    assert tuned.keys() == pretrained.keys()
+    for k in tuned:
+        if k.startswith('head/'):
+            assert not tuned[k].any(), k  # a new head, zero-initialised as in the original
+        else:
+            np.testing.assert_array_equal(tuned[k], pretrained[k], err_msg=k)
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     workdir = str(tmp_path / 'wd')
     train.train_and_evaluate(_tiny_config(total_steps=3, base_lr=0.0), workdir)

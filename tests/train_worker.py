@@ -4,6 +4,7 @@
 
 Every process feeds its slice of the same global batches, so any device / process layout must
 give the same loss curve. Process 0 prints the per-step training losses as one JSON line.
+$VIT_JAX_TEST_PRETRAINED, when set, is the npz to fine-tune from (config.pretrained_path).
 """
 
 import collections
@@ -74,6 +75,7 @@ def main():
     config.update(dict(batch=GLOBAL_BATCH, batch_eval=GLOBAL_BATCH, total_steps=STEPS, warmup_steps=1,
                        base_lr=0.1, accum_steps=2, progress_every=1, eval_every=0, checkpoint_every=0,
                        progress_bar=False, optimizer='adam', weight_decay=0.1, optim_dtype=None))
+    config.pretrained_path = os.environ.get('VIT_JAX_TEST_PRETRAINED') or None
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1
     train.train_and_evaluate(config, workdir)
