@@ -2,9 +2,9 @@
 
 1,797 8x8 grey-scale digits bundled with scikit-learn (no download; 1,438 train / 359 eval,
 stratified), upsampled to 16x16; a 4-layer ViT (hidden 64, 4 heads) with 4x4 patches (16 tokens
-+ class token). AdamW, 50 warm-up steps, cosine decay: ~97 % test accuracy after 500 steps, a
-minute or two on a laptop CPU. These numbers were tuned for this task (accuracy per CPU second),
-not taken from the paper.
++ class token). AdamW (optimizer 'adam', weight_decay 0.05), 50 warm-up, cosine: ~96-97 % test
+accuracy after 500 steps, a minute or two on a laptop CPU. These numbers were tuned for this task
+(accuracy per CPU second), not taken from the paper.
 """
 
 import os
