@@ -36,7 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vit_jax import checkpoint, fewshot, hub, io_util, optim, sharding
+from vit_jax import checkpoint, hub, io_util, optim, sharding
 from vit_jax import metrics as metrics_lib
 from vit_jax.config_util import get
 from vit_jax.models import VisionTransformer, build_model
@@ -214,7 +214,7 @@ def _fewshot_evaluator(config: Any, model: VisionTransformer, image_size: int) -
     name = get(config, 'fewshot.dataset')
     if not name or jax.process_index() != 0:
         return None
-    from vit_jax import input_pipeline
+    from vit_jax import fewshot, input_pipeline  # TensorFlow: not for `load_trained` users
     shots = tuple(int(n) for n in get(config, 'fewshot.shots', fewshot.SHOTS))
     seed = int(get(config, 'seed', 0))
     pp = dict(crop=image_size, eval_crop=get(config, 'pp.eval_crop', 'resize'),
