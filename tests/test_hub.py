@@ -198,5 +198,5 @@ def test_offline_errors_name_the_url_and_the_local_alternative(server, tmp_path)
     with pytest.raises(hub.DownloadError) as e:
         hub.download(url, str(tmp_path / 'y.npz'), progress=False, timeout=5)
     msg = str(e.value)
-    assert url in msg and '--pretrained_path=/path/to/ViT-B_16.npz' in msg and '\n' not in msg
+    assert url in msg and '--config.pretrained_path=/path/to/ViT-B_16.npz' in msg and '\n' not in msg
     assert os.listdir(tmp_path) == []
