@@ -156,7 +156,8 @@ def _offline_error(url: str, reason: Any) -> DownloadError:
     base = url.rsplit('/', 1)[-1] or 'checkpoint.npz'
     return DownloadError(f'could not download {url} ({reason}); if this machine is offline, fetch the '
                          f'file elsewhere and pass its local path instead (vit-train: '
-                         f'--config.pretrained_path=/path/to/{base}; vit-predict/vit-convert: the path itself)')
+                         f'--config.pretrained_path=/path/to/{base}; vit-predict/vit-convert: the path '
+                         f'itself)')
 
 
 def download(url: str, dst: str, *, progress: bool = True, timeout: float = 60.0,
