@@ -346,7 +346,7 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEE
 # --- digits
 
 
-def _digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
+def digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
     """scikit-learn's digits as uint8 [N, 8, 8] (16 gray levels scaled to 0-255), fixed 80/20 split."""
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -724,7 +724,7 @@ def _sources(config: Any, process_index: int, process_count: int
     if not name:
         raise ValueError('config.dataset is not set: give a tfds name, "digits", a folder or a CSV file')
     if name == 'digits':
-        (xt, yt), (xe, ye), names = _digits_splits()
+        (xt, yt), (xe, ye), names = digits_splits()
         return (_indexed_source(xt, yt, process_index, process_count),
                 _indexed_source(xe, ye, process_index, process_count), names)
     if os.path.isdir(name) or name.lower().endswith('.csv'):
