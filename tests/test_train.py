@@ -32,19 +32,26 @@ def _npz(path):
         return {k: f[k] for k in f.files}
 
 
+def _sigterm_at_step(monkeypatch, at: int):
+    """Sends this process SIGTERM (a preemption) right after the train metrics of step `at`;
+    returns the unpatched `write_scalars` so the test can restore it."""
+    write = metrics.MetricWriter.write_scalars
+
+    def write_and_kill(self, step, scalars):
+        write(self, step, scalars)
+        if step == at and 'train_loss' in scalars:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(metrics.MetricWriter, 'write_scalars', write_and_kill)
+    return write
+
+
 def test_exact_resume_after_sigterm(tmp_path, monkeypatch):
     full = train.train_and_evaluate(_tiny_config(), str(tmp_path / 'full'))
     assert full['step'] == 6 and not full['preempted']
 
     # Same run, preempted: SIGTERM arrives while step 2's metrics are written.
-    write = metrics.MetricWriter.write_scalars
-
-    def write_and_kill(self, step, scalars):
-        write(self, step, scalars)
-        if step == 2 and 'train_loss' in scalars:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(metrics.MetricWriter, 'write_scalars', write_and_kill)
+    write = _sigterm_at_step(monkeypatch, 2)
     part = train.train_and_evaluate(_tiny_config(), str(tmp_path / 'resumed'))
     assert part['preempted'] and part['step'] == 2
     assert not (tmp_path / 'resumed' / 'model.npz').exists()
@@ -144,14 +151,7 @@ def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path, 
     npz = _npz(tmp_path / 'model.npz')
     assert json.loads((tmp_path / 'config.json').read_text())['model_npz_step'] == 3
     # Resumed with more steps and preempted at step 4: model.npz (step 3) is now older.
-    write = metrics.MetricWriter.write_scalars
-
-    def write_and_kill(self, step, scalars):
-        write(self, step, scalars)
-        if step == 4 and 'train_loss' in scalars:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(metrics.MetricWriter, 'write_scalars', write_and_kill)
+    write = _sigterm_at_step(monkeypatch, 4)
     assert train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir)['step'] == 4
     _, _, params, _ = train.load_trained(workdir)
     flat = io_util.flatten(params)
