@@ -10,13 +10,13 @@ pre_logits layer, weight decay 0.1 decoupled (multiplied by lr: weight_decay_typ
 """
 
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from vit_jax import config_util
+from vit_jax.errors import ConfigError
 
-from configs import pretrain  # noqa: E402
+RECIPES = {'imagenet21k': 14_197_122, 'imagenet2012': 1_281_167}   # train images (as pretrain.py)
 
 AUG_PRESETS = {  # name: (RandAugment layers, magnitude, Mixup alpha)
     'none': (0, 0, 0.0), 'light1': (2, 0, 0.0), 'light2': (2, 10, 0.2), 'medium1': (2, 15, 0.2),
@@ -26,8 +26,9 @@ AUG_PRESETS = {  # name: (RandAugment layers, magnitude, Mixup alpha)
 def get_config(arg: str = 'ViT-B_16,imagenet2012,medium2') -> ml_collections.ConfigDict:
     model, dataset, aug = (arg.split(',') + ['imagenet2012', 'medium2'][len(arg.split(',')) - 1:])[:3]
     if aug not in AUG_PRESETS:
-        raise ValueError(f'augmentation {aug!r} is unknown; expected one of {", ".join(AUG_PRESETS)}')
-    config = pretrain.get_config(f'{model},{dataset}')
+        raise ConfigError(f'augmentation {aug!r} is unknown; expected one of {", ".join(AUG_PRESETS)}')
+    pretrain = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrain.py')
+    config = config_util.load_file(f'{pretrain}:{model},{dataset}')
     config.model.representation_size = None
     config.model.transformer.dropout_rate = 0.1
     config.model.transformer.stochastic_depth = 0.1
@@ -35,7 +36,7 @@ def get_config(arg: str = 'ViT-B_16,imagenet2012,medium2') -> ml_collections.Con
     config.base_lr = 1e-3
     config.decay_type = 'cosine'
     config.weight_decay = 0.1
-    config.total_steps = 300 * pretrain.RECIPES[dataset]['num_train'] // config.batch
+    config.total_steps = 300 * RECIPES[dataset] // config.batch
     layers, magnitude, mixup = AUG_PRESETS[aug]
     config.aug.update(dict(randaugment_layers=layers, randaugment_magnitude=magnitude, mixup_alpha=mixup))
     return config

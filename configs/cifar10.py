@@ -6,14 +6,12 @@ argument: --config=configs/cifar10.py:ViT-L_16.
 """
 
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
-from configs import finetune  # noqa: E402
+from vit_jax import config_util
 
 
 def get_config(model: str = 'ViT-B_16') -> ml_collections.ConfigDict:
-    return finetune.get_config(f'{model},cifar10')
+    finetune = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'finetune.py')
+    return config_util.load_file(f'{finetune}:{model},cifar10')

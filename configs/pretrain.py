@@ -8,17 +8,15 @@ weight decay is Flax's Adam weight decay: p -= lr * wd * p, i.e. decoupled and m
 learning rate, which is weight_decay_type='decoupled' here. Steps = epochs * train images / 4096
 (ImageNet-1k 1,281,167 train images; ImageNet-21k ~14.2M, which must be prepared in tfds_data_dir).
 i21k is multi-label: the paper's sigmoid cross-entropy loss. The tfds splits are those of
-vit_jax.input_pipeline.DATASET_PRESETS (i21k: big_vision's full[51200:] / full[:51200]); `num_train`
+vit_jax.configs.common.DATASET_PRESETS (i21k: big_vision's full[51200:] / full[:51200]); `num_train`
 below only converts epochs to steps.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configs import common  # noqa: E402
+from vit_jax import models
+from vit_jax.configs import common
+from vit_jax.errors import ConfigError
 
 RECIPES = {
     'imagenet21k': dict(epochs=90, num_train=14_197_122, base_lr=1e-3, decay_type='linear', weight_decay=0.03,
@@ -31,14 +29,12 @@ RECIPES = {
 def get_config(arg: str = 'ViT-B_16,imagenet2012') -> ml_collections.ConfigDict:
     model, dataset = (arg.split(',') + ['imagenet2012'])[:2]
     if dataset not in RECIPES:
-        raise ValueError(f'no pre-training recipe for {dataset!r}; known: {", ".join(RECIPES)}')
+        raise ConfigError(f'no pre-training recipe for {dataset!r}; known: {", ".join(RECIPES)}')
     r = RECIPES[dataset]
-    config = common.get_config()
-    config.dataset = dataset
-    from vit_jax.input_pipeline import DATASET_PRESETS
-    preset = DATASET_PRESETS[dataset]
-    config.pp = ml_collections.ConfigDict(dict(train=preset['train'], test=preset['test'], crop=224))
-    config.model = common.model_config(model, **{'transformer.dropout_rate': r['dropout']})
+    config = common.with_dataset(common.get_config(), dataset)
+    config.pp.crop = 224
+    config.pretrained_dir = None   # from scratch
+    config.model = models.get_config(model, **{'transformer.dropout_rate': r['dropout']})
     config.model.representation_size = config.model.hidden_size
     config.optimizer = 'adam'
     config.optim_dtype = None

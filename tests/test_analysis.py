@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import analysis, checkpoint, predict
-from vit_jax.models import get_model
+from vit_jax import analysis, checkpoint
+from vit_jax.checkpoint import loader
+from vit_jax.images import find_images
+from vit_jax.models import get_config, get_model
 
 
 def test_rollout_of_identity_attention_is_diagonal():
@@ -62,7 +64,7 @@ def test_position_similarity_and_filter_components():
     assert cos > 0.999
 
 
-def _loaded(tmp_path, zero_queries: bool) -> predict.LoadedModel:
+def _loaded(tmp_path, zero_queries: bool) -> loader.LoadedModel:
     model = get_model('testing', num_classes=4)
     params = jax.device_get(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 64, 64, 3)),
                                        train=False)['params'])
@@ -70,7 +72,7 @@ def _loaded(tmp_path, zero_queries: bool) -> predict.LoadedModel:
         attn = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']
         for name in ('query', 'key'):
             attn[name] = jax.tree_util.tree_map(np.zeros_like, attn[name])
-    return predict.from_params(predict.get_config('testing'), params, 'test')
+    return loader.from_params(get_config('testing'), params, 'test')
 
 
 def test_model_with_uniform_attention_gives_uniform_rollout(tmp_path):
@@ -95,7 +97,7 @@ def images(tmp_path_factory):
 
 def test_analyze_writes_figures_and_numbers(tmp_path, images):
     loaded = _loaded(tmp_path, zero_queries=False)
-    paths = predict.find_images([str(images)])
+    paths = find_images([str(images)])
     doc = analysis.analyze(loaded, paths, str(tmp_path / 'out'), batch_size=2, max_figure_images=2)
     expected = {'attention_rollout', 'attention_maps', 'mean_attention_distance',
                 'position_embedding_similarity', 'embedding_filters'}

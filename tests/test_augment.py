@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from ml_collections import ConfigDict
 
 from vit_jax import augment
 
@@ -90,10 +89,12 @@ def test_mixup_prob_zero_leaves_batch_alone():
 
 def test_pipeline_with_all_augmentations_is_in_range_and_resumable():
     from vit_jax import input_pipeline as ip
-    cfg = ConfigDict(dict(dataset='digits', batch=8, batch_eval=8, seed=0,
-                          pp=dict(crop=16, train_crop='inception'),
-                          aug=dict(randaugment_layers=1, randaugment_magnitude=15, mixup_alpha=0.5,
-                                   cutmix_alpha=1.0, label_smoothing=0.1)))
+    from vit_jax.configs import common
+    cfg = common.with_dataset(common.get_config(), 'digits')
+    cfg.update(dict(batch=8, batch_eval=8, seed=0))
+    cfg.pp.update(dict(crop=16, train_crop='inception'))
+    cfg.aug.update(dict(randaugment_layers=1, randaugment_magnitude=15.0, mixup_alpha=0.5, cutmix_alpha=1.0,
+                        label_smoothing=0.1))
     train, evals, _ = ip.get_datasets(cfg)
     batches = [next(train) for _ in range(4)]
     for b in batches:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from vit_jax import checkpoint, io_util
+from vit_jax import checkpoint, trees
 from vit_jax.checkpoint import CheckpointError
 from vit_jax.models import get_config, get_model
 
@@ -36,7 +36,7 @@ def _logits(model, params, size=32):
 
 
 def _assert_same_tree(a, b):
-    fa, fb = io_util.flatten(a), io_util.flatten(b)
+    fa, fb = trees.flatten(a), trees.flatten(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k], np.float32), np.asarray(fb[k], np.float32), err_msg=k)
@@ -72,7 +72,7 @@ def _pre_linen(key):
 @pytest.mark.parametrize('prefix', ['', 'opt/target/'])
 def test_pre_linen_names_and_opt_target_prefix(tiny, tmp_path, prefix):
     model, params, logits = tiny
-    flat = {prefix + _pre_linen(k): v for k, v in io_util.flatten(params).items()}
+    flat = {prefix + _pre_linen(k): v for k, v in trees.flatten(params).items()}
     assert any('MlpBlock_3' in k for k in flat)
     _savez(tmp_path / 'pre_linen.npz', flat)
     loaded = checkpoint.load(tmp_path / 'pre_linen.npz')
@@ -90,7 +90,7 @@ def _big_vision_flat(params, scan=False, bf16=False):
     if scan:
         blocks = [p['Transformer'].pop(f'encoderblock_{i}') for i in range(2)]
         p['Transformer']['encoderblock'] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *blocks)
-    flat = {'params/' + k: v for k, v in io_util.flatten(p).items()}
+    flat = {'params/' + k: v for k, v in trees.flatten(p).items()}
     if bf16:
         flat = {k: v.astype(ml_dtypes.bfloat16) for k, v in flat.items()}
     return flat
@@ -125,7 +125,7 @@ def test_hybrid_groupnorm_shapes(tmp_path):
         'hidden_size': 16, 'transformer.num_layers': 1, 'transformer.mlp_dim': 16, 'transformer.num_heads': 2,
         'resnet.num_layers': (1,), 'patches.size': (2, 2)})
     params = _random_params(model)
-    flat = io_util.flatten(params)
+    flat = trees.flatten(params)
     gn = [k for k in flat if '/' in k and k.split('/')[-2].startswith('gn') and k.endswith(('scale', 'bias'))]
     assert 'gn_root/scale' in gn and 'block1/unit1/gn_proj/bias' in gn
     old = {k: (v.reshape(1, 1, 1, -1) if k in gn else v) for k, v in flat.items()}  # Old Flax's shapes.
@@ -136,12 +136,12 @@ def test_hybrid_groupnorm_shapes(tmp_path):
 
 def test_inspect_params_lists_missing_extra_and_wrong_shapes(tiny):
     _, params, _ = tiny
-    bad = io_util.flatten(params)
+    bad = trees.flatten(params)
     del bad['head/bias']
     bad['extra/kernel'] = np.zeros((2, 3))
     bad['Transformer/encoder_norm/scale'] = np.zeros(7)
     with pytest.raises(CheckpointError) as e:
-        checkpoint.inspect_params(io_util.unflatten(bad), params, source='ckpt.npz')
+        checkpoint.inspect_params(trees.unflatten(bad), params, source='ckpt.npz')
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('ckpt.npz')
     assert 'missing head/bias (5,)' in msg and 'extra extra/kernel (2, 3)' in msg
@@ -268,7 +268,7 @@ def test_load_pretrained_scan_layout_and_mismatch_error(tmp_path, tiny):
 
 
 def test_load_pretrained_from_a_training_workdir(tmp_path, tiny):
-    """Fine-tuning can start from a vit-train workdir (its model.npz, read by train.load_trained)."""
+    """Fine-tuning can start from a vit-train workdir (its model.npz, read by workdir.load_trained)."""
     model, params, _ = tiny
     workdir = tmp_path / 'workdir'
     workdir.mkdir()

@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint, convert, io_util
-from vit_jax.checkpoint import CheckpointError
+from tests.faults import full_disk
+from vit_jax import checkpoint, convert, trees
+from vit_jax.checkpoint import CheckpointError, adapt, arch, loader
 from vit_jax.models import VisionTransformer, get_config, get_model, num_params
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -58,7 +59,7 @@ def _rel_err(got, want, label):
 
 
 def _assert_same_tree(a, b):
-    fa, fb = io_util.flatten(a), io_util.flatten(b)
+    fa, fb = trees.flatten(a), trees.flatten(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
@@ -77,10 +78,10 @@ def exact():
 def test_npz_pre_linen_detected_and_config_inferred(exact, tmp_path):
     _, params, _ = exact
     flat = {'opt/target/' + k.replace('MlpBlock_0', 'MlpBlock_3'): v
-            for k, v in io_util.flatten(params).items()}
+            for k, v in trees.flatten(params).items()}
     np.savez(tmp_path / 'x.npz', **flat)
-    assert convert.detect_format(str(tmp_path / 'x.npz')) == 'npz'
-    config, loaded = convert.load_checkpoint(tmp_path / 'x.npz')
+    assert loader.detect_format(str(tmp_path / 'x.npz')) == 'npz'
+    config, loaded = loader.load(tmp_path / 'x.npz')
     _assert_same_tree(loaded, params)
     assert (config.hidden_size, config.transformer.num_heads, config.transformer.num_layers,
             config.transformer.mlp_dim, tuple(config.patches.size)) == (32, 2, 2, 64, (8, 8))
@@ -93,9 +94,9 @@ def test_big_vision_detected(exact, tmp_path):
     p = jax.tree_util.tree_map(np.asarray, params)
     pos = p['Transformer'].pop('posembed_input')['pos_embedding']
     p['pos_embedding'], p['cls'] = pos[:, 1:], p['cls'] + pos[:, :1]
-    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in io_util.flatten(p).items()})
-    assert convert.detect_format(str(tmp_path / 'bv.npz')) == 'big_vision'
-    config, loaded = convert.load_checkpoint(tmp_path / 'bv.npz')
+    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in trees.flatten(p).items()})
+    assert loader.detect_format(str(tmp_path / 'bv.npz')) == 'big_vision'
+    config, loaded = loader.load(tmp_path / 'bv.npz')
     config.gelu_approximate = False
     ref = _ours(config, params)
     assert _rel_err(_ours(config, loaded), ref, 'big_vision npz') <= TOLERANCE
@@ -107,15 +108,15 @@ def test_config_inference_names_public_models():
         model = get_model(name, num_classes=classes, representation_size=rep)
         params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)),
                                                        train=False))['params']
-        config = convert.infer_config(params)
+        config = arch.infer_config(params)
         assert config.model_name == name and config.representation_size == rep
-        assert convert.num_classes(params) == classes
-        convert.check_params(params, config)
+        assert arch.num_classes(params) == classes
+        arch.check_params(params, config)
         if name == 'ViT-B_16':
-            assert convert.image_size(params, config) == 224
+            assert arch.image_size(params, config) == 224
             assert tuple(params['Transformer']['posembed_input']['pos_embedding'].shape) == (1, 197, 768)
             del params['pre_logits']
-            assert num_params(convert.replace_head(params, 1000)) == 86_567_656
+            assert num_params(adapt.replace_head(params, 1000)) == 86_567_656
 
 
 # --- timm -----------------------------------------------------------------------------------
@@ -151,14 +152,14 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
 
     torch = _torch()
     model, params, logits = exact
-    config = convert.infer_config(params, gelu_approximate=False)
+    config = arch.infer_config(params, gelu_approximate=False)
     dst = convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm')
     sd = load_file(dst)
     assert sd['blocks.0.attn.qkv.weight'].shape == (96, 32)  # q, k, v concatenated, [out, in].
     assert sd['patch_embed.proj.weight'].shape == (32, 3, 8, 8)  # OIHW.
     assert _rel_err(_timm_reference(sd, IMAGES, heads=2), logits, 'export -> timm forward') <= TOLERANCE
 
-    loaded_config, loaded = convert.load_checkpoint(dst)
+    loaded_config, loaded = loader.load(dst)
     _assert_same_tree(loaded, params)  # Lossless round trip.
     assert (loaded_config.layer_norm_eps, loaded_config.gelu_approximate) == (1e-6, False)
 
@@ -166,11 +167,11 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
     # width 32, so they are passed), also as a .pth read with weights_only=True.
     save_file(sd, str(tmp_path / 'plain.safetensors'))
     with pytest.raises(CheckpointError, match='--num-heads'):
-        convert.load_checkpoint(tmp_path / 'plain.safetensors')
+        loader.load(tmp_path / 'plain.safetensors')
     torch.save({'model': {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / 'plain.pth')
     for name in ('plain.safetensors', 'plain.pth'):
-        assert convert.detect_format(str(tmp_path / name)) == 'timm'
-        config, loaded = convert.load_checkpoint(tmp_path / name, num_heads=2)
+        assert loader.detect_format(str(tmp_path / name)) == 'timm'
+        config, loaded = loader.load(tmp_path / name, num_heads=2)
         assert (config.layer_norm_eps, config.gelu_approximate) == (1e-6, False)
         reference = _timm_reference(sd, IMAGES, heads=2)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
@@ -201,8 +202,8 @@ def test_hf_directory_matches_transformers(tmp_path):
     hf = _hf_model()
     hf.save_pretrained(tmp_path / 'hf')
     reference = _hf_logits(hf)
-    assert convert.detect_format(str(tmp_path / 'hf')) == 'hf'
-    config, params = convert.load_checkpoint(tmp_path / 'hf')
+    assert loader.detect_format(str(tmp_path / 'hf')) == 'hf'
+    config, params = loader.load(tmp_path / 'hf')
     assert (config.layer_norm_eps, config.gelu_approximate) == (1e-12, False)  # Carried from config.json.
     assert _rel_err(_ours(config, params), reference, 'HF directory -> vit_jax') <= TOLERANCE
 
@@ -215,7 +216,7 @@ def test_hf_directory_matches_transformers(tmp_path):
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()},
               str(tmp_path / 'v5' / 'model.safetensors'))
     hf.config.to_json_file(str(tmp_path / 'v5' / 'config.json'))
-    config5, params5 = convert.load_checkpoint(tmp_path / 'v5' / 'model.safetensors')
+    config5, params5 = loader.load(tmp_path / 'v5' / 'model.safetensors')
     _assert_same_tree(params5, params)
 
 
@@ -223,12 +224,12 @@ def test_hf_export_loads_with_from_pretrained(tmp_path):
     hf = _hf_model()
     hf.save_pretrained(tmp_path / 'src')
     transformers = _transformers()
-    config, params = convert.load_checkpoint(tmp_path / 'src')
+    config, params = loader.load(tmp_path / 'src')
     convert.export(params, config, str(tmp_path / 'out'), format='hf')
     back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
     assert back.config.layer_norm_eps == 1e-12 and back.config.hidden_act == 'gelu'
     assert _rel_err(_hf_logits(back), _hf_logits(hf), 'vit_jax -> HF export (from_pretrained)') <= TOLERANCE
-    _, again = convert.load_checkpoint(tmp_path / 'out')
+    _, again = loader.load(tmp_path / 'out')
     _assert_same_tree(again, params)  # Lossless round trip.
 
 
@@ -236,7 +237,7 @@ def test_original_numerics_survive_hf_export(tmp_path):
     """A model with the original tanh GELU exports as gelu_pytorch_tanh, so HF gives its logits."""
     model = get_model('testing', num_classes=5, **TINY)
     params = _random_params(model, seed=3)
-    config = convert.infer_config(params)
+    config = arch.infer_config(params)
     convert.export(params, config, str(tmp_path / 'out'), format='hf')
     transformers = _transformers()
     back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
@@ -266,7 +267,7 @@ def test_error_cases(exact, tmp_path, capsys):
     np.save(tmp_path / 'evil.npy', np.array([_Evil(marker)], dtype=object), allow_pickle=True)
     (tmp_path / 'notes.txt').write_text('hello')
     (tmp_path / 'broken.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
-    bad = io_util.flatten(params)
+    bad = trees.flatten(params)
     bad['Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel'] = np.zeros((64, 31), np.float32)
     np.savez(tmp_path / 'shapes.npz', **bad)
 
@@ -282,7 +283,7 @@ def test_error_cases(exact, tmp_path, capsys):
         del cases['evil.pth']
     for name, expect in cases.items():
         with pytest.raises((CheckpointError, FileNotFoundError)) as e:
-            convert.load_checkpoint(tmp_path / name)
+            loader.load(tmp_path / name)
         assert expect in str(e.value) and '\n' not in str(e.value), (name, str(e.value))
     assert not os.path.exists(marker)
 
@@ -303,12 +304,12 @@ def test_error_cases(exact, tmp_path, capsys):
 
 def test_export_refuses_what_the_target_cannot_hold(exact, tmp_path):
     _, params, _ = exact
-    config = convert.infer_config(params)
+    config = arch.infer_config(params)
     with_pre_logits = dict(params, pre_logits={'kernel': np.zeros((32, 16)), 'bias': np.zeros(16)})
     with pytest.raises(CheckpointError, match='pre_logits'):
         convert.export(with_pre_logits, config, str(tmp_path / 'x.safetensors'), format='timm')
     with pytest.raises(CheckpointError, match='needs a head'):
-        convert.export(convert.replace_head(params, 0), config, str(tmp_path / 'hf'), format='hf')
+        convert.export(adapt.replace_head(params, 0), config, str(tmp_path / 'hf'), format='hf')
     with pytest.raises(CheckpointError, match='unknown export format'):
         convert.export(params, config, str(tmp_path / 'x.onnx'), format='onnx')
     assert os.listdir(tmp_path) == []
@@ -330,7 +331,7 @@ def test_cli_converts_as_a_new_user_would(exact, tmp_path, capsys):
     assert 'detected: timm state dict' in out and '3 classes' in out
     with open(tmp_path / 'hf' / 'config.json') as f:
         assert len(json.load(f)['id2label']) == 3
-    config, loaded = convert.load_checkpoint(tmp_path / 'hf')
+    config, loaded = loader.load(tmp_path / 'hf')
     assert loaded['head']['kernel'].shape == (32, 3) and not loaded['head']['kernel'].any()
 
     help_text = subprocess.run([sys.executable, '-m', 'vit_jax.convert', '--help'], capture_output=True,
@@ -354,7 +355,7 @@ def test_load_pretrained_from_a_hugging_face_directory(tmp_path):
     """Fine-tuning can start from a timm / HF checkpoint: converted, new head, resized grid."""
     hf = _hf_model()
     hf.save_pretrained(tmp_path / 'hf')
-    config, source = convert.load_checkpoint(tmp_path / 'hf')
+    config, source = loader.load(tmp_path / 'hf')
     model = VisionTransformer(num_classes=3, **config)
     init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 48, 48, 3)), train=False))
     params = checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'hf'), init_params=init['params'],
@@ -377,19 +378,38 @@ def test_hf_vitmodel_pooler_becomes_pre_logits(tmp_path):
             p.normal_(0, 0.3)
         reference = hf(pixel_values=torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).pooler_output.numpy()
     hf.save_pretrained(tmp_path / 'hf')
-    config, params = convert.load_checkpoint(tmp_path / 'hf')
-    assert config.representation_size == 32 and convert.num_classes(params) == 0
+    config, params = loader.load(tmp_path / 'hf')
+    assert config.representation_size == 32 and arch.num_classes(params) == 0
     assert _rel_err(_ours(config, params, classes=0), reference, 'HF ViTModel pooler') <= TOLERANCE
 
 
 def test_gap_model_timm_round_trip(tmp_path):
     model = get_model('testing', num_classes=5, classifier='gap', gelu_approximate=False, **TINY)
     params = _random_params(model)
-    config = convert.infer_config(params, gelu_approximate=False)
+    config = arch.infer_config(params, gelu_approximate=False)
     assert config.classifier == 'gap' and 'cls' not in params
     convert.export(params, config, str(tmp_path / 'gap.safetensors'), format='timm')
-    loaded_config, loaded = convert.load_checkpoint(tmp_path / 'gap.safetensors')
+    loaded_config, loaded = loader.load(tmp_path / 'gap.safetensors')
     _assert_same_tree(loaded, params)
     assert loaded_config.classifier == 'gap'
     np.testing.assert_array_equal(_ours(loaded_config, loaded),
                                   np.asarray(model.apply({'params': params}, IMAGES, train=False)))
+
+
+def test_hf_export_over_an_existing_directory_on_a_full_disk_keeps_the_old_one_whole(exact, tmp_path):
+    """A directory export is written beside its destination and swapped in whole: when the disk
+    fills up (here RLIMIT_FSIZE: writes over 20 kB fail) the old export stays as it was."""
+    model, params, _ = exact
+    config = arch.infer_config(params, gelu_approximate=False)
+    convert.export(params, config, str(tmp_path / 'hf'), format='hf')
+    before = {f: (tmp_path / 'hf' / f).read_bytes() for f in os.listdir(tmp_path / 'hf')}
+    bigger = get_model('testing', num_classes=5, gelu_approximate=False,
+                       **{**TINY, 'transformer.num_layers': 4})
+    checkpoint.save(_random_params(bigger), tmp_path / 'bigger.npz')
+    command = full_disk(20000, 'vit_jax.convert', str(tmp_path / 'bigger.npz'), str(tmp_path / 'hf'))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert err == [f"vit-convert: error: {tmp_path / 'hf'}: File too large"], proc.stderr
+    assert {f: (tmp_path / 'hf' / f).read_bytes() for f in os.listdir(tmp_path / 'hf')} == before
+    assert sorted(os.listdir(tmp_path)) == ['bigger.npz', 'hf']   # no temporary directory left behind

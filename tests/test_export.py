@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint, export, predict
-from vit_jax.models import get_model
+from vit_jax import checkpoint, export, serving
+from vit_jax.checkpoint import loader
+from vit_jax.errors import CheckpointError, UserError
+from vit_jax.models import get_config, get_model
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +32,7 @@ def test_exported_matches_live_model_for_two_batch_sizes(live, tmp_path, bake_pa
     exported = export.export_inference(model, params, 32, bake_params=bake_params)
     path = export.save_exported(exported, str(tmp_path / 'm.vitx'), {'image_size': 32},
                                 None if bake_params else params)
-    served = export.load_exported(path)
+    served = serving.load_exported(path)
     rng = np.random.default_rng(1)
     for batch in (1, 3):
         x = rng.uniform(-1, 1, (batch, 32, 32, 3)).astype(np.float32)
@@ -41,7 +43,7 @@ def test_exported_matches_live_model_for_two_batch_sizes(live, tmp_path, bake_pa
     assert np.ptp(got) > 1e-3
     with zipfile.ZipFile(path) as z:
         assert ('params.npz' in z.namelist()) == (not bake_params)
-    with pytest.raises(ValueError, match=r'\[n, 32, 32, 3\]'):
+    with pytest.raises(UserError, match=r'\[n, 32, 32, 3\]'):
         served(np.zeros((2, 64, 64, 3), np.float32))
 
 
@@ -53,7 +55,7 @@ def test_cli_export_then_serve_without_model_code(live, tmp_path):
     np.save(tmp_path / 'x.npy', x)
     serve = (
         'import sys, json, numpy as np\n'
-        'from vit_jax.export import load_exported\n'
+        'from vit_jax.serving import load_exported\n'
         f'served = load_exported({str(tmp_path / "m.vitx")!r})\n'
         f'logits = served(np.load({str(tmp_path / "x.npy")!r}))\n'
         'print(json.dumps({"flax": "flax" in sys.modules, "logits": logits.tolist(),\n'
@@ -76,13 +78,13 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
 
 def test_loader_rejects_other_files(tmp_path):
     (tmp_path / 'x.vitx').write_bytes(b'hello')
-    with pytest.raises(ValueError, match='not a vit_jax export'):
-        export.load_exported(str(tmp_path / 'x.vitx'))
+    with pytest.raises(CheckpointError, match='not a vit_jax export'):
+        serving.load_exported(str(tmp_path / 'x.vitx'))
 
 
 def test_export_of_loaded_model_records_metadata(tmp_path, live):
     model, params = live
-    loaded = predict.from_params(predict.get_config('testing'), params, 'mem', [f'c{i}' for i in range(7)])
-    served = export.load_exported(export.export_model(loaded, str(tmp_path / 'a.vitx')))
+    loaded = loader.from_params(get_config('testing'), params, 'mem', [f'c{i}' for i in range(7)])
+    served = serving.load_exported(export.export_model(loaded, str(tmp_path / 'a.vitx')))
     assert served.metadata['class_names'][3] == 'c3' and served.metadata['num_classes'] == 7
     assert served.metadata['params_baked'] is True

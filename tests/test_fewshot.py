@@ -11,6 +11,7 @@ from PIL import Image
 from sklearn.linear_model import Ridge
 
 from vit_jax import checkpoint, fewshot
+from vit_jax.errors import DataError
 from vit_jax.models import get_model
 
 
@@ -52,7 +53,7 @@ def test_least_squares_matches_sklearn_ridge_in_both_forms():
 
 
 def test_sample_shots_errors_when_a_class_is_too_small():
-    with pytest.raises(ValueError, match='class 1 has 2 training examples'):
+    with pytest.raises(DataError, match='class 1 has 2 training examples'):
         fewshot.sample_shots(np.array([0, 0, 0, 1, 1]), 3)
 
 
@@ -79,8 +80,11 @@ def test_evaluator_on_a_model():
     rng = np.random.default_rng(0)
     train_x, train_y = _color_images(rng, 6)
     test_x, test_y = _color_images(rng, 10)
-    evaluator = fewshot.FewShotEvaluator(model, train_x, train_y, test_x, test_y, shots=(1, 5), batch_size=8)
-    assert len(evaluator.train_images) == 15           # only the support set is kept
+    support = fewshot.sample_shots(train_y, 5)          # drawn once, by the caller
+    evaluator = fewshot.FewShotEvaluator(model, train_x[support], train_y[support], test_x, test_y,
+                                         shots=(1, 5), batch_size=8)
+    assert len(evaluator.train_images) == 15            # the support set as given, not re-sampled
+    np.testing.assert_array_equal(evaluator.train_labels, train_y[support])
     feats = evaluator.represent(params, test_x[:3])
     assert feats.shape == (3, 6) and np.all(np.abs(feats) <= 1)   # tanh pre-logits, not the 5-way head
     metrics = evaluator({'params': params})

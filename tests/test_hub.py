@@ -1,14 +1,23 @@
-"""vit_jax.hub: catalogue names, AugReg selection, cached and resumable downloads (local server only)."""
+"""vit_jax.checkpoint.hub: catalogue names, AugReg selection, verified, cached and resumable downloads.
 
+Downloads run against a local HTTP server on 127.0.0.1 that behaves, per file name, like Cloud
+Storage (Content-Length + x-goog-hash), a generic server (Content-Length only), a broken one
+(truncated body, wrong hash, 416 on any Range, no length and no hash) or a chunked one.
+"""
+
+import base64
 import csv
+import hashlib
 import http.server
+import json
 import os
 import socket
 import threading
+import types
 
 import pytest
 
-from vit_jax import hub
+from vit_jax.checkpoint import hub
 
 
 def _name(model, ds, aug):
@@ -43,7 +52,8 @@ def index(tmp_path):
     return str(path)
 
 
-def test_catalogue_urls():
+def test_catalogue_urls(monkeypatch):
+    monkeypatch.delenv('VIT_JAX_HUB_URL', raising=False)
     assert hub.url_for('ViT-B_16') == 'gs://vit_models/imagenet21k/ViT-B_16.npz'
     assert hub.url_for('imagenet21k/R50+ViT-B_16') == 'gs://vit_models/imagenet21k/R50+ViT-B_16.npz'
     assert hub.url_for('imagenet21k+imagenet2012/ViT-L_16-224') == \
@@ -51,9 +61,24 @@ def test_catalogue_urls():
     assert hub.https_url(hub.url_for('ViT-B_16')) == \
         'https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz'
     assert hub.url_for('ViT-B_99') is None
-    # AugReg keys as in the original (no ViT-L_32, R50+ViT-B_16, ViT-H_14 in the AugReg release).
-    assert {'Ti_16', 'S_32', 'B_8', 'R_Ti_16', 'R26_B_32', 'R50_L_32'} <= set(hub.AUGREG_MODELS)
-    assert not {'L_32', 'R50_B_16', 'H_14', 'testing'} & set(hub.AUGREG_MODELS)
+    # AugReg keys as in the original hub (no ViT-L_32, R50+ViT-B_16, ViT-H_14 in the AugReg release;
+    # no 'testing-unpooled', 'LiT-...' or '-gap-norep' keys, which no AugReg filename starts with).
+    assert hub.AUGREG_MODELS == {
+        'Ti_16': 'ViT-Ti_16', 'S_16': 'ViT-S_16', 'S_32': 'ViT-S_32', 'B_8': 'ViT-B_8', 'B_16': 'ViT-B_16',
+        'B_32': 'ViT-B_32', 'L_16': 'ViT-L_16', 'R_Ti_16': 'R+ViT-Ti_16', 'R26_S_32': 'R26+ViT-S_32',
+        'R26_B_32': 'R26+ViT-B_32', 'R50_L_32': 'R50+ViT-L_32'}
+
+
+def test_mirror_replaces_the_public_host_and_shares_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path))
+    monkeypatch.delenv('VIT_JAX_HUB_URL', raising=False)
+    default = hub.cache_path(hub.url_for('ViT-B_16'))
+    monkeypatch.setenv('VIT_JAX_HUB_URL', 'http://mirror.example:8080/gcs/')
+    assert hub.https_url('gs://vit_models/imagenet21k/ViT-B_16.npz') == \
+        'http://mirror.example:8080/gcs/vit_models/imagenet21k/ViT-B_16.npz'
+    assert hub.cache_path(hub.url_for('ViT-B_16')) == default == \
+        str(tmp_path / 'vit_models' / 'imagenet21k' / 'ViT-B_16.npz')
+    assert 'http://mirror.example:8080/gcs/vit_models/augreg/index.csv' in hub.list_names()
 
 
 def test_augreg_selection_as_the_original(index):
@@ -83,52 +108,94 @@ def test_augreg_index_missing_columns(tmp_path):
         hub.read_augreg_index(str(tmp_path / 'bad.csv'))
 
 
-def test_resolve_local_cached_and_unknown(tmp_path, monkeypatch):
-    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
-    local = tmp_path / 'mine.npz'
-    local.write_bytes(b'x')
-    assert hub.resolve(str(local)) == str(local)
-    cached = hub.cache_path(hub.url_for('ViT-B_16'))
-    assert cached == str(tmp_path / 'cache' / 'vit_models' / 'imagenet21k' / 'ViT-B_16.npz')
-    os.makedirs(os.path.dirname(cached))
-    with open(cached, 'wb') as f:
-        f.write(b'cached')
-    assert hub.resolve('ViT-B_16') == cached  # No network: the cache answers.
-    assert hub.resolve('gs://my-bucket/x.npz') == 'gs://my-bucket/x.npz'  # Read remotely by checkpoint.load.
-    with pytest.raises(FileNotFoundError, match='not a known checkpoint name'):
-        hub.resolve(str(tmp_path / 'nope.npz'))
-
-
-# --- Downloads against a local server ----------------------------------------------------------
+# --- A local server ---------------------------------------------------------------------------
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB
 
 
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bit by bit: what Cloud Storage reports, without google_crc32c."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+MD5 = _b64(hashlib.md5(PAYLOAD).digest())
+CRC32C = _b64(_crc32c(PAYLOAD).to_bytes(4, 'big'))
+WRONG_MD5 = _b64(hashlib.md5(b'something else').digest())
+WRONG_CRC32C = _b64(_crc32c(b'something else').to_bytes(4, 'big'))
+
+# File stem -> behaviour (see _Handler._serve).
+KINDS = ('ckpt', 'plain', 'truncated', 'nolength', 'wronghash', 'wrongcrc', 'range416', 'chunked', 'crconly')
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    ranges: list = []
+    protocol_version = 'HTTP/1.1'
+    requests: list = []  # (method, path, Range header) of every request
     honour_range = True
-    truncate_once = False
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        if self.path != '/vit_models/ckpt.npz':
+        self._serve(body=True)
+
+    def do_HEAD(self):  # noqa: N802
+        self._serve(body=False)
+
+    def _serve(self, body):
+        rng = self.headers.get('Range')
+        type(self).requests.append((self.command, self.path, rng))
+        self.close_connection = True
+        stem = self.path.rsplit('/', 1)[-1].removesuffix('.npz')
+        kind = 'ckpt' if stem == 'ViT-B_16' else stem
+        if kind not in KINDS:
             self.send_error(404, 'Not Found')
             return
-        header = self.headers.get('Range')
-        type(self).ranges.append(header)
-        start = int(header.split('=')[1].rstrip('-')) if header and self.honour_range else 0
-        body = PAYLOAD[start:]
+        start = int(rng.split('=')[1].rstrip('-')) if rng and self.honour_range else 0
+        if kind == 'range416' and rng or start >= len(PAYLOAD) > 0 and rng:
+            self.send_response(416)
+            self.send_header('Content-Range', f'bytes */{len(PAYLOAD)}')
+            self.send_header('Content-Length', '0')
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            return
+        data = PAYLOAD[start:]
+        if kind == 'nolength':  # HTTP/1.0 style: no length, no hash, the body ends when the connection does.
+            self.protocol_version = 'HTTP/1.0'
         self.send_response(206 if start else 200)
-        self.send_header('Content-Length', str(len(body)))
+        self.send_header('Connection', 'close')
         if start:
             self.send_header('Content-Range', f'bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}')
+        if kind in ('ckpt', 'truncated', 'range416', 'chunked', 'wronghash', 'wrongcrc'):
+            self.send_header('x-goog-hash', f'crc32c={WRONG_CRC32C if kind == "wrongcrc" else CRC32C}')
+            self.send_header('x-goog-hash', f'md5={WRONG_MD5 if kind == "wronghash" else MD5}')
+        if kind == 'crconly':
+            self.send_header('x-goog-hash', f'crc32c={CRC32C}')
+        if kind in ('ckpt', 'truncated', 'range416', 'wronghash', 'wrongcrc'):
+            self.send_header('x-goog-stored-content-length', str(len(PAYLOAD)))
+        if kind in ('chunked', 'crconly'):
+            self.send_header('Transfer-Encoding', 'chunked')
+        elif kind != 'nolength':
+            self.send_header('Content-Length', str(len(data)))
         self.end_headers()
-        if type(self).truncate_once:  # Drop the connection half-way, once.
-            type(self).truncate_once = False
-            self.wfile.write(body[:len(body) // 2])
+        if not body:
+            return
+        if kind == 'truncated' and not rng:  # Close half-way through a whole-object response.
+            self.wfile.write(data[:len(data) // 2])
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(body)
+        elif kind in ('chunked', 'crconly'):
+            for i in range(0, len(data), 3000):
+                chunk = data[i:i + 3000]
+                self.wfile.write(f'{len(chunk):x}\r\n'.encode() + chunk + b'\r\n')
+            self.wfile.write(b'0\r\n\r\n')
+        else:
+            self.wfile.write(data)
 
     def log_message(self, *args):
         pass
@@ -136,9 +203,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    _Handler.ranges, _Handler.honour_range, _Handler.truncate_once = [], True, False
+    _Handler.requests, _Handler.honour_range = [], True
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    httpd.timeout = 5
     thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
     thread.start()
     try:
@@ -149,10 +215,223 @@ def server():
         thread.join(timeout=5)
 
 
+@pytest.fixture
+def mirror(server, tmp_path, monkeypatch):
+    """The local server as the public-bucket host; a fresh cache."""
+    monkeypatch.setenv('VIT_JAX_HUB_URL', server)
+    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
+    return server
+
+
+def _closed_port_url():
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    port = closed.getsockname()[1]
+    closed.close()  # Nothing listens there: what an offline machine sees.
+    return f'http://127.0.0.1:{port}'
+
+
+def _record(path):
+    with open(hub.record_path(path)) as f:
+        return json.load(f)
+
+
+def _requests():
+    return [(method, rng) for method, _, rng in _Handler.requests]
+
+
+# --- Resolving and reusing ----------------------------------------------------------------------
+
+def test_resolve_local_cached_and_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setenv('VIT_JAX_HUB_URL', _closed_port_url())
+    local = tmp_path / 'mine.npz'
+    local.write_bytes(b'x')
+    assert hub.resolve(str(local)) == str(local)
+    cached = hub.cache_path(hub.url_for('ViT-B_16'))
+    assert cached == str(tmp_path / 'cache' / 'vit_models' / 'imagenet21k' / 'ViT-B_16.npz')
+    os.makedirs(os.path.dirname(cached))
+    with open(cached, 'wb') as f:
+        f.write(b'cached')
+    record = {'url': 'https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz', 'size': 6,
+              'md5': _b64(hashlib.md5(b'cached').digest())}
+    with open(cached + '.verified.json', 'w') as f:
+        json.dump(record, f)
+    assert hub.resolve('ViT-B_16') == cached  # No network: the verified cache answers.
+    assert hub.resolve('gs://my-bucket/x.npz') == 'gs://my-bucket/x.npz'  # Read through vit_jax.paths.
+    with pytest.raises(FileNotFoundError, match='not a known checkpoint name'):
+        hub.resolve(str(tmp_path / 'nope.npz'))
+
+
+def test_verified_download_is_recorded_and_reused_without_requests(mirror):
+    path = hub.resolve('ViT-B_16', progress=False)
+    assert path == hub.cache_path('gs://vit_models/imagenet21k/ViT-B_16.npz')
+    assert open(path, 'rb').read() == PAYLOAD and not os.path.exists(path + '.part')
+    assert _requests() == [('GET', None)]
+    expected = {'url': f'{mirror}/vit_models/imagenet21k/ViT-B_16.npz', 'size': len(PAYLOAD), 'md5': MD5}
+    if hub.google_crc32c is not None:
+        expected['crc32c'] = CRC32C
+    assert _record(path) == expected
+    assert hub.resolve('ViT-B_16', progress=False) == path
+    assert hub.resolve(f'{mirror}/vit_models/imagenet21k/ViT-B_16.npz', progress=False) == path
+    assert len(_Handler.requests) == 1  # Reused: no second request.
+
+
+def test_truncated_download_is_kept_for_resume_and_never_promoted(mirror):
+    url = 'gs://vit_models/truncated.npz'
+    dst = hub.cache_path(url)
+    with pytest.raises(hub.DownloadError, match=r'got 5120 of 10240 bytes; run again to resume'):
+        hub.resolve(url, progress=False)
+    assert not os.path.exists(dst) and not os.path.exists(hub.record_path(dst))
+    assert os.path.getsize(dst + '.part') == len(PAYLOAD) // 2
+    assert hub.resolve(url, progress=False) == dst
+    assert _requests() == [('GET', None), ('GET', 'bytes=5120-')]
+    assert open(dst, 'rb').read() == PAYLOAD and _record(dst)['md5'] == MD5
+    assert not os.path.exists(dst + '.part')
+
+
+def test_download_without_length_or_hash_is_refused(mirror):
+    url = f'{mirror}/vit_models/nolength.npz'
+    dst = hub.cache_path(url)
+    with pytest.raises(hub.DownloadError) as e:
+        hub.resolve(url, progress=False)
+    assert str(e.value).startswith(f'the server did not report size or hash for {url}')
+    assert 'download it yourself and pass the path' in str(e.value) and '\n' not in str(e.value)
+    assert _requests() == [('GET', None)]  # The body was read (close-delimited), then refused.
+    assert not os.path.exists(dst) and not os.path.exists(dst + '.part')
+
+
+def test_wrong_hash_is_refused_and_the_part_deleted(mirror):
+    url = f'{mirror}/vit_models/wronghash.npz'
+    dst = hub.cache_path(url)
+    with pytest.raises(hub.DownloadError) as e:
+        hub.resolve(url, progress=False)
+    msg = str(e.value)
+    assert url in msg and f'md5 {WRONG_MD5} expected, got {MD5}' in msg and '\n' not in msg
+    assert not os.path.exists(dst) and not os.path.exists(dst + '.part')
+
+
+def test_416_with_a_complete_part_promotes_it_after_verification(mirror):
+    url = f'{mirror}/vit_models/range416.npz'
+    dst = hub.cache_path(url)
+    os.makedirs(os.path.dirname(dst))
+    with open(dst + '.part', 'wb') as f:
+        f.write(PAYLOAD)
+    assert hub.resolve(url, progress=False) == dst
+    assert _requests() == [('GET', 'bytes=10240-'), ('HEAD', None)]  # No body transferred again.
+    assert open(dst, 'rb').read() == PAYLOAD and _record(dst)['size'] == len(PAYLOAD)
+
+
+@pytest.mark.parametrize('part', [PAYLOAD[:-1] + b'!', PAYLOAD + b'extra'], ids=['corrupt', 'too-long'])
+def test_416_with_a_bad_part_downloads_again(mirror, part):
+    url = f'{mirror}/vit_models/range416.npz'
+    dst = hub.cache_path(url)
+    os.makedirs(os.path.dirname(dst))
+    with open(dst + '.part', 'wb') as f:
+        f.write(part)
+    assert hub.resolve(url, progress=False) == dst
+    assert _requests() == [('GET', f'bytes={len(part)}-'), ('HEAD', None), ('GET', None)]
+    assert open(dst, 'rb').read() == PAYLOAD and _record(dst)['md5'] == MD5
+
+
+def test_chunked_download_is_verified_by_its_hash(mirror):
+    url = f'{mirror}/vit_models/chunked.npz'
+    path = hub.resolve(url, progress=False)
+    assert open(path, 'rb').read() == PAYLOAD
+    assert _record(path)['md5'] == MD5 and _record(path)['size'] == len(PAYLOAD)
+
+
+def test_generic_server_is_verified_by_size(mirror):
+    path = hub.resolve(f'{mirror}/vit_models/plain.npz', progress=False)
+    assert open(path, 'rb').read() == PAYLOAD
+    assert _record(path) == {'url': f'{mirror}/vit_models/plain.npz', 'size': len(PAYLOAD)}
+
+
+def test_crc32c_is_checked_when_google_crc32c_is_installed(mirror, monkeypatch):
+    class Checksum:  # google_crc32c's interface; bit-by-bit CRC-32C (whole data at digest time).
+        def __init__(self, data=b''):
+            self.data = bytearray(data)
+
+        def update(self, data):
+            self.data += data
+
+        def digest(self):
+            return _crc32c(bytes(self.data)).to_bytes(4, 'big')
+
+    monkeypatch.setattr(hub, 'google_crc32c', types.SimpleNamespace(Checksum=Checksum))
+    assert _record(hub.resolve(f'{mirror}/vit_models/ckpt.npz', progress=False))['crc32c'] == CRC32C
+    assert _record(hub.resolve(f'{mirror}/vit_models/crconly.npz', progress=False)) == {
+        'url': f'{mirror}/vit_models/crconly.npz', 'size': len(PAYLOAD), 'crc32c': CRC32C}
+    with pytest.raises(hub.DownloadError, match=f'crc32c {WRONG_CRC32C} expected, got {CRC32C}'):
+        hub.resolve(f'{mirror}/vit_models/wrongcrc.npz', progress=False)
+
+    # Without google_crc32c, a crc32c alone (no length, no md5) cannot verify anything: neither a
+    # new download nor the file recorded above (a cache shared with a machine that has the package).
+    monkeypatch.setattr(hub, 'google_crc32c', None)
+    with pytest.raises(hub.DownloadError, match='did not report size or hash .* google-crc32c is not inst'):
+        hub.resolve(f'{mirror}/other/crconly.npz', progress=False)
+    with pytest.raises(hub.DownloadError, match='was verified by crc32c, which cannot be checked here .* '
+                       'reports neither size nor hash'):
+        hub.resolve(f'{mirror}/vit_models/crconly.npz', progress=False)
+
+
+def test_a_wrong_file_at_the_cache_path_is_not_used(mirror, monkeypatch):
+    url = 'gs://vit_models/imagenet21k/ViT-B_16.npz'
+    dst = hub.cache_path(url)
+    os.makedirs(os.path.dirname(dst))
+    with open(dst, 'wb') as f:  # Someone else's file, no verification record.
+        f.write(b'not the checkpoint')
+
+    monkeypatch.setenv('VIT_JAX_HUB_URL', _closed_port_url())
+    with pytest.raises(hub.DownloadError) as e:  # Cannot be checked: refused, left alone.
+        hub.resolve(url, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f'cached file {dst} has no verification record ViT-B_16.npz.verified.json')
+    assert msg.endswith('delete it to download it again, or pass a local path explicitly')
+    assert open(dst, 'rb').read() == b'not the checkpoint'
+
+    monkeypatch.setenv('VIT_JAX_HUB_URL', mirror)  # Checked against the server: replaced.
+    assert hub.resolve(url, progress=False) == dst and open(dst, 'rb').read() == PAYLOAD
+    assert _requests() == [('HEAD', None), ('GET', None)]
+    assert _record(dst)['md5'] == MD5
+
+
+def test_the_right_file_without_a_record_is_verified_with_a_head_request(mirror):
+    url = 'gs://vit_models/imagenet21k/ViT-B_16.npz'
+    dst = hub.cache_path(url)
+    os.makedirs(os.path.dirname(dst))
+    with open(dst, 'wb') as f:  # E.g. copied in by hand, or a crash between rename and record.
+        f.write(PAYLOAD)
+    assert hub.resolve(url, progress=False) == dst
+    assert _requests() == [('HEAD', None)] and _record(dst)['md5'] == MD5
+
+
+def test_a_cached_file_modified_after_download_is_detected(mirror, monkeypatch):
+    url = 'gs://vit_models/imagenet21k/ViT-B_16.npz'
+    dst = hub.resolve(url, progress=False)
+    with open(dst, 'r+b') as f:  # Same size, one byte changed: only the full hash notices.
+        f.seek(5000)
+        f.write(b'\xff')
+
+    monkeypatch.setenv('VIT_JAX_HUB_URL', _closed_port_url())
+    with pytest.raises(hub.DownloadError) as e:
+        hub.resolve(url, progress=False)
+    assert str(e.value).startswith(f'cached file {dst} does not match its verification record (md5 {MD5} '
+                                   'expected, got ')
+    assert 'Connection refused' in str(e.value)
+
+    monkeypatch.setenv('VIT_JAX_HUB_URL', mirror)
+    assert hub.resolve(url, progress=False) == dst and open(dst, 'rb').read() == PAYLOAD
+    assert _requests() == [('GET', None), ('HEAD', None), ('GET', None)]
+
+
+# --- download() ---------------------------------------------------------------------------------
+
 def test_download_and_resume(server, tmp_path):
     dst = str(tmp_path / 'a' / 'ckpt.npz')
     assert hub.download(f'{server}/vit_models/ckpt.npz', dst, progress=False, timeout=5) == dst
-    assert open(dst, 'rb').read() == PAYLOAD and _Handler.ranges == [None]
+    assert open(dst, 'rb').read() == PAYLOAD and _requests() == [('GET', None)]
+    assert _record(dst)['size'] == len(PAYLOAD)
 
     # A partial file is resumed with a Range request: only the rest is transferred.
     dst = str(tmp_path / 'b' / 'ckpt.npz')
@@ -160,8 +439,16 @@ def test_download_and_resume(server, tmp_path):
     with open(dst + '.part', 'wb') as f:
         f.write(PAYLOAD[:3000])
     hub.download(f'{server}/vit_models/ckpt.npz', dst, progress=False, timeout=5)
-    assert open(dst, 'rb').read() == PAYLOAD and _Handler.ranges[-1] == 'bytes=3000-'
+    assert open(dst, 'rb').read() == PAYLOAD and _requests()[-1] == ('GET', 'bytes=3000-')
     assert not os.path.exists(dst + '.part')
+
+
+def test_a_resumed_part_from_another_file_is_downloaded_again(server, tmp_path):
+    dst = str(tmp_path / 'ckpt.npz')
+    with open(dst + '.part', 'wb') as f:
+        f.write(b'\0' * 3000)  # The right length so far, the wrong bytes: only the hash tells.
+    hub.download(f'{server}/vit_models/ckpt.npz', dst, progress=False, timeout=5)
+    assert open(dst, 'rb').read() == PAYLOAD and _requests() == [('GET', 'bytes=3000-'), ('GET', None)]
 
 
 def test_download_server_without_range_support_restarts(server, tmp_path):
@@ -173,16 +460,9 @@ def test_download_server_without_range_support_restarts(server, tmp_path):
     assert open(dst, 'rb').read() == PAYLOAD
 
 
-def test_interrupted_download_resumes_on_the_next_call(server, tmp_path, monkeypatch):
-    _Handler.truncate_once = True
-    monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
-    url = f'{server}/vit_models/ckpt.npz'
-    with pytest.raises(hub.DownloadError, match='run again to resume'):
-        hub.resolve(url, progress=False)
-    dst = hub.cache_path(url)
-    assert not os.path.exists(dst) and 0 < os.path.getsize(dst + '.part') < len(PAYLOAD)
-    assert hub.resolve(url, progress=False) == dst
-    assert open(dst, 'rb').read() == PAYLOAD and _Handler.ranges[-1].startswith('bytes=')
+def test_downloads_land_on_local_disk():
+    with pytest.raises(hub.DownloadError, match='gs://bucket/cache/x.npz: downloads land on local disk'):
+        hub.download('gs://vit_models/x.npz', 'gs://bucket/cache/x.npz')
 
 
 def test_offline_errors_name_the_url_and_the_local_alternative(server, tmp_path):
@@ -190,13 +470,20 @@ def test_offline_errors_name_the_url_and_the_local_alternative(server, tmp_path)
         hub.download(f'{server}/vit_models/missing.npz', str(tmp_path / 'x.npz'), progress=False, timeout=5)
     assert 'HTTP 404' in str(e.value) and f'{server}/vit_models/missing.npz' in str(e.value)
 
-    closed = socket.socket()
-    closed.bind(('127.0.0.1', 0))
-    port = closed.getsockname()[1]
-    closed.close()  # Nothing listens there: what an offline machine sees.
-    url = f'http://127.0.0.1:{port}/vit_models/ViT-B_16.npz'
+    url = f'{_closed_port_url()}/vit_models/ViT-B_16.npz'
     with pytest.raises(hub.DownloadError) as e:
         hub.download(url, str(tmp_path / 'y.npz'), progress=False, timeout=5)
     msg = str(e.value)
     assert url in msg and '--config.pretrained_path=/path/to/ViT-B_16.npz' in msg and '\n' not in msg
+    assert 'Connection refused' in msg
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_silent_server_times_out(tmp_path):
+    with socket.socket() as silent:  # Accepts connections (backlog) and never answers.
+        silent.bind(('127.0.0.1', 0))
+        silent.listen()
+        url = f'http://127.0.0.1:{silent.getsockname()[1]}/vit_models/ViT-B_16.npz'
+        with pytest.raises(hub.DownloadError, match=f'could not download {url} .*timed out.*pretrained_path'):
+            hub.download(url, str(tmp_path / 'x.npz'), progress=False, timeout=0.2)
     assert os.listdir(tmp_path) == []

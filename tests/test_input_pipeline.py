@@ -5,12 +5,22 @@ import pytest
 from ml_collections import ConfigDict
 
 from vit_jax import input_pipeline as ip
+from vit_jax import labels as labels_lib
+from vit_jax import preprocessing
+from vit_jax.configs import common
+from vit_jax.errors import ConfigError, DataError
 
 
 def _config(dataset, **kw):
-    base = dict(dataset=dataset, batch=16, batch_eval=24, seed=0, shuffle_buffer=64, prefetch=1)
-    base.update(kw)
-    return ConfigDict(base)
+    """A complete config (every field of vit_jax/configs/common.py), the data set's preset written in
+    as `with_dataset` does, then `kw` (`pp` updates the preprocessing fields)."""
+    config = (common.with_dataset(common.get_config(), dataset) if dataset in common.DATASET_PRESETS
+              else ConfigDict(common.get_config().to_dict()))
+    config.dataset = dataset
+    config.update(dict(batch=16, batch_eval=24, seed=0, shuffle_buffer=64, prefetch=1))
+    config.pp.update(kw.pop('pp', {}))
+    config.update(kw)
+    return config
 
 
 def _take(it, n):
@@ -27,7 +37,7 @@ def _eval_labels(ds):
 
 
 def test_digits_shapes_classes_and_fixed_split():
-    train, evals, info = ip.get_datasets(_config('digits', pp=dict(crop=24)))
+    train, evals, info = ip.get_datasets(_config('digits', pp=dict(crop=24, resize=27)))
     assert info.num_classes == 10 and info.class_names == tuple('0123456789')
     assert info.num_train + info.num_eval == 1797 and info.image_size == 24
     assert 0.19 < info.num_eval / 1797 < 0.21
@@ -39,7 +49,7 @@ def test_digits_shapes_classes_and_fixed_split():
     assert b['label'].shape == (16, 10) and set(np.unique(b['label'])) == {0.0, 1.0}
     np.testing.assert_allclose(b['label'].sum(1), 1)
     # The split does not depend on the seed: same eval labels in the same order.
-    _, evals2, _ = ip.get_datasets(_config('digits', pp=dict(crop=24), seed=7))
+    _, evals2, _ = ip.get_datasets(_config('digits', pp=dict(crop=24, resize=27), seed=7))
     labels = _eval_labels(evals)
     np.testing.assert_array_equal(labels, _eval_labels(evals2))
     assert len(labels) == info.num_eval and np.bincount(labels).min() >= 30  # stratified
@@ -58,7 +68,7 @@ def test_train_order_is_deterministic_per_seed_and_resumable():
     cfg = _config('digits', pp=dict(crop=16))
     a, _, _ = ip.get_datasets(cfg)
     b, _, _ = ip.get_datasets(cfg)
-    c, _, _ = ip.get_datasets(cfg, seed=1)
+    c, _, _ = ip.get_datasets(_config('digits', pp=dict(crop=16), seed=1))
     xa, xb, xc = next(a), next(b), next(c)
     np.testing.assert_array_equal(xa['image'], xb['image'])
     assert not np.array_equal(xa['label'], xc['label'])
@@ -72,7 +82,7 @@ def test_train_order_is_deterministic_per_seed_and_resumable():
     for want, got in zip(expected, _take(restored, 3), strict=True):
         np.testing.assert_array_equal(want['image'], got['image'])
         np.testing.assert_array_equal(want['label'], got['label'])
-    with pytest.raises(ValueError, match='seed'):
+    with pytest.raises(DataError, match='seed'):
         c.set_state(state)
 
 
@@ -98,7 +108,8 @@ def test_tfds_mock_shapes_eval_coverage_and_determinism(name, num_classes, tmp_p
     with tfds.testing.mock_data(num_examples=20):
         train, evals, info = ip.get_datasets(cfg)
         train2, _, _ = ip.get_datasets(cfg)
-        other, _, _ = ip.get_datasets(cfg, seed=3)
+        other, _, _ = ip.get_datasets(_config(name, batch=8, batch_eval=6, tfds_data_dir=str(tmp_path),
+                                              pp=dict(crop=32), seed=3))
         first = _take(train, 4)  # 32 examples: crosses the 20-example epoch
         b = first[0]
         assert info.num_classes == num_classes == len(info.class_names) and info.image_size == 32
@@ -126,11 +137,11 @@ def test_tfds_mock_shapes_eval_coverage_and_determinism(name, num_classes, tmp_p
 
 def test_imagenet_without_manual_download_names_the_directory(tmp_path):
     cfg = _config('imagenet2012', tfds_data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match='manual download.*ILSVRC2012_img_train.tar') as e:
+    with pytest.raises(DataError, match='manual download.*ILSVRC2012_img_train.tar') as e:
         ip.get_datasets(cfg)
     assert str(tmp_path / 'downloads' / 'manual') in str(e.value)
     cfg.tfds_manual_dir = str(tmp_path / 'mine')
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / 'mine')):
+    with pytest.raises(DataError, match=str(tmp_path / 'mine')):
         ip.get_datasets(cfg)
 
 
@@ -207,13 +218,13 @@ def test_image_folder_with_train_and_val_dirs(tmp_path):
 
 def test_empty_folder_or_class_is_a_clear_error(tmp_path):
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(ValueError, match='no class sub-folders'):
+    with pytest.raises(DataError, match='no class sub-folders'):
         ip.get_datasets(_config(str(tmp_path / 'empty')))
     _write_images(tmp_path / 'ds' / 'full', 100, 3)
     (tmp_path / 'ds' / 'hollow').mkdir()
-    with pytest.raises(ValueError, match=f'{tmp_path / "ds" / "hollow"} has no images'):
+    with pytest.raises(DataError, match=f'{tmp_path / "ds" / "hollow"} has no images'):
         ip.get_datasets(_config(str(tmp_path / 'ds')))
-    with pytest.raises(FileNotFoundError, match='nowhere'):
+    with pytest.raises(DataError, match='nowhere'):
         ip.get_datasets(_config(str(tmp_path / 'nowhere')))
 
 
@@ -293,8 +304,8 @@ def test_inception_crop_of_a_jpeg_matches_decoding_it_whole():
     crops = []
     for k in range(6):
         seed = tf.constant([k, 1], tf.int64)
-        fast = ip.inception_crop(data, seed, 32).numpy()
-        slow = ip.inception_crop(ip.decode_image(data), seed, 32).numpy()
+        fast = preprocessing.inception_crop(data, seed, 32).numpy()
+        slow = preprocessing.inception_crop(preprocessing.decode(data), seed, 32).numpy()
         diff = np.abs(fast - slow)  # chroma upsampling differs only along the box edge
         assert diff.mean() < 0.5 and diff[1:-2, 1:-2].max() < 2
         crops.append(fast)
@@ -309,10 +320,12 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, pro
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from ml_collections import ConfigDict
 from vit_jax import input_pipeline as ip
+from vit_jax.configs import common
 sharding = NamedSharding(jax.make_mesh((2,), ('data',)), PartitionSpec('data'))
-cfg = ConfigDict(dict(dataset='digits', batch=8, batch_eval=64, pp=dict(crop=8), prefetch=1))
+cfg = common.with_dataset(common.get_config(), 'digits')
+cfg.update(dict(batch=8, batch_eval=64, prefetch=1))
+cfg.pp.crop = 8
 train, evals, info = ip.get_datasets(cfg, batch_sharding=sharding)
 batch = next(train)
 local = np.asarray(batch['image'].addressable_shards[0].data)
@@ -361,36 +374,35 @@ def test_center_eval_crop_and_random_train_crop():
     pp = dict(crop=8, resize=12, train_crop='random', flip=True)
     train, _, _ = ip.get_datasets(_config('digits', pp=pp))
     assert next(train)['image'].shape == (16, 8, 8, 3)
-    with pytest.raises(ValueError, match='pp.train_crop'):
+    with pytest.raises(ConfigError, match='pp.train_crop'):
         ip.get_datasets(_config('digits', pp=dict(train_crop='bogus')))
+    with pytest.raises(ConfigError, match='pp.resize is not set'):   # no hidden default size
+        ip.get_datasets(_config('digits', pp=dict(resize=None)))
 
 
 # --- public helpers shared with predict / fewshot
 
 
 def test_load_labels_shipped_sets_and_text_files(tmp_path):
-    one, full = ip.load_labels('imagenet2012'), ip.load_labels('imagenet21k')
+    one, full = labels_lib.load_labels('imagenet2012'), labels_lib.load_labels('imagenet21k')
     assert len(one) == 1000 and len(full) == 21843 and one[0] == 'tench, Tinca tinca'
-    assert ip.load_labels('imagenet1k') == one
+    assert labels_lib.load_labels('imagenet1k') == one
     path = tmp_path / 'labels.txt'
     path.write_text('  cat \n\ndog\n   \nbird\n')
-    assert ip.load_labels(str(path)) == ['cat', 'dog', 'bird']
-    with pytest.raises(FileNotFoundError, match='nope.txt'):
-        ip.load_labels(str(tmp_path / 'nope.txt'))
+    assert labels_lib.load_labels(str(path)) == ['cat', 'dog', 'bird']
+    with pytest.raises(DataError, match='nope.txt'):
+        labels_lib.load_labels(str(tmp_path / 'nope.txt'))
 
 
 def test_digits_preset_is_what_configs_digits_uses():
-    import importlib.util
+    """configs/digits.py carries the digits preprocessing in the config itself."""
     import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'digits.py')
-    spec = importlib.util.spec_from_file_location('configs_digits', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
 
-    def setup(pp):
-        return pp.crop, pp.train_crop, pp.eval_crop, pp.resize_to, pp.flip
-    assert setup(ip.preprocessing_from_config(module.get_config())) == setup(
-        ip.preprocessing_from_config(ConfigDict(dict(dataset='digits'))))
+    from vit_jax import config_util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'digits.py')
+    config = config_util.load_file(path)
+    assert preprocessing.from_config(config) == preprocessing.from_config(_config('digits')) == \
+        preprocessing.Preprocessing(crop=16, train_crop='random', eval_crop='center', resize=18, flip=False)
 
 
 def test_eval_examples_of_a_folder_follow_split_labels(image_folder):
@@ -407,7 +419,7 @@ def test_eval_examples_of_a_folder_follow_split_labels(image_folder):
         np.testing.assert_array_equal(labels, _label_from_pixels({'image': images}))
     some = list(ip.eval_examples(cfg, 'train', indices=[7, 2, 20]))
     np.testing.assert_array_equal([y for _, y in some], ip.split_labels(cfg, 'train')[[2, 7, 20]])
-    with pytest.raises(ValueError, match='index 99 is out of range'):
+    with pytest.raises(DataError, match='index 99 is out of range'):
         ip.eval_examples(cfg, 'train', indices=[99])
     with pytest.raises(ValueError, match="split 'val'"):
         ip.eval_examples(cfg, 'val')

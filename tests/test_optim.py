@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from vit_jax import optim
+from vit_jax.configs import common
+from vit_jax.errors import ConfigError
 from vit_jax.models import get_model
+
+
+def _config(**fields):
+    """The default config (every field of vit_jax/configs/common.py) without warm-up, clipping or the
+    bfloat16 momentum, with `fields` set."""
+    config = ml_collections.ConfigDict(common.get_config().to_dict())
+    config.update(dict(warmup_steps=0, grad_norm_clip=None, optim_dtype=None))
+    config.update(fields)
+    return config
 
 
 def _closed_form(step, base, total, warmup, decay, end=1e-5):
@@ -29,9 +40,9 @@ def test_schedule_matches_closed_form(decay):
 
 
 def test_schedule_rejects_bad_config():
-    with pytest.raises(ValueError, match='decay_type'):
+    with pytest.raises(ConfigError, match='decay_type'):
         optim.create_learning_rate_schedule(100, 0.1, 'exp')
-    with pytest.raises(ValueError, match='warmup_steps'):
+    with pytest.raises(ConfigError, match='warmup_steps'):
         optim.create_learning_rate_schedule(100, 0.1, 'cosine', warmup_steps=100)
 
 
@@ -60,8 +71,8 @@ def test_layer_decay_multipliers_per_block():
 
 def test_layer_decay_scales_updates():
     params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape), _params())
-    config = ml_collections.ConfigDict(dict(optimizer='sgd', momentum=0.0, base_lr=1.0, total_steps=10,
-                                            decay_type='constant', layer_decay=0.5))
+    config = _config(optimizer='sgd', momentum=0.0, base_lr=1.0, total_steps=10,
+                                            decay_type='constant', layer_decay=0.5)
     tx, _ = optim.make_optimizer(config, params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -78,8 +89,8 @@ def test_weight_decay_mask_and_decoupled_decay():
     assert not mask['Transformer']['encoderblock_0']['LayerNorm_0']['scale']
     # Zero gradient: AdamW moves only the decayed leaves, by lr * wd * p.
     params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape), params)
-    config = ml_collections.ConfigDict(dict(optimizer='adam', base_lr=0.1, total_steps=10,
-                                            decay_type='constant', weight_decay=0.5))
+    config = _config(optimizer='adam', base_lr=0.1, total_steps=10,
+                                            decay_type='constant', weight_decay=0.5)
     tx, _ = optim.make_optimizer(config, params)
     updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates['head']['kernel'], -0.05, rtol=1e-6)
@@ -88,13 +99,13 @@ def test_weight_decay_mask_and_decoupled_decay():
 
 def test_sgd_bfloat16_momentum_accumulator():
     params = {'w': jnp.ones((3,))}
-    config = ml_collections.ConfigDict(dict(optimizer='sgd', base_lr=0.1, total_steps=10,
-                                            optim_dtype='bfloat16'))
+    config = _config(optimizer='sgd', base_lr=0.1, total_steps=10,
+                                            optim_dtype='bfloat16')
     tx, _ = optim.make_optimizer(config, params)
     dtypes = {x.dtype for x in jax.tree_util.tree_leaves(tx.init(params)) if x.ndim}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
-    with pytest.raises(ValueError, match='optimizer'):
-        bad = ml_collections.ConfigDict(dict(optimizer='lamb', base_lr=1, total_steps=2))
+    with pytest.raises(ConfigError, match='optimizer'):
+        bad = _config(optimizer='lamb', base_lr=1, total_steps=2)
         optim.make_optimizer(bad, params)
 
 
@@ -117,5 +128,5 @@ def test_accumulated_gradient_equals_large_batch():
     np.testing.assert_allclose(one.loss, four.loss, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(one.grads), jax.tree_util.tree_leaves(four.grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match='accum_steps=3'):
+    with pytest.raises(ConfigError, match='accum_steps=3'):
         optim.accumulate_gradient(grad_fn, params, batch, jax.random.PRNGKey(3), 3)

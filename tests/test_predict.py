@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import checkpoint, input_pipeline, predict
-from vit_jax.models import get_model
+from vit_jax import checkpoint, images, labels, predict, preprocessing
+from vit_jax.checkpoint import loader
+from vit_jax.models import get_config, get_model
 
 COLORS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
 
@@ -69,11 +70,11 @@ def setup(tmp_path_factory):
 
 def test_known_answers_from_python(setup):
     root, ckpt = setup
-    loaded = predict.load_model(ckpt, 'testing')
+    loaded = loader.load_model(ckpt, 'testing')
     assert (loaded.image_size, loaded.num_classes) == (32, 3)
-    paths = predict.find_images([str(root / 'images')])
+    paths = images.find_images([str(root / 'images')])
     doc = predict.predict_files(loaded, paths, k=2, batch_size=2,
-                                class_names=input_pipeline.load_labels(str(root / 'labels.txt')))
+                                class_names=labels.load_labels(str(root / 'labels.txt')))
     top1 = {os.path.basename(r['path']): r['predictions'][0]['label'] for r in doc['results']}
     assert top1 == {'red.png': 'red', 'green.jpg': 'green', 'blue.png': 'blue'}
     assert [s['path'] for s in doc['skipped']] == [str(root / 'images' / 'broken.png')]
@@ -115,17 +116,20 @@ def test_cli_bad_input_is_one_line_error(setup, tmp_path, capsys):
 
 
 def test_default_labels_follow_the_head_size():
-    one = predict.default_labels(1000)
+    one = labels.default_labels(1000)
     assert len(one) == 1000 and one[0].startswith('tench')
-    assert len(predict.default_labels(21843)) == 21843 and predict.default_labels(3) is None
+    assert len(labels.default_labels(21843)) == 21843 and labels.default_labels(3) is None
 
 
-def test_center_crop_keeps_the_middle():
+def test_center_crop_keeps_the_middle(tmp_path):
     image = Image.new('RGB', (300, 100), COLORS['blue'])
     image.paste(COLORS['red'], (50, 0, 250, 100))
-    x = predict.preprocess(image, 16, crop_fraction=0.5)    # resize to 32, central 16 crop
+    image.save(tmp_path / 'flag.png')
+    load = lambda **kw: preprocessing.load_image(str(tmp_path / 'flag.png'),  # noqa: E731
+                                                 preprocessing.for_inference(16, **kw))
+    x = load(crop_fraction=0.5)    # resize to 32, central 16 crop
     np.testing.assert_allclose(x[..., 0], 1.0)   # only the red middle is left
-    assert predict.preprocess(image, 16)[0, 0, 2] == 1.0  # without crop the blue border stays
+    assert load()[0, 0, 2] == 1.0  # without crop the blue border stays
 
 
 def test_training_workdir_gives_class_names(setup, tmp_path):
@@ -133,12 +137,12 @@ def test_training_workdir_gives_class_names(setup, tmp_path):
     workdir = tmp_path / 'workdir'
     workdir.mkdir()
     checkpoint.save(color_classifier_params(), str(workdir / 'model.npz'))
-    model = predict.get_config('testing').to_dict()
+    model = get_config('testing').to_dict()
     model.update(scan_layers=False, dtype='bfloat16')      # training choices inference ignores
     (workdir / 'config.json').write_text(json.dumps({
         'model': model, 'pp': {'crop': 32},
         'dataset_info': {'num_classes': 3, 'class_names': ['rouge', 'vert', 'bleu']}}))
-    loaded = predict.load_model(str(workdir))
+    loaded = loader.load_model(str(workdir))
     assert loaded.class_names == ['rouge', 'vert', 'bleu'] and loaded.model.dtype is None
     doc = predict.predict_files(loaded, [str(root / 'images' / 'blue.png')], k=1)
     assert doc['results'][0]['predictions'][0]['label'] == 'bleu'

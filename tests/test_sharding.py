@@ -14,25 +14,27 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import checkpoint, models, sharding
+from vit_jax.errors import ConfigError
 
 WORKER = os.path.join(os.path.dirname(__file__), 'train_worker.py')
 
 
 def test_partition_spec_shards_largest_divisible_dim():
-    assert sharding.partition_spec((768, 3072), 4) == P(None, 'fsdp')
-    assert sharding.partition_spec((3072, 768), 4) == P('fsdp', None)
-    assert sharding.partition_spec((16, 16, 3, 768), 8) == P(None, None, None, 'fsdp')
-    assert sharding.partition_spec((769, 1001), 4) == P()  # nothing divisible: replicated
-    assert sharding.partition_spec((768,), 4) == P()  # small: replicated
-    assert sharding.partition_spec((768, 3072), 1) == P()
+    min_size = 2 ** 14   # the default config's mesh.fsdp_min_size
+    assert sharding.partition_spec((768, 3072), 4, min_size) == P(None, 'fsdp')
+    assert sharding.partition_spec((3072, 768), 4, min_size) == P('fsdp', None)
+    assert sharding.partition_spec((16, 16, 3, 768), 8, min_size) == P(None, None, None, 'fsdp')
+    assert sharding.partition_spec((769, 1001), 4, min_size) == P()  # nothing divisible: replicated
+    assert sharding.partition_spec((768,), 4, min_size) == P()  # small: replicated
+    assert sharding.partition_spec((768, 3072), 1, min_size) == P()
 
 
 def test_mesh_shape_resolves_and_rejects():
-    assert sharding.mesh_shape({'data': -1, 'fsdp': 2}, 8) == (4, 2)
-    assert sharding.mesh_shape({'data': 2, 'fsdp': -1}, 8) == (2, 4)
-    with pytest.raises(ValueError, match='does not tile the 8 devices'):
-        sharding.mesh_shape({'data': 3, 'fsdp': 1}, 8)
-    mesh = sharding.create_mesh({'data': -1, 'fsdp': 1})
+    assert sharding.mesh_shape(-1, 2, 8) == (4, 2)
+    assert sharding.mesh_shape(2, -1, 8) == (2, 4)
+    with pytest.raises(ConfigError, match='mesh.data=3, mesh.fsdp=1 does not tile the 8 devices'):
+        sharding.mesh_shape(3, 1, 8)
+    mesh = sharding.create_mesh(-1, 1)
     assert dict(mesh.shape) == {'data': jax.device_count(), 'fsdp': 1}
 
 
@@ -94,12 +96,12 @@ def test_same_loss_curve_on_1_4_devices_fsdp_and_2_processes(tmp_path):
     for other in (four, fsdp, multi):
         np.testing.assert_allclose(other['losses'], one['losses'], rtol=1e-5)
     # Both processes wrote their shards of the checkpoint; only process 0 wrote logs and model.npz.
-    state = tmp_path / 'multi' / 'checkpoints' / '4' / 'state'
+    state = tmp_path / 'multi' / 'checkpoint_4' / 'state'
     for pid in (0, 1):
         shards = list((state / f'ocdbt.process_{pid}' / 'd').iterdir())
         assert shards and all(f.stat().st_size > 0 for f in shards), pid
         assert (state / 'array_metadatas' / f'process_{pid}').is_file()
     files = sorted(os.listdir(tmp_path / 'multi'))
     events = [f for f in files if f.startswith('events.out.tfevents')]
-    assert len(events) == 1 and files == sorted(['checkpoints', 'config.json', 'metrics.jsonl', 'model.npz',
+    assert len(events) == 1 and files == sorted(['checkpoint_4', 'config.json', 'metrics.jsonl', 'model.npz',
                                                  *events]), files

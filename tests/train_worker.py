@@ -1,5 +1,7 @@
 """Runs a few training steps of a tiny ViT on synthetic data; used by tests/test_sharding.py.
 
+The data is injected into `vit_jax.train.train` (the loop takes its iterator as an argument).
+
   python tests/train_worker.py WORKDIR FSDP [PROCESS_ID NUM_PROCESSES PORT]
 
 Every process feeds its slice of the same global batches, so any device / process layout must
@@ -50,38 +52,32 @@ class Synthetic:
         self.step = state['step']
 
 
-def get_datasets(config, *, batch_sharding=None, seed=None):
-    per = GLOBAL_BATCH // jax.process_count()
-    ev = _batch(1000, GLOBAL_BATCH)
-    ev = {k: v[jax.process_index() * per:][:per] for k, v in ev.items()}
-    ev['mask'] = np.ones(per, np.float32)
-    info = Info(CLASSES, 64, GLOBAL_BATCH, ['a', 'b', 'c'], SIZE)
-    return Synthetic(batch_sharding), [_global(ev, batch_sharding)], info
-
-
 def main():
     workdir, fsdp = sys.argv[1], int(sys.argv[2])
     if len(sys.argv) > 3:
         pid, num, port = (int(a) for a in sys.argv[3:6])
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
         jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=num, process_id=pid)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import common
-    from vit_jax import input_pipeline, train
-    input_pipeline.get_datasets = get_datasets
+    from vit_jax import metrics, models, resolve, sharding, train
+    from vit_jax.configs import common
     config = common.get_config()
     config.dataset = 'synthetic'
-    config.model = common.model_config('testing', **{'patches.size': (4, 4), 'transformer.dropout_rate': 0.0})
+    config.model = models.get_config('testing', **{'patches.size': (4, 4), 'transformer.dropout_rate': 0.0})
     config.update(dict(batch=GLOBAL_BATCH, batch_eval=GLOBAL_BATCH, total_steps=STEPS, warmup_steps=1,
                        base_lr=0.1, accum_steps=2, progress_every=1, eval_every=0, checkpoint_every=0,
                        progress_bar=False, optimizer='adam', weight_decay=0.1, optim_dtype=None))
     config.pretrained_path = os.environ.get('VIT_JAX_TEST_PRETRAINED') or None
+    config.pretrained_dir = None
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1
-    train.train_and_evaluate(config, workdir)
+    config = resolve.resolve(config)
+    mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
+    info = Info(CLASSES, 64, GLOBAL_BATCH, ['a', 'b', 'c'], SIZE)
+    train.train(config, workdir, model=models.build_model(config.model, CLASSES), mesh=mesh,
+                train_iter=Synthetic(sharding.batch_sharding(mesh)), info=info)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-            losses = [r['train_loss'] for r in map(json.loads, f) if 'train_loss' in r]
+        losses = [r['train_loss'] for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+                  if 'train_loss' in r]
         print('LOSSES ' + json.dumps({'devices': jax.device_count(), 'processes': jax.process_count(),
                                       'fsdp': fsdp, 'losses': losses}), flush=True)
 

@@ -23,8 +23,8 @@ The figures about parameters need no image. Few-shot evaluation lives in `vit_ja
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vit_jax import cli, predict
+from vit_jax import cli, paths, preprocessing
+from vit_jax.checkpoint import loader
+from vit_jax.errors import ConfigError
+from vit_jax.images import find_images
 
 # --- The numbers ----------------------------------------------------------------------------
 
@@ -127,7 +130,7 @@ def embedding_filter_components(kernel: np.ndarray, num: int = 28) -> tuple[np.n
 
 # --- Running the model ----------------------------------------------------------------------
 
-def make_attention_stats_fn(loaded: predict.LoadedModel, batch_size: int):
+def make_attention_stats_fn(loaded: loader.LoadedModel, batch_size: int):
     """jit-compiled images [n <= batch_size] -> (distance [L, n, H], rollout maps [n, g, g],
     per-head maps of the first image [L, H, g, g]), reduced on the device so that the full
     attention tensor [L, B, H, N, N] never reaches host memory. Pads to one batch shape."""
@@ -161,6 +164,14 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, path: str, dpi: int) -> str:
+    """Writes a figure as PNG (local or gs://) and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=dpi)
+    _plt().close(fig)
+    return paths.write_atomic(path, buffer.getvalue())
+
+
 def _to_unit(image: np.ndarray) -> np.ndarray:
     """A [-1, 1] model input back to [0, 1] for display."""
     return np.clip((np.asarray(image) + 1.0) / 2.0, 0.0, 1.0)
@@ -185,7 +196,7 @@ def plot_rollout(images: np.ndarray, maps: np.ndarray, names: Sequence[str], pat
         image = _to_unit(image)
         h, w = image.shape[:2]
         row[0].imshow(image)
-        row[0].set_title(os.path.basename(name), fontsize=8)
+        row[0].set_title(paths.name(name), fontsize=8)
         row[1].imshow(m, cmap='inferno')
         row[1].set_title('attention rollout', fontsize=8)
         up = np.kron(m / max(float(m.max()), 1e-12), np.ones((h // m.shape[0], w // m.shape[1])))
@@ -194,9 +205,7 @@ def plot_rollout(images: np.ndarray, maps: np.ndarray, names: Sequence[str], pat
         for ax in row:
             ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 def plot_attention_maps(image: np.ndarray, maps: np.ndarray, path: str) -> str:
@@ -209,9 +218,7 @@ def plot_attention_maps(image: np.ndarray, maps: np.ndarray, path: str) -> str:
         for head in range(heads):
             _overlay(axes[layer, head], image, maps[layer, head], f'L{layer + 1} H{head + 1}')
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 100)
 
 
 def plot_mean_distance(distance: np.ndarray, path: str) -> str:
@@ -227,9 +234,7 @@ def plot_mean_distance(distance: np.ndarray, path: str) -> str:
     if heads <= 16:
         ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 def plot_position_similarity(similarity: np.ndarray, path: str) -> str:
@@ -244,9 +249,7 @@ def plot_position_similarity(similarity: np.ndarray, path: str) -> str:
             axes[i, j].set_axis_off()
     fig.colorbar(im, ax=axes, shrink=0.6, label='cosine similarity')
     fig.suptitle('position embedding similarity', fontsize=9)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 100)
 
 
 def plot_filter_components(components: np.ndarray, path: str) -> str:
@@ -262,9 +265,7 @@ def plot_filter_components(components: np.ndarray, path: str) -> str:
         lo, hi = c.min(), c.max()
         ax.imshow((c - lo) / max(hi - lo, 1e-12), interpolation='nearest')
     fig.suptitle('RGB embedding filters (first principal components)', fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 # --- Putting it together --------------------------------------------------------------------
@@ -273,11 +274,10 @@ def _rounded(x: Any, digits: int = 5) -> Any:
     return np.round(np.asarray(x, np.float64), digits).tolist()
 
 
-def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir: str, *,
+def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: str, *,
             batch_size: int = 16, max_figure_images: int = 4, crop_fraction: float | None = None,
             progress: bool = False) -> dict:
     """Writes the figures and `analysis.json` to `output_dir`; returns that JSON document."""
-    os.makedirs(output_dir, exist_ok=True)
     params = jax.device_get(loaded.params)
     p, g = loaded.num_prefix_tokens, loaded.grid
     doc: dict[str, Any] = {'checkpoint': loaded.source, 'image_size': loaded.image_size, 'grid': g,
@@ -288,14 +288,14 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
     pe = params['Transformer']['posembed_input']['pos_embedding']
     sim = position_embedding_similarity(pe, p)
     figures['position_embedding_similarity'] = plot_position_similarity(
-        sim, os.path.join(output_dir, 'position_embedding_similarity.png'))
+        sim, paths.join(output_dir, 'position_embedding_similarity.png'))
     doc['position_embedding_similarity'] = _rounded(sim)
 
     kernel = np.asarray(params['embedding']['kernel'])
     if kernel.shape[2] == 3:
         comps, ratio = embedding_filter_components(kernel)
         figures['embedding_filters'] = plot_filter_components(
-            comps, os.path.join(output_dir, 'embedding_filters.png'))
+            comps, paths.join(output_dir, 'embedding_filters.png'))
         doc['embedding_filter_explained_variance'] = _rounded(ratio)
 
     if image_paths:
@@ -306,7 +306,8 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
             skipped.append({'path': path, 'error': message})
             print(f'skipped {path}: {message}', file=sys.stderr)
 
-        batches = predict.iter_batches(image_paths, loaded.image_size, batch_size, crop_fraction, on_error)
+        batches = preprocessing.image_batches(image_paths, loaded.image_size, batch_size, crop_fraction,
+                                              on_error)
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, total=-(-len(image_paths) // batch_size), unit='batch', file=sys.stderr)
@@ -317,7 +318,7 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
             count += len(images)
             if not names:
                 figures['attention_maps'] = plot_attention_maps(
-                    images[0], first, os.path.join(output_dir, 'attention_maps.png'))
+                    images[0], first, paths.join(output_dir, 'attention_maps.png'))
                 doc['attention_maps_image'] = batch_names[0]
             names += batch_names
             rollout_maps += list(rollout)
@@ -326,22 +327,21 @@ def analyze(loaded: predict.LoadedModel, image_paths: Sequence[str], output_dir:
         if count:
             distance = distance_sum / count
             figures['mean_attention_distance'] = plot_mean_distance(
-                distance, os.path.join(output_dir, 'mean_attention_distance.png'))
+                distance, paths.join(output_dir, 'mean_attention_distance.png'))
             figures['attention_rollout'] = plot_rollout(
                 np.stack(shown), np.stack(rollout_maps[:len(shown)]), names[:len(shown)],
-                os.path.join(output_dir, 'attention_rollout.png'))
+                paths.join(output_dir, 'attention_rollout.png'))
             doc['num_images'] = count
             doc['mean_attention_distance'] = _rounded(distance, 3)
             doc['attention_rollout'] = {n: _rounded(m) for n, m in zip(names, rollout_maps, strict=True)}
-    with open(os.path.join(output_dir, 'analysis.json'), 'w', encoding='utf-8') as f:
-        json.dump(doc, f)
+    paths.write_atomic(paths.join(output_dir, 'analysis.json'), json.dumps(doc))
     return doc
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='vit-analyze', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_checkpoint_args(parser)
+    cli.add_checkpoint_args(parser)
     parser.add_argument('--image', action='append', default=[],
                         help='image file, folder or glob (repeatable); needed for the attention figures')
     parser.add_argument('--output-dir', required=True, help='where the PNGs and analysis.json go')
@@ -359,15 +359,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`vit-analyze`; returns 1 when none of the images could be read, raises on bad input."""
     args = _parser().parse_args(argv)
     if args.batch_size < 1 or args.max_figure_images < 1:
-        raise ValueError('--batch-size and --max-figure-images must be >= 1')
-    paths = predict.find_images(args.image) if args.image else []
-    loaded = predict.load_model(args.checkpoint, args.model)
-    doc = analyze(loaded, paths, args.output_dir, batch_size=args.batch_size,
+        raise ConfigError('--batch-size and --max-figure-images must be >= 1')
+    files = find_images(args.image) if args.image else []
+    loaded = loader.load_model(args.checkpoint, args.model)
+    doc = analyze(loaded, files, args.output_dir, batch_size=args.batch_size,
                   max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
-                  progress=len(paths) > args.batch_size)
+                  progress=len(files) > args.batch_size)
     for name, path in doc['figures'].items():
         print(f'{name}: {path}')
-    print(f'numbers: {os.path.join(args.output_dir, "analysis.json")}')
+    print(f'numbers: {paths.join(args.output_dir, "analysis.json")}')
     if 'mean_attention_distance' in doc:
         print('mean attention distance per layer (pixels, mean over heads): '
               + ' '.join(f'{np.mean(row):.1f}' for row in doc['mean_attention_distance']))

@@ -1,35 +1,90 @@
-"""What every vit_jax command-line tool shares: quiet TensorFlow logs, one-line errors, exit codes.
+"""What every vit_jax command-line tool shares: quiet logs, one-line errors, exit codes, arguments.
 
-Exit codes: 0 success, 1 the work failed (e.g. a NaN loss, no readable image), 2 bad input (a
-missing file, a wrong key, an unreachable download) with one line `prog: error: message`.
+Exit codes: 0 success; 1 the work failed (a non-finite loss, no readable image); 2 bad input
+(`vit_jax.errors.UserError`: a missing or malformed file, a wrong config value, an unreachable
+download) or an OS error at the file boundary, printed as one line `prog: error: message`;
+75 (EX_TEMPFAIL) vit-train was preempted (SIGTERM) after saving a checkpoint: run it again to
+resume. Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
-# Errors that mean "the input is wrong": reported in one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, OSError)
+from vit_jax.errors import UserError
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL (sysexits.h): try again later
 
 
-def quiet_tensorflow() -> None:
-    """TensorFlow (tf.data, image decoding) logs C++ chatter unless told not to, before import."""
+def quiet_logs() -> None:
+    """TensorFlow (tf.data, image decoding) and absl log C++/Python chatter unless told not to."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    logging.getLogger('absl').setLevel(logging.WARNING)
+
+
+class _BackgroundFailures(logging.Filter):
+    """Drops the tracebacks that Orbax's and asyncio's background threads log for a failed write:
+    the failure reaches the main thread, which reports it once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        background = f'{os.sep}orbax{os.sep}' in record.pathname or 'never retrieved' in record.getMessage()
+        return not background
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+
+
+def quiet_background_failures() -> None:
+    """Background-thread noise of a failed async checkpoint (Orbax logs, asyncio "never retrieved",
+    tensorstore callbacks into Orbax's closed event loop) is dropped: the failure itself reaches the
+    main thread and is reported there once."""
+    for name in ('absl', 'asyncio'):
+        logging.getLogger(name).addFilter(_BackgroundFailures())
+    warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited", category=RuntimeWarning)
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, e, tb: None if _closed_loop(e) else excepthook(t, e, tb)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisablehook(u)
 
 
 def error_message(e: BaseException) -> str:
-    """The text of `e` on one line (KeyError's repr quotes are dropped)."""
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    return ' '.join(str(message).split())
+    """The text of `e` on one line."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f'{e.filename}: {e.strerror}'
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return ' '.join(text.split()) or type(e).__name__
 
 
-def run_cli(prog: str, main: Callable[[], int | None]) -> int:
-    """Runs `main()`, turning user errors into `prog: error: ...` and exit code 2."""
-    quiet_tensorflow()
+def run_cli(prog: str, main: Callable[[], int | None], *, background_threads: bool = False) -> int:
+    """Runs `main()`; a UserError or OSError becomes `prog: error: ...` and exit code 2.
+
+    With `background_threads` (vit-train: Orbax saves asynchronously) their failure logs are
+    dropped: the main thread reports the failure once.
+    """
+    quiet_logs()
+    if background_threads:
+        quiet_background_failures()
     try:
         return main() or 0
-    except USER_ERRORS as e:
-        print(f'{prog}: error: {error_message(e)}', file=sys.stderr)
-        return 2
+    except (UserError, OSError) as e:
+        print(f'{prog}: error: {error_message(e)}', file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint / --model, shared by the CLIs that load a model through the one loader."""
+    parser.add_argument('--checkpoint', required=True,
+                        help='npz file, vit-train workdir, timm/HF/big_vision checkpoint, bucket URL '
+                             '(gs://...) or catalogue name (e.g. ViT-B_16)')
+    parser.add_argument('--model', default=None, metavar='NAME',
+                        help='the architecture by name (vit_jax.models.MODEL_CONFIGS) where the '
+                             'checkpoint does not record it')

@@ -29,3 +29,8 @@ class DataError(UserError):
 
 class DownloadError(UserError):
     """A download that failed or could not be verified (the message names the URL and the remedy)."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, ...): the work failed, not the input; the message
+    says what to do. vit-train exits 1."""

@@ -30,11 +30,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from vit_jax import config_util, input_pipeline, predict
-from vit_jax.cli import run_cli
+from vit_jax import cli, config_util, input_pipeline
+from vit_jax.checkpoint import loader
+from vit_jax.configs import common
+from vit_jax.errors import ConfigError, DataError
 from vit_jax.models import VisionTransformer
 
 SHOTS = (1, 5, 10, 25)
@@ -85,7 +86,7 @@ def sample_shots(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if len(idx) < shots:
-            raise ValueError(f'class {c} has {len(idx)} training examples, fewer than {shots} shots')
+            raise DataError(f'class {c} has {len(idx)} training examples, fewer than {shots} shots')
         picked.append(idx[np.argsort(keys[idx], kind='stable')[:shots]])
     return np.concatenate(picked)
 
@@ -145,20 +146,33 @@ def make_representation_fn(model: VisionTransformer, batch_size: int = 64
 class FewShotEvaluator:
     """Few-shot accuracies of the current params; for use as an evaluator during training.
 
-    The support set (max(shots) images per class, `sample_shots(train_labels, max(shots), seed)`)
-    and the test images are held in memory as preprocessed arrays; each call embeds them with
-    `params`. `support_set(config, ...)` and `input_pipeline.eval_examples` make these arrays.
+    The support set (`support_images` / `support_labels`: max(shots) images of every class, in the
+    order `sample_shots` drew them, so that the first n of each class are the n-shot set) and the
+    test images are held in memory as preprocessed arrays; each call embeds them with `params`.
+    `from_config` samples the support set (once) and reads the test images of a data set.
     """
 
-    def __init__(self, model: VisionTransformer, train_images: np.ndarray, train_labels: np.ndarray,
+    def __init__(self, model: VisionTransformer, support_images: np.ndarray, support_labels: np.ndarray,
                  test_images: np.ndarray, test_labels: np.ndarray, *, shots: Sequence[int] = SHOTS,
-                 l2_reg: float = L2_REG, seed: int = 0, batch_size: int = 64, prefix: str = 'fewshot'):
+                 l2_reg: float = L2_REG, batch_size: int = 64, prefix: str = 'fewshot'):
         self.shots = sorted(shots)
-        idx = sample_shots(train_labels, self.shots[-1], seed)
-        self.train_images, self.train_labels = np.asarray(train_images)[idx], np.asarray(train_labels)[idx]
+        self.train_images, self.train_labels = np.asarray(support_images), np.asarray(support_labels)
         self.test_images, self.test_labels = np.asarray(test_images), np.asarray(test_labels)
-        self.l2_reg, self.seed, self.prefix = l2_reg, seed, prefix
+        self.l2_reg, self.prefix = l2_reg, prefix
         self.represent = make_representation_fn(model, batch_size)
+
+    @classmethod
+    def from_config(cls, config: Any, model: VisionTransformer, *, shots: Sequence[int] = SHOTS,
+                    max_eval: int = 2_000, l2_reg: float = L2_REG, seed: int = 0) -> FewShotEvaluator:
+        """The evaluator of `config.dataset` (any source, eval preprocessing at `config.pp.crop`):
+        max(shots) training images per class (`support_set`) and the first `max_eval` test images."""
+        support_x, support_y = support_set(config, max(shots), seed)
+        test = list(itertools.islice(input_pipeline.eval_examples(config, 'test'), max_eval))
+        if not test:
+            raise DataError(f'few-shot data set {config_util.get(config, "dataset")!r}: the test split is '
+                            'empty')
+        test_x, test_y = np.stack([x for x, _ in test]), np.array([y for _, y in test])
+        return cls(model, support_x, support_y, test_x, test_y, shots=shots, l2_reg=l2_reg)
 
     def __call__(self, params: Any) -> dict[str, float]:
         params = params.get('params', params) if hasattr(params, 'get') else params
@@ -178,7 +192,7 @@ def support_set(config: Any, shots: int, seed: int = 0, limit: int | None = None
     """
     labels = input_pipeline.split_labels(config, 'train')[:limit]
     if not len(labels):
-        raise ValueError(f'the training split of {config_util.get(config, "dataset")!r} has no examples')
+        raise DataError(f'the training split of {config_util.get(config, "dataset")!r} has no examples')
     idx = sample_shots(labels, shots, seed)
     where = np.argsort(idx)                        # eval_examples yields in stored order
     images = np.empty((len(idx),), object)
@@ -204,14 +218,14 @@ def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any,
     if batch:
         feats.append(represent(params, np.stack(batch)))
     if not feats:
-        raise ValueError(f'{where} has no examples')
+        raise DataError(f'{where} has no examples')
     return np.concatenate(feats), np.asarray(labels)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='vit-fewshot', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_checkpoint_args(parser)
+    cli.add_checkpoint_args(parser)
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument('--dataset', help="tfds name (e.g. cifar10), 'digits', a folder or a CSV file, as "
                                         'config.dataset of vit-train')
@@ -235,12 +249,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; user errors raise (ValueError / KeyError / OSError), `run` turns them into exit 2."""
     args = _parser().parse_args(argv)
     if min(args.shots) < 1:
-        raise ValueError(f'--shots must be >= 1, got {args.shots}')
-    loaded = predict.load_model(args.checkpoint, args.model)
+        raise ConfigError(f'--shots must be >= 1, got {args.shots}')
+    loaded = loader.load_model(args.checkpoint, args.model)
     size = loaded.image_size
-    pp = {'crop': size, **{k: v for k, v in (('train', args.train_split), ('test', args.test_split)) if v}}
-    config = ml_collections.ConfigDict(dict(dataset=args.dataset or args.folder, pp=pp,
-                                            tfds_data_dir=args.data_dir, tfds_manual_dir=args.manual_dir))
+    dataset = args.dataset or args.folder
+    config = (common.with_dataset(common.get_config(), dataset) if dataset in common.DATASET_PRESETS
+              else common.get_config())
+    config.dataset = dataset
+    config.pp.crop = size   # eval preprocessing at the model's resolution: a whole-image resize
+    config.pp.eval_crop = 'resize'
+    config.update(dict(tfds_data_dir=args.data_dir, tfds_manual_dir=args.manual_dir))
+    for key, value in (('train', args.train_split), ('test', args.test_split)):
+        if value:
+            config.pp[key] = value
     train_x, train_y = support_set(config, max(args.shots), args.seed, args.max_train)
     represent = make_representation_fn(loaded.model, args.batch_size)
     test_f, test_y = embed(represent, loaded.params, input_pipeline.eval_examples(config, 'test'),
@@ -259,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: Sequence[str] | None = None) -> None:
     """Console entry point (`vit-fewshot`, `python -m vit_jax.fewshot`)."""
-    sys.exit(run_cli('vit-fewshot', lambda: main(argv)))
+    sys.exit(cli.run_cli('vit-fewshot', lambda: main(argv)))
 
 
 if __name__ == '__main__':

@@ -1,101 +1,119 @@
 """`vit-train` / `python -m vit_jax.main`: train and evaluate a ViT from an ml_collections config.
 
   vit-train --config=configs/digits.py --workdir=workdirs/digits
-  vit-train --config=configs/finetune.py:ViT-B_16,cifar10 --config.batch=64 --workdir=workdirs/c10
+  vit-train --config=configs/vit.py:b16,cifar10 --config.batch=64 --workdir=gs://bucket/run
 
-Re-running the same command resumes from the workdir's latest checkpoint. Multi-host: run the
-same command on every host (TPU pods and SLURM are detected; elsewhere add
-`--config.distributed.coordinator_address=host0:1234 --config.distributed.num_processes=N
---config.distributed.process_id=i`).
+The config file's `get_config(arg)` is completed with every field's default and every model
+field (`vit_jax.resolve`), then `--config.<field>=<value>` overrides apply, then the values are
+checked; the resolved config is printed before training. Re-running the same command resumes
+from the workdir's newest intact checkpoint. Multi-host: run the same command on every host
+(TPU pods and SLURM are detected; elsewhere add `--config.distributed.coordinator_address=host0:1234
+--config.distributed.num_processes=N --config.distributed.process_id=i`).
+
+Exit codes: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad input (one line naming
+the culprit), 75 preempted by SIGTERM after saving a checkpoint (run again to resume).
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-import re
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
-from vit_jax import cli
+from vit_jax import cli, config_util, resolve, train
+from vit_jax.errors import ConfigError, TrainingError
 
 USAGE = __doc__
 
 
-def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> flags.FlagHolder:
-    config = config_flags.DEFINE_config_file(
-        'config', None, 'Config file, optionally with an argument: configs/finetune.py:ViT-B_16,cifar10. '
-        'Override any field with --config.<field>=<value>.', flag_values=flag_values, lock_config=True,
-        sys_argv=argv)
-    flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the final model.',
-                        flag_values=flag_values)
-    return config
+def _check_override(config: object, key: str) -> None:
+    """ConfigError naming `--config.<key>` (and the closest field) when the config has no such field."""
+    node = config
+    for i, part in enumerate(key.split('.')):
+        fields = list(node.keys()) if hasattr(node, 'keys') else []
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f'; did you mean {".".join(key.split(".")[:i] + close)!r}?' if close else ''
+            raise ConfigError(f'--config.{key}: the config has no field {key!r}{hint} (`vit-train` prints '
+                              'every field; vit_jax/configs/common.py documents them)')
+        node = node[part]
+
+
+def parse(argv: list[str]) -> tuple[object, str]:
+    """(resolved config, workdir) from a vit-train command line; ConfigError on bad input."""
+    spec = workdir = None
+    rest = [argv[0]]
+    args = iter(argv[1:])
+    for arg in args:
+        name, eq, value = arg.partition('=')
+        if name in ('--config', '-config', '--workdir', '-workdir') and not eq:
+            value = next(args, None)
+            if value is None:
+                raise ConfigError(f'{name} needs a value')
+        if name in ('--config', '-config'):
+            spec = value
+        elif name in ('--workdir', '-workdir'):
+            workdir = value
+        elif arg.startswith(('--config.', '-config.')):
+            rest.append(arg)
+        else:
+            raise ConfigError(f'unknown argument {arg!r} (expected --config=FILE[:ARG], --workdir=DIR and '
+                              '--config.<field>=<value> overrides)')
+    if not spec:
+        raise ConfigError('--config is required, e.g. --config=configs/digits.py')
+    if not workdir:
+        raise ConfigError('--workdir is required, e.g. --workdir=workdirs/digits')
+    config = resolve.complete(config_util.load_file(spec))
+    for arg in rest[1:]:
+        _check_override(config, arg.lstrip('-').partition('=')[0].removeprefix('config.'))
+    flag_values = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True,
+                                                 sys_argv=rest)
+        flag_values(rest)
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+        name = str(e.args[0] if e.args else e).strip('\'"')
+        raise ConfigError(f'--config.{name}: the config has no such field (every field is listed in '
+                          'vit_jax/configs/common.py and `vit-train` prints them)') from None
+    return resolve.validate(holder.value), os.path.expanduser(workdir) if '://' not in workdir else workdir
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parses the command line, prints the resolved config and trains; returns the final metrics.
-
-    Bad input raises ValueError / KeyError / OSError (a missing file, an unknown config field, a
-    failed download); a run that cannot go on raises `train.TrainingError`.
-    """
+    """Parses the command line, prints the resolved config and trains; returns the final metrics."""
     argv = list(sys.argv if argv is None else argv)
     if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
         print(USAGE + '\nFlags:\n'
               '  --config=PATH[:ARG]   experiment config (configs/*.py); --config.<field>=<value> overrides\n'
-              '  --workdir=DIR         config.json, checkpoints/, metrics.jsonl, TensorBoard, model.npz')
+              '  --workdir=DIR         local path or gs://bucket/dir: config.json, checkpoints, '
+              'metrics.jsonl, TensorBoard, model.npz')
         sys.exit(0)
-    flag_values = flags.FlagValues()
-    config_holder = _define_flags(flag_values, argv)
-    try:
-        flag_values(argv)
-    except flags.Error as e:
-        raise ValueError(str(e).splitlines()[0]) from None
-    except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-        name = re.sub(r'["\'\\]', '', str(e))
-        raise ValueError(f'--config.{name}: the config has no field {name!r} (check the spelling in the '
-                         'config file)') from None
-    except Exception as e:  # config files raising while loading  # noqa: BLE001
-        first_line = str(e).splitlines()[0] if str(e) else repr(e)
-        raise ValueError(f'--config: {type(e).__name__}: {first_line}') from None
-    if config_holder.value is None:
-        raise ValueError('--config is required, e.g. --config=configs/digits.py')
-    if not flag_values.workdir:
-        raise ValueError('--workdir is required, e.g. --workdir=workdirs/digits')
-    config = config_holder.value
-    config_file = flag_values['config'].config_filename
-    try:
-        config.keys()  # a config file that failed to load raises here
-    except OSError as e:
-        raise ValueError(f'--config={config_file}: {str(e).strip().splitlines()[-1].strip()}') from None
-    workdir = os.path.expanduser(flag_values.workdir)
-
+    config, workdir = parse(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
-    import jax
-
-    from vit_jax import train  # after flag parsing: imports JAX
     if jax.process_index() == 0:
-        print(f'Config {config_file}:\n{config}', flush=True)
+        print(f'Config:\n{config}', flush=True)
     return train.train_and_evaluate(config, workdir)
 
 
 def _main_exit_code(argv: list[str] | None) -> int:
     """`main`; a run that failed (non-finite loss, ...) is one line and exit code 1."""
     try:
-        main(argv)
-    except RuntimeError as e:
-        from vit_jax import train
-        if not isinstance(e, train.TrainingError):
-            raise
+        result = main(argv)
+    except TrainingError as e:
         print(f'vit-train: error: {cli.error_message(e)}', file=sys.stderr, flush=True)
-        return 1
-    return 0
+        return cli.EXIT_FAILED
+    return cli.EXIT_PREEMPTED if result.get('preempted') else 0
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry point: exit 0 done, 1 training failed, 2 bad input (one line each)."""
-    sys.exit(cli.run_cli('vit-train', lambda: _main_exit_code(argv)))
+    """Console-script entry point: exit 0 done, 1 failed, 2 bad input, 75 preempted."""
+    sys.exit(cli.run_cli('vit-train', lambda: _main_exit_code(argv), background_threads=True))
 
 
 if __name__ == '__main__':

@@ -1,12 +1,8 @@
 """Optax recipes of the paper: schedules, SGD-momentum / Adam(W), decay masks, LLRD, accumulation.
 
-Config fields read (defaults in brackets; configs/common.py sets the fine-tuning ones):
-  optimizer ['sgd'] 'sgd' | 'adam';  base_lr, total_steps, warmup_steps [0],
-  decay_type ['cosine'] 'cosine' | 'linear' | 'constant', linear_end [1e-5];
-  momentum [0.9] (sgd), b1 [0.9], b2 [0.999], eps [1e-8] (adam);
-  optim_dtype [None] dtype of the first-moment accumulator ('bfloat16' as in the original);
-  weight_decay [0.0], weight_decay_type ['decoupled'] 'decoupled' | 'l2';
-  grad_norm_clip [None]; layer_decay [None]; accum_steps [1].
+Config fields read (vit_jax/configs/common.py has each one's default and meaning): optimizer,
+base_lr, total_steps, warmup_steps, decay_type, linear_end, momentum (sgd), b1, b2, eps (adam),
+optim_dtype, weight_decay, weight_decay_type, grad_norm_clip, layer_decay.
 
 Weight decay is one setting for both optimizers: `weight_decay` (0 = none) applied to weight
 matrices only, 'decoupled' (p -= lr(step) * wd * p after the moments: AdamW, and the paper's
@@ -24,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax.config_util import get as _get
+from vit_jax.config_util import get
+from vit_jax.errors import ConfigError
 
 Schedule = Callable[[Any], jnp.ndarray]
 OPTIMIZERS = ('sgd', 'adam')
@@ -40,9 +37,9 @@ def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str
     is multiplied by min(1, step / warmup). `step` is the optimizer's update count (0-based).
     """
     if decay_type not in DECAY_TYPES:
-        raise ValueError(f'decay_type={decay_type!r} is unknown; expected one of {DECAY_TYPES}')
+        raise ConfigError(f'decay_type={decay_type!r} is unknown; expected one of {DECAY_TYPES}')
     if warmup_steps >= total_steps and decay_type != 'constant':
-        raise ValueError(f'warmup_steps={warmup_steps} must be smaller than total_steps={total_steps}')
+        raise ConfigError(f'warmup_steps={warmup_steps} must be smaller than total_steps={total_steps}')
 
     def step_fn(step):
         step = jnp.asarray(step, jnp.float32)
@@ -61,9 +58,9 @@ def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str
 
 def schedule_from_config(config: Any) -> Schedule:
     return create_learning_rate_schedule(
-        total_steps=int(config.total_steps), base=float(config.base_lr),
-        decay_type=_get(config, 'decay_type', 'cosine'), warmup_steps=int(_get(config, 'warmup_steps', 0)),
-        linear_end=float(_get(config, 'linear_end', 1e-5)))
+        total_steps=int(get(config, 'total_steps')), base=float(get(config, 'base_lr')),
+        decay_type=get(config, 'decay_type'), warmup_steps=int(get(config, 'warmup_steps')),
+        linear_end=float(get(config, 'linear_end')))
 
 
 def _names(path: tuple) -> list[str]:
@@ -133,37 +130,38 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
     Order: clip global norm -> (L2 decay) -> momentum / Adam moments -> (decoupled decay) ->
     layer-wise factors -> -lr(step). Decoupled decay is multiplied by lr(step), as in AdamW.
     """
-    name = _get(config, 'optimizer', 'sgd')
+    name = get(config, 'optimizer')
     if name == 'adamw':
-        raise ValueError("optimizer='adamw' is optimizer='adam' with weight_decay > 0 (decoupled by default)")
+        raise ConfigError("optimizer='adamw' is optimizer='adam' with weight_decay > 0 (decoupled by "
+                          'default)')
     if name not in OPTIMIZERS:
-        raise ValueError(f'optimizer={name!r} is unknown; expected one of {OPTIMIZERS}')
+        raise ConfigError(f'optimizer={name!r} is unknown; expected one of {OPTIMIZERS}')
     lr_fn = schedule_from_config(config)
-    dtype = _get(config, 'optim_dtype', None)
+    dtype = get(config, 'optim_dtype')
     dtype = jnp.dtype(dtype) if dtype else None
-    wd = float(_get(config, 'weight_decay', 0.0))
-    wd_type = _get(config, 'weight_decay_type', 'decoupled')
+    wd = float(get(config, 'weight_decay'))
+    wd_type = get(config, 'weight_decay_type')
     if wd_type not in ('decoupled', 'l2'):
-        raise ValueError(f"weight_decay_type={wd_type!r} is unknown; expected 'decoupled' or 'l2'")
+        raise ConfigError(f"weight_decay_type={wd_type!r} is unknown; expected 'decoupled' or 'l2'")
     mask = weight_decay_mask(params)
 
     chain = []
-    clip = _get(config, 'grad_norm_clip', None)
+    clip = get(config, 'grad_norm_clip')
     if clip:
         chain.append(optax.clip_by_global_norm(float(clip)))
     if wd and wd_type == 'l2':
         chain.append(optax.add_decayed_weights(wd, mask))
     if name == 'sgd':
-        momentum = _get(config, 'momentum', 0.9)
+        momentum = get(config, 'momentum')
         if momentum:
             chain.append(optax.trace(decay=float(momentum), accumulator_dtype=dtype))
     else:
         chain.append(optax.scale_by_adam(
-            b1=float(_get(config, 'b1', 0.9)), b2=float(_get(config, 'b2', 0.999)),
-            eps=float(_get(config, 'eps', 1e-8)), mu_dtype=dtype))
+            b1=float(get(config, 'b1')), b2=float(get(config, 'b2')),
+            eps=float(get(config, 'eps')), mu_dtype=dtype))
     if wd and wd_type == 'decoupled':
         chain.append(optax.add_decayed_weights(wd, mask))
-    layer_decay = _get(config, 'layer_decay', None)
+    layer_decay = get(config, 'layer_decay')
     if layer_decay:
         chain.append(scale_by_tree(layer_lr_multipliers(params, float(layer_decay))))
     chain.append(optax.scale_by_learning_rate(lr_fn))
@@ -193,7 +191,7 @@ def accumulate_gradient(loss_and_grad_fn: Callable, params: Any, batch: Any, rng
 
     def split(x):
         if x.shape[0] % accum_steps:
-            raise ValueError(f'batch of {x.shape[0]} is not divisible by accum_steps={accum_steps}')
+            raise ConfigError(f'batch of {x.shape[0]} is not divisible by accum_steps={accum_steps}')
         x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
 

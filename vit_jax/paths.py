@@ -3,7 +3,8 @@
 Workdirs, checkpoints, exports, metrics, the download cache and image folders may be local
 paths or bucket URLs; all of them are read and written here, so that one code path serves both.
 Remote paths go through fsspec/gcsfs (`EPATH_USE_TF=false`, set below unless the user set it):
-that client honours `STORAGE_EMULATOR_HOST`, and tf.io.gfile, epath's other backend, does not.
+that client honours `STORAGE_EMULATOR_HOST`, and tf.io.gfile, epath's other backend, does not;
+gcsfs's listing cache is off, since other processes write the same buckets.
 
 Writes are atomic: a file appears complete or not at all (local: a temporary sibling, then
 `os.replace`; buckets: one object upload, which is published only once complete), and a
@@ -24,7 +25,13 @@ from typing import BinaryIO
 
 os.environ.setdefault('EPATH_USE_TF', 'false')   # before epath picks a backend for gs:// paths
 
+import fsspec  # noqa: E402
 from etils import epath  # noqa: E402
+
+# Other processes write the same bucket (a resumed run, the lock of another host): never answer
+# from a cached directory listing, whose sizes would truncate a file that has grown since.
+for _protocol in ('gs', 'gcs'):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
 
 PathLike = str | os.PathLike
 _REMOTE = re.compile(r'^[a-z][a-z0-9+.-]*://')
@@ -185,19 +192,19 @@ def write_dir_atomic(p: PathLike, files: Mapping[str, bytes | str]) -> str:
         if is_remote(target):
             old = set(listdir(target)) if exists(target) else set()
             for filename in files:
-                with _naming(target):
-                    path(join(tmp, filename)).copy(path(join(target, filename)), overwrite=True)
+                path(join(tmp, filename)).copy(path(join(target, filename)), overwrite=True)
             for filename in old - set(files):
                 remove(join(target, filename))
         else:
-            with _naming(target):
-                aside = None
-                if os.path.exists(target):
-                    aside = f'{tmp}.old'
-                    os.rename(target, aside)
-                os.rename(tmp, target)
-                if aside is not None:
-                    shutil.rmtree(aside, ignore_errors=True)
+            aside = None
+            if os.path.exists(target):
+                aside = f'{tmp}.old'
+                os.rename(target, aside)
+            os.rename(tmp, target)
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+    except OSError as e:   # named for the directory asked for, not the temporary one
+        raise (type(e)(e.errno, e.strerror, target) if e.errno else path_error(target, e)) from None
     finally:
         rmtree(tmp)
     return target

@@ -19,15 +19,13 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vit_jax.config_util import get as _cfg
+from vit_jax.config_util import get
+from vit_jax.errors import ConfigError
 
 MESH_AXES = ('data', 'fsdp')
-# Tensors smaller than this stay replicated even under fsdp: gathering them costs more than
-# the memory they would save (biases, LayerNorm scales, small heads).
-FSDP_MIN_SIZE = 2 ** 14
 
 
-def maybe_initialize_distributed(config: Any = None) -> None:
+def maybe_initialize_distributed(config: Any) -> None:
     """Calls `jax.distributed.initialize` when this is one process of several.
 
     Explicit `config.distributed.{coordinator_address, num_processes, process_id}` win; else
@@ -35,18 +33,17 @@ def maybe_initialize_distributed(config: Any = None) -> None:
     job, JAX detects the cluster itself.
     A single process on one machine does nothing.
     """
-    dist = _cfg(config, 'distributed')
-    address = _cfg(dist, 'coordinator_address')
+    address = get(config, 'distributed.coordinator_address')
     if jax.distributed.is_initialized():
         return
     if address:
-        num, pid = _cfg(dist, 'num_processes'), _cfg(dist, 'process_id')
+        num, pid = get(config, 'distributed.num_processes'), get(config, 'distributed.process_id')
         if num is None or pid is None:
-            raise ValueError('distributed.coordinator_address is set: distributed.num_processes and '
+            raise ConfigError('distributed.coordinator_address is set: distributed.num_processes and '
                              'distributed.process_id must be set too')
         jax.distributed.initialize(coordinator_address=address, num_processes=int(num),
                                    process_id=int(pid))
-    elif _cfg(dist, 'auto', False) or any(
+    elif get(config, 'distributed.auto') or any(
             int(os.environ.get(k, '1') or 1) > 1 for k in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')):
         jax.distributed.initialize()
     else:
@@ -55,25 +52,25 @@ def maybe_initialize_distributed(config: Any = None) -> None:
                  jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def mesh_shape(config_mesh: Any, num_devices: int) -> tuple[int, int]:
+def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
     """Resolves `mesh.{data, fsdp}` (one of them may be -1 = "the rest") for `num_devices`."""
-    data, fsdp = int(_cfg(config_mesh, 'data', -1)), int(_cfg(config_mesh, 'fsdp', 1))
+    given = (data, fsdp)
     if data == -1 and fsdp == -1:
-        raise ValueError('mesh.data and mesh.fsdp cannot both be -1')
+        raise ConfigError('mesh.data and mesh.fsdp cannot both be -1')
     if data == -1:
         data = num_devices // fsdp if fsdp > 0 and num_devices % fsdp == 0 else 0
     elif fsdp == -1:
         fsdp = num_devices // data if data > 0 and num_devices % data == 0 else 0
     if data < 1 or fsdp < 1 or data * fsdp != num_devices:
-        raise ValueError(f'mesh.data={_cfg(config_mesh, "data", -1)}, '
-                         f'mesh.fsdp={_cfg(config_mesh, "fsdp", 1)} does not tile the {num_devices} devices')
+        raise ConfigError(f'mesh.data={given[0]}, mesh.fsdp={given[1]} does not tile the {num_devices} '
+                          'devices')
     return data, fsdp
 
 
-def create_mesh(config_mesh: Any = None, devices: Any = None) -> Mesh:
+def create_mesh(data: int = -1, fsdp: int = 1, devices: Any = None) -> Mesh:
     """The ('data', 'fsdp') mesh over all devices of all processes (or `devices`)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(config_mesh, len(devices))
+    shape = mesh_shape(data, fsdp, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
@@ -86,7 +83,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def partition_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = FSDP_MIN_SIZE) -> P:
+def partition_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
     """FSDP rule: shard the largest dimension divisible by `fsdp_size`; small tensors replicate."""
     if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
@@ -99,7 +96,7 @@ def partition_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = FSDP_
     return P()
 
 
-def tree_shardings(mesh: Mesh, tree: Any, min_size: int = FSDP_MIN_SIZE) -> Any:
+def tree_shardings(mesh: Mesh, tree: Any, min_size: int) -> Any:
     """A NamedSharding for every array leaf of `tree` (params, optimizer state, ...).
 
     Optimizer moments have the shapes of the parameters, so one shape-based rule shards both

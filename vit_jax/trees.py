@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from vit_jax.errors import CheckpointError
 
 
@@ -18,6 +20,11 @@ def flatten(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def shape(x: Any) -> tuple[int, ...]:
+    """Shape of an array, jax array or `jax.ShapeDtypeStruct` (from `jax.eval_shape`)."""
+    return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
 
 
 def unflatten(flat: Mapping[str, Any], sep: str = '/', source: str = 'checkpoint') -> dict[str, Any]:

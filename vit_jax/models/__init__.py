@@ -1,7 +1,16 @@
-"""Flax models: the Vision Transformer, its hybrid ResNet stem and the named configs."""
+"""Flax models: the Vision Transformer, its hybrid ResNet stem and the named configs.
 
-from vit_jax.models.model_configs import MODEL_CONFIGS, build_model, get_config, get_model
+The original's names: `VisionTransformer`, `AddPositionEmbs`, `MlpBlock`, `Encoder1DBlock`,
+`Encoder`, `get_model(name, **kw)`, and `MODEL_CONFIGS` (= `vit_jax.configs.models.MODEL_CONFIGS`).
+"""
+
+from vit_jax.configs.models import MODEL_CONFIGS
+from vit_jax.models.model_configs import build_model, complete_config, get_config, get_model
 from vit_jax.models.vit import (
+    AddPositionEmbs,
+    Encoder,
+    Encoder1DBlock,
+    MlpBlock,
     VisionTransformer,
     blocks_to_scan,
     num_params,
@@ -9,6 +18,7 @@ from vit_jax.models.vit import (
 )
 
 __all__ = [
-    'MODEL_CONFIGS', 'VisionTransformer', 'blocks_to_scan', 'build_model', 'get_config', 'get_model',
-    'num_params', 'scan_to_blocks',
+    'MODEL_CONFIGS', 'AddPositionEmbs', 'Encoder', 'Encoder1DBlock', 'MlpBlock', 'VisionTransformer',
+    'blocks_to_scan', 'build_model', 'complete_config', 'get_config', 'get_model', 'num_params',
+    'scan_to_blocks',
 ]

@@ -17,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.config_util import get as _field
 from vit_jax.models.resnet import ResNetStem
 
 Array = jnp.ndarray
+
+
+def _field(sub_config: Any, key: str, default: Any = None) -> Any:
+    """A field of a sub-config field (`patches`, `transformer`, `resnet`: a dict, ConfigDict or None)."""
+    return default if sub_config is None else sub_config.get(key, default)
 
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
 # 'einsum' is the original Flax formula (supports attention dropout and returning the

@@ -1,0 +1,56 @@
+"""The README's main job end to end: configs/digits.py reaches its accuracy, on the built-in digits
+and on a folder of PNG files holding the same digits, identically (no config edit: every
+preprocessing value is in the config, none depends on the data set's name)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import main, metrics
+from vit_jax.configs.common import DATASET_PRESETS
+from vit_jax.input_pipeline import digits_splits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(workdir, *overrides):
+    return main.main(['vit-train', f'--config={ROOT}/configs/digits.py', f'--workdir={workdir}',
+                      '--config.progress_bar=False', *overrides])
+
+
+@pytest.fixture(scope='module')
+def builtin(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('digits')
+    return workdir, _train(workdir)
+
+
+@pytest.mark.slow
+def test_digits_end_to_end_reaches_95_percent(builtin, capsys):
+    workdir, result = builtin
+    assert result['accuracy'] >= 0.95, result
+    files = os.listdir(workdir)
+    assert {'config.json', 'metrics.jsonl', 'model.npz', 'checkpoint_500'} <= set(files)
+    assert any(f.startswith('events.out.tfevents') for f in files)
+    records = metrics.read_jsonl(str(workdir / 'metrics.jsonl'))
+    assert {'train_loss', 'lr', 'grad_norm', 'img_per_sec_per_core', 'step_time_ms'} <= set(records[0])
+    assert records[-1]['accuracy'] == result['accuracy']
+    saved = json.loads((workdir / 'config.json').read_text())
+    assert saved['dataset_info']['num_classes'] == 10 and saved['model']['hidden_size'] == 64
+    assert saved['pp']['flip'] is False and saved['model']['layer_norm_eps'] == 1e-6   # every value shown
+
+
+@pytest.mark.slow
+def test_the_same_config_on_a_folder_of_digit_pngs_matches_the_builtin_source(builtin, tmp_path):
+    (train_x, train_y), (test_x, test_y), names = digits_splits(DATASET_PRESETS['digits'].pp.holdout)
+    for split, xs, ys in (('train', train_x, train_y), ('test', test_x, test_y)):
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            path = tmp_path / 'digits' / split / names[y] / f'{i:04d}.png'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(x, np.uint8)).save(path)
+    result = _train(tmp_path / 'wd', f'--config.dataset={tmp_path / "digits"}')
+    assert result['step'] == 500
+    # The same pixels in the same order with the same seeds: the same run.
+    assert result['accuracy'] == builtin[1]['accuracy'] and result['eval_loss'] == builtin[1]['eval_loss']

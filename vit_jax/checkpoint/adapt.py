@@ -1,0 +1,143 @@
+"""Adapting a checkpoint to a model: checking keys and shapes, new heads, resized embeddings.
+
+`load_pretrained` is the original's fine-tuning load: the head is re-initialised (zeros) for
+the new classes, `pre_logits` is dropped when the new model has no `representation_size`, and
+the position-embedding grid is resized linearly like `scipy.ndimage.zoom(order=1)` with the
+class-token row kept. Beyond it: the source may be anything the one loader reads, a different
+patch size resizes the patch-embedding kernel (FlexiViT), and scan-layout models are supported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax import trees
+from vit_jax.checkpoint import arch, loader
+from vit_jax.errors import CheckpointError
+from vit_jax.models import blocks_to_scan
+
+logger = logging.getLogger(__name__)
+
+def _zoom_linear_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear resampling of one axis with corners aligned: `scipy.ndimage.zoom(order=1)`."""
+    n = x.shape[axis]
+    if size == n:
+        return x
+    coords = np.zeros(1) if size == 1 else np.arange(size) * ((n - 1) / (size - 1))
+    lo = np.clip(np.floor(coords).astype(int), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (coords - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool = True) -> np.ndarray:
+    """Resizes [1, (1+)g*g, D] position embeddings to `num_tokens` tokens (the original rule).
+
+    The g x g grid is resampled linearly as `scipy.ndimage.zoom(grid, (g'/g, g'/g, 1), order=1)`;
+    the class-token row, if any, is kept as is.
+    """
+    posemb = np.asarray(posemb)
+    n_extra = 1 if has_class_token else 0
+    tok, grid = posemb[:, :n_extra], posemb[0, n_extra:]
+    gs_old, gs_new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - n_extra)))
+    if gs_old ** 2 != len(grid) or gs_new ** 2 != num_tokens - n_extra:
+        raise CheckpointError(f'position embeddings {posemb.shape} -> {num_tokens} tokens: '
+                              'only square grids can be resized')
+    logger.info('interpolate_posembed: grid %dx%d -> %dx%d', gs_old, gs_old, gs_new, gs_new)
+    g = grid.reshape(gs_old, gs_old, -1).astype(np.float64)
+    g = _zoom_linear_axis(_zoom_linear_axis(g, gs_new, 0), gs_new, 1)
+    g = g.reshape(1, gs_new * gs_new, -1).astype(posemb.dtype)
+    return np.concatenate([tok, g], axis=1)
+
+
+def _resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
+    """[new_h*new_w, old_h*old_w]: bilinear resize (half-pixel centres, no antialias) as a matrix."""
+    n_old = old_hw[0] * old_hw[1]
+    basis = np.eye(n_old, dtype=np.float32).reshape(n_old, *old_hw)
+    resized = jax.image.resize(basis, (n_old, *new_hw), method='linear', antialias=False)
+    return np.asarray(resized, np.float64).reshape(n_old, -1).T
+
+
+def resize_patch_embedding(kernel: Any, new_hw: tuple[int, int]) -> np.ndarray:
+    """Resizes a [h, w, C, D] patch-embedding kernel to [h', w', C, D] (FlexiViT PI-resize).
+
+    The new kernel is pinv(B^T) @ old, with B the bilinear resize from h x w to h' x w'
+    patches, so that `<new, resize(patch)> == <old, patch>` (exactly when upsampling).
+    """
+    kernel = np.asarray(kernel)
+    old_hw = tuple(kernel.shape[:2])
+    new_hw = tuple(int(s) for s in new_hw)
+    if old_hw == new_hw:
+        return kernel
+    resize = _resize_matrix(old_hw, new_hw)
+    pinv = np.linalg.pinv(resize.T)  # [new, old]
+    flat = kernel.reshape(old_hw[0] * old_hw[1], -1).astype(np.float64)
+    return (pinv @ flat).reshape(*new_hw, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
+                    model_config: Any) -> dict:
+    """Loads a checkpoint for fine-tuning a model whose fresh params are `init_params`.
+
+    As the original: the head is taken from `init_params` (re-initialised for the new
+    classes), `pre_logits` is dropped when `model_config` has no `representation_size`, and
+    the position-embedding grid is resized linearly (class-token row kept). Beyond it: a
+    different patch size resizes the patch-embedding kernel (FlexiViT), `pretrained_path`
+    may be anything the one loader (`vit_jax.checkpoint.loader.read`) reads: a file or bucket URL
+    in any supported format, a catalogue name, a `vit-train` workdir; scan-layout models are
+    supported. Raises `CheckpointError` naming missing or wrong-shape keys.
+    """
+    source = loader.read(pretrained_path)
+    loader.warn_numerics(source, model_config)
+    restored = dict(source.params)
+    expected = init_params
+    scan = 'encoderblock' in expected.get('Transformer', {})
+
+    if arch.model_field(model_config, 'representation_size') is None and 'pre_logits' in restored:
+        logger.info('load_pretrained: drop-head variant (no representation_size)')
+        del restored['pre_logits']
+    restored.pop('head', None)
+    if 'head' in expected:  # Abstract init params (jax.eval_shape) get the model's zero init.
+        restored['head'] = {k: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v
+                            for k, v in expected['head'].items()}
+
+    posemb = restored.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+    posemb_new = expected.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+    if posemb is not None and posemb_new is not None and trees.shape(posemb) != trees.shape(posemb_new):
+        logger.info('load_pretrained: resized variant %s -> %s',
+                    trees.shape(posemb), trees.shape(posemb_new))
+        restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
+            posemb, trees.shape(posemb_new)[1], has_class_token='cls' in expected)
+
+    kernel = restored.get('embedding', {}).get('kernel')
+    kernel_new = expected.get('embedding', {}).get('kernel')
+    if kernel is not None and kernel_new is not None:
+        old_hw, new_hw = trees.shape(kernel)[:2], trees.shape(kernel_new)[:2]
+        if trees.shape(kernel)[2:] == trees.shape(kernel_new)[2:] and old_hw != new_hw:
+            logger.info('load_pretrained: patch size %s -> %s', old_hw, new_hw)
+            restored['embedding']['kernel'] = resize_patch_embedding(kernel, new_hw)
+
+    if scan and 'encoderblock_0' in restored.get('Transformer', {}):
+        restored = jax.tree_util.tree_map(np.asarray, blocks_to_scan(restored))
+    arch.inspect_params(restored, expected, fail_if_extra=False, source=str(pretrained_path))
+    # Keep only what the model has, in the model's parameter dtype.
+    got = trees.flatten(restored)
+    return trees.unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
+                             for k, v in trees.flatten(expected).items()})
+
+
+def replace_head(params: Mapping[str, Any], classes: int) -> dict:
+    """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head."""
+    params = dict(params)
+    features = trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params else \
+        trees.shape(params['Transformer']['encoder_norm']['scale'])[0]
+    dtype = np.asarray(params['Transformer']['encoder_norm']['scale']).dtype
+    params.pop('head', None)
+    if classes:
+        params['head'] = {'kernel': np.zeros((features, classes), dtype), 'bias': np.zeros(classes, dtype)}
+    return params

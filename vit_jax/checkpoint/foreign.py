@@ -1,0 +1,447 @@
+"""timm and Hugging Face ViT weights: reading them into the Linen tree, writing them back.
+
+Both are read through one canonical "torch-style" naming (cls, pos, patch, {i}.{ln1,q,k,v,o,
+ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qkv` is q, k, v
+concatenated, conv weights are OIHW (ours HWIO). Files are read through `vit_jax.paths` (local
+or gs://): safetensors (never a pickle), `.pth`/`.bin` only through `torch.load(weights_only=True)`.
+Hugging Face directories carry their numerics in config.json (LayerNorm epsilon, GELU form); timm
+has eps 1e-6 and exact GELU built in. timm files do not record the number of heads: it comes
+from our own export's metadata or the caller (`num_heads`), never from a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vit_jax import paths
+from vit_jax.checkpoint import arch
+from vit_jax.errors import CheckpointError
+
+HF_GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
+HF_LAYER_NORM_EPS = 1e-12   # transformers' ViTConfig default
+TIMM_LAYER_NORM_EPS = 1e-6  # built into timm's VisionTransformer (with exact GELU)
+META_PREFIX = 'vit_jax.'    # safetensors metadata keys of our own timm export
+
+# --- Canonical "torch-style" names: one table per source format ----------------------------
+# Canonical keys: cls, pos, patch.{w,b}, {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, norm.{w,b},
+# pre_logits.{w,b}, head.{w,b}; the q/k/v/o/fc weights are torch Linear [out, in].
+_HF_NAMES = [
+    (r'embeddings\.cls_token', 'cls'),
+    (r'embeddings\.position_embeddings', 'pos'),
+    (r'embeddings\.patch_embeddings\.projection\.(weight|bias)', r'patch.\1'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)', r'\1.q.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)', r'\1.k.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)', r'\1.v.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)', r'\1.o.\2'),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)', r'\1.fc1.\2'),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)', r'\1.fc2.\2'),
+    (r'encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)', r'\1.ln1.\2'),
+    (r'encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)', r'\1.ln2.\2'),
+    # transformers >= 5 names.
+    (r'layers\.(\d+)\.attention\.(q|k|v|o)_proj\.(weight|bias)', r'\1.\2.\3'),
+    (r'layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+    (r'layers\.(\d+)\.layernorm_before\.(weight|bias)', r'\1.ln1.\2'),
+    (r'layers\.(\d+)\.layernorm_after\.(weight|bias)', r'\1.ln2.\2'),
+    (r'layernorm\.(weight|bias)', r'norm.\1'),
+    (r'pooler\.dense\.(weight|bias)', r'pre_logits.\1'),
+    (r'classifier\.(weight|bias)', r'head.\1'),
+]
+_TIMM_NAMES = [
+    (r'cls_token', 'cls'),
+    (r'pos_embed', 'pos'),
+    (r'patch_embed\.proj\.(weight|bias)', r'patch.\1'),
+    (r'blocks\.(\d+)\.norm1\.(weight|bias)', r'\1.ln1.\2'),
+    (r'blocks\.(\d+)\.attn\.qkv\.(weight|bias)', r'\1.qkv.\2'),
+    (r'blocks\.(\d+)\.attn\.proj\.(weight|bias)', r'\1.o.\2'),
+    (r'blocks\.(\d+)\.norm2\.(weight|bias)', r'\1.ln2.\2'),
+    (r'blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+    (r'norm\.(weight|bias)', r'norm.\1'),
+    (r'pre_logits\.fc\.(weight|bias)', r'pre_logits.\1'),
+    (r'head\.(weight|bias)', r'head.\1'),
+]
+# Inverse tables (canonical -> source) for export; HF export uses the legacy names, which
+# every transformers version loads.
+_HF_EXPORT = {
+    'cls': 'vit.embeddings.cls_token', 'pos': 'vit.embeddings.position_embeddings',
+    'patch': 'vit.embeddings.patch_embeddings.projection',
+    'q': 'vit.encoder.layer.{i}.attention.attention.query',
+    'k': 'vit.encoder.layer.{i}.attention.attention.key',
+    'v': 'vit.encoder.layer.{i}.attention.attention.value',
+    'o': 'vit.encoder.layer.{i}.attention.output.dense',
+    'fc1': 'vit.encoder.layer.{i}.intermediate.dense', 'fc2': 'vit.encoder.layer.{i}.output.dense',
+    'ln1': 'vit.encoder.layer.{i}.layernorm_before', 'ln2': 'vit.encoder.layer.{i}.layernorm_after',
+    'norm': 'vit.layernorm', 'head': 'classifier'}
+_TIMM_EXPORT = {
+    'cls': 'cls_token', 'pos': 'pos_embed', 'patch': 'patch_embed.proj', 'qkv': 'blocks.{i}.attn.qkv',
+    'o': 'blocks.{i}.attn.proj', 'fc1': 'blocks.{i}.mlp.fc1', 'fc2': 'blocks.{i}.mlp.fc2',
+    'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'norm': 'norm', 'head': 'head'}
+
+
+def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
+            ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Source names -> canonical names; unknown keys are an error naming them."""
+    out, unknown = {}, []
+    for key, value in sd.items():
+        for pattern, repl in table:
+            if re.fullmatch(pattern, key):
+                name = re.sub(pattern, repl, key).replace('.weight', '.w').replace('.bias', '.b')
+                out[name] = np.asarray(value)
+                break
+        else:
+            if not any(re.fullmatch(p, key) for p in ignore):
+                unknown.append(key)
+    if unknown:
+        raise CheckpointError(f'{source}: unsupported keys for a ViT ({", ".join(sorted(unknown)[:6])}'
+                              f'{" ..." if len(unknown) > 6 else ""}): this architecture variant is not a '
+                              'vit_jax VisionTransformer')
+    return out
+
+
+# --- Canonical <-> Linen ----------------------------------------------------------------------
+
+def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str) -> dict:
+    """Canonical torch-style weights -> the VisionTransformer parameter tree."""
+    try:
+        w = c.pop('patch.w')
+        d = w.shape[0]
+        if d % num_heads:
+            raise CheckpointError(f'{source}: hidden size {d} is not divisible by num_heads={num_heads}')
+        hd = d // num_heads
+        params: dict[str, Any] = {'embedding': {'kernel': w.transpose(2, 3, 1, 0),
+                                                'bias': c.pop('patch.b', np.zeros(d, w.dtype))}}
+        if 'cls' in c:
+            params['cls'] = c.pop('cls')
+        pos = c.pop('pos')
+        grid = pos.shape[1] - (1 if 'cls' in params else 0)
+        if 'cls' in params and round(np.sqrt(pos.shape[1])) ** 2 == pos.shape[1] != grid:
+            # No class slot (timm `no_embed_class`): the class token gets no position embedding.
+            pos = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
+        enc: dict[str, Any] = {'posembed_input': {'pos_embedding': pos}}
+        layers = sorted({int(k.split('.')[0]) for k in c if k.split('.')[0].isdigit()})
+        if layers != list(range(len(layers))) or not layers:
+            raise CheckpointError(f'{source}: transformer blocks {layers} are not numbered 0..L-1')
+        for i in layers:
+            if f'{i}.qkv.w' in c:
+                for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.w'), 3, axis=0), strict=True):
+                    c[f'{i}.{name}.w'] = x
+                for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.b'), 3, axis=0), strict=True):
+                    c[f'{i}.{name}.b'] = x
+            ln = lambda n, i=i: {'scale': c.pop(f'{i}.{n}.w'), 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
+            dense = lambda n, i=i: {'kernel': c.pop(f'{i}.{n}.w').T, 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
+            attn = {}
+            for n, name in (('q', 'query'), ('k', 'key'), ('v', 'value')):
+                kernel = c.pop(f'{i}.{n}.w').T.reshape(d, num_heads, hd)
+                bias = c.pop(f'{i}.{n}.b', np.zeros(d, kernel.dtype)).reshape(num_heads, hd)
+                attn[name] = {'kernel': kernel, 'bias': bias}
+            attn['out'] = {'kernel': c.pop(f'{i}.o.w').T.reshape(num_heads, hd, d), 'bias': c.pop(f'{i}.o.b')}
+            enc[f'encoderblock_{i}'] = {
+                'LayerNorm_0': ln('ln1'), 'MultiHeadDotProductAttention_0': attn, 'LayerNorm_1': ln('ln2'),
+                'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
+        enc['encoder_norm'] = {'scale': c.pop('norm.w'), 'bias': c.pop('norm.b')}
+        params['Transformer'] = enc
+        for name in ('pre_logits', 'head'):
+            if f'{name}.w' in c:
+                params[name] = {'kernel': c.pop(f'{name}.w').T, 'bias': c.pop(f'{name}.b')}
+    except KeyError as e:
+        raise CheckpointError(f'{source}: missing weight for {e.args[0]!r}') from None
+    except ValueError as e:
+        raise CheckpointError(f'{source}: inconsistent shapes ({e})') from None
+    if c:
+        raise CheckpointError(f'{source}: unused weights {sorted(c)[:6]}')
+    return jax.tree_util.tree_map(np.ascontiguousarray, params)
+
+
+def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.ndarray]:
+    """The VisionTransformer parameter tree -> canonical torch-style weights."""
+    p = jax.tree_util.tree_map(np.asarray, dict(params))
+    c = {'patch.w': p['embedding']['kernel'].transpose(3, 2, 0, 1), 'patch.b': p['embedding']['bias'],
+         'pos': p['Transformer']['posembed_input']['pos_embedding']}
+    if 'cls' in p:
+        c['cls'] = p['cls']
+    i = 0
+    while (block := p['Transformer'].get(f'encoderblock_{i}')) is not None:
+        attn = block['MultiHeadDotProductAttention_0']
+        qkv_w = [attn[n]['kernel'].reshape(len(attn[n]['kernel']), -1).T for n in ('query', 'key', 'value')]
+        qkv_b = [attn[n]['bias'].reshape(-1) for n in ('query', 'key', 'value')]
+        if qkv:
+            c[f'{i}.qkv.w'], c[f'{i}.qkv.b'] = np.concatenate(qkv_w), np.concatenate(qkv_b)
+        else:
+            for n, w, b in zip('qkv', qkv_w, qkv_b, strict=True):
+                c[f'{i}.{n}.w'], c[f'{i}.{n}.b'] = w, b
+        out = attn['out']['kernel']
+        c[f'{i}.o.w'], c[f'{i}.o.b'] = out.reshape(-1, out.shape[-1]).T, attn['out']['bias']
+        for n, ln in (('ln1', 'LayerNorm_0'), ('ln2', 'LayerNorm_1')):
+            c[f'{i}.{n}.w'], c[f'{i}.{n}.b'] = block[ln]['scale'], block[ln]['bias']
+        for n, dense in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+            c[f'{i}.{n}.w'] = block['MlpBlock_0'][dense]['kernel'].T
+            c[f'{i}.{n}.b'] = block['MlpBlock_0'][dense]['bias']
+        i += 1
+    norm = p['Transformer']['encoder_norm']
+    c['norm.w'], c['norm.b'] = norm['scale'], norm['bias']
+    for name in ('pre_logits', 'head'):
+        if name in p:
+            c[f'{name}.w'], c[f'{name}.b'] = p[name]['kernel'].T, p[name]['bias']
+    return {k: np.ascontiguousarray(v) for k, v in c.items()}
+
+
+def _to_source_names(c: Mapping[str, np.ndarray], table: Mapping[str, str]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in c.items():
+        parts = key.split('.')
+        i = parts[0] if parts[0].isdigit() else None
+        stem = parts[1] if i is not None else parts[0]
+        suffix = {'w': '.weight', 'b': '.bias'}.get(parts[-1], '') if len(parts) > (2 if i else 1) else ''
+        out[table[stem].format(i=i) + suffix] = value
+    return out
+
+
+# --- Reading files ------------------------------------------------------------------------------
+
+def _header(path: str) -> dict:
+    """The JSON header of a safetensors file (names, dtypes, shapes, `__metadata__`), nothing else."""
+    try:
+        with paths.open_read(path) as f:
+            n = int.from_bytes(f.read(8), 'little')
+            if not 2 <= n <= 100 * 2 ** 20:
+                raise ValueError(f'header length {n}')
+            return json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{path}: corrupt or truncated safetensors file ({e})') from None
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file (local: memory-mapped; remote: fetched)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    try:
+        if paths.is_remote(path):
+            return load(paths.read_bytes(path)), dict(_header(path).get('__metadata__') or {})
+        with safe_open(path, framework='np') as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CheckpointError(f'{path}: corrupt or truncated safetensors file ({e})') from None
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch state dict loaded with `weights_only=True` (never arbitrary pickles)."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f'{path}: reading .pth/.bin needs torch (pip install "vit_jax[torch]"), '
+                              'or convert it to .safetensors') from None
+    import pickle
+
+    try:
+        with paths.open_read(path) as f:
+            sd = torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f'{path}: holds pickled objects other than tensors; refusing to load it '
+                              '(torch.load(weights_only=True) rejected it)') from None
+    except Exception as e:  # noqa: BLE001  (zip/EOF/runtime errors of torch's reader)
+        raise CheckpointError(f'{path}: not a readable PyTorch file ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0] if str(e) else ""})') from None
+    for key in ('model', 'state_dict', 'model_state_dict'):
+        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f'{path}: not a state dict of tensors')
+    return {k.removeprefix('module.'): (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+            for k, v in sd.items()}
+
+
+def read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors, a sharded .safetensors.index.json or a .pth/.bin."""
+    if path.endswith('.safetensors.index.json'):
+        try:
+            shards = sorted(set(json.loads(paths.read_text(path))['weight_map'].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f'{path}: not a safetensors index ({type(e).__name__}: {e})') from None
+        sd: dict[str, np.ndarray] = {}
+        for shard in shards:
+            sd.update(read_safetensors(paths.join(paths.parent(path), shard))[0])
+        return sd, {}
+    if path.endswith('.safetensors'):
+        return read_safetensors(path)
+    return _read_torch(path), {}
+
+
+def weight_names(path: str) -> list[str]:
+    """Tensor names of a weights file (safetensors: from the header only; torch: the whole file)."""
+    if path.endswith('.safetensors'):
+        return [k for k in _header(path) if k != '__metadata__']
+    return list(read_weights(path)[0])
+
+
+def weights_format(path: str, keys: Sequence[str]) -> str:
+    """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
+    if any(k.removeprefix('vit.').startswith(('embeddings.', 'encoder.layer', 'layers.')) for k in keys):
+        return 'hf'
+    if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
+        return 'timm'
+    raise CheckpointError(f'{path}: neither timm nor Hugging Face ViT weights (keys: {list(keys)[:4]} ...)')
+
+
+def hf_files(path: str) -> tuple[str, str]:
+    """(config.json, weights file) for an HF directory, its config.json or its weights file."""
+    directory = path if paths.is_dir(path) else paths.parent(path)
+    config = paths.join(directory, 'config.json')
+    if not paths.exists(config):
+        raise CheckpointError(f'{path}: Hugging Face weights need the config.json beside them')
+    if paths.is_file(path) and paths.name(path) != 'config.json':
+        return config, path
+    for name in ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'):
+        if paths.exists(paths.join(directory, name)):
+            return config, paths.join(directory, name)
+    raise CheckpointError(f'{directory}: no model.safetensors (or pytorch_model.bin) beside config.json')
+
+
+def _json(path: str) -> dict:
+    try:
+        value = json.loads(paths.read_text(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{path}: not valid JSON ({e})') from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f'{path}: expected a JSON object, got {type(value).__name__}')
+    return value
+
+
+def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """(model_config, params) of an HF ViT directory / config.json / weights file (`sd`: its weights)."""
+    config_path, weights = hf_files(path)
+    hf = _json(config_path)
+    if hf.get('model_type', 'vit') != 'vit':
+        raise CheckpointError(f'{config_path}: model_type={hf.get("model_type")!r} is not a plain ViT')
+    act = hf.get('hidden_act', 'gelu')
+    if act not in HF_GELU:
+        raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
+                              f'{sorted(HF_GELU)})')
+    if hf.get('num_channels', 3) != 3:
+        raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
+    if sd is None:
+        sd, _ = read_weights(weights)
+    sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
+    if 'classifier.weight' in sd:  # ViTForImageClassification does not use the pooler.
+        sd = {k: v for k, v in sd.items() if not k.startswith('pooler.')}
+    elif 'pooler.dense.weight' in sd and hf.get('pooler_act', 'tanh') != 'tanh':
+        raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
+    canonical = _rename(sd, _HF_NAMES, weights, ignore=[r'embeddings\.mask_token'])
+    # transformers' ViTConfig defaults (num_attention_heads 12, layer_norm_eps 1e-12) are the format's.
+    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
+    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', HF_LAYER_NORM_EPS),
+                             gelu_approximate=HF_GELU[act], source=weights), params
+
+
+def _timm_heads(meta: Mapping[str, str], num_heads: int | None, path: str) -> int:
+    if num_heads:
+        return num_heads
+    if META_PREFIX + 'num_heads' in meta:
+        return int(meta[META_PREFIX + 'num_heads'])
+    raise CheckpointError(f'{path}: timm state dicts do not record the number of attention heads; pass it '
+                          '(vit-convert/vit-predict --num-heads N, or num_heads=N)')
+
+
+def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None
+              ) -> tuple[ml_collections.ConfigDict, dict]:
+    """(model_config, params) of a timm VisionTransformer state dict."""
+    sd = {k.removeprefix('module.'): v for k, v in sd.items()}
+    if 'fc_norm.weight' in sd:
+        raise CheckpointError(f'{path}: timm fc_norm (LayerNorm after pooling) is not supported by '
+                              'vit_jax.models.VisionTransformer')
+    canonical = _rename(sd, _TIMM_NAMES, path)
+    params = _linen_from_canonical(canonical, _timm_heads(meta, num_heads, path), path)
+    eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
+    approx = meta.get(META_PREFIX + 'gelu_approximate', 'false') == 'true'
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, source=path)
+    if meta.get(META_PREFIX + 'classifier'):
+        config.classifier = meta[META_PREFIX + 'classifier']
+    return config, params
+
+
+# --- Writing ------------------------------------------------------------------------------------
+
+
+def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
+    """CheckpointError (one line) unless the `fmt` ('timm' | 'hf') layout can express the model."""
+    target = {'timm': 'timm', 'hf': 'Hugging Face ViT'}[fmt]
+    if config.get('resnet') is not None:
+        raise CheckpointError(f'{target} export supports plain ViTs only (this is a hybrid R+ViT); '
+                              'use --to npz')
+    if 'pre_logits' in params:
+        raise CheckpointError(f'{target} has no pre_logits layer; re-head the model (e.g. --num-classes N) '
+                              'or use --to npz')
+    if fmt == 'hf':
+        if 'cls' not in params or config.classifier != 'token':
+            raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
+        if 'head' not in params:
+            raise CheckpointError('Hugging Face ViTForImageClassification needs a head; pass --num-classes N')
+        if len(set(config.patches.size)) != 1:
+            raise CheckpointError(f'Hugging Face ViT needs square patches, got {tuple(config.patches.size)}')
+    if config.classifier not in ('token', 'gap'):
+        raise CheckpointError(f'classifier={config.classifier!r} cannot be exported to {target}')
+
+
+def _safetensors_bytes(sd: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in sd.items()}, metadata=dict(metadata))
+
+
+def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
+    """A timm state dict (.safetensors) of a per-block parameter tree, numerics in the metadata.
+
+    timm has LayerNorm eps 1e-6 and exact GELU built in: a model with other numerics warns, since
+    its logits in timm will differ slightly (vit_jax reads the exact numerics back).
+    """
+    check_exportable(params, config, 'timm')
+    eps, approx = arch.numerics(config)
+    differs = [f'LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g})'] if eps != TIMM_LAYER_NORM_EPS else []
+    differs += ['tanh GELU (timm: exact)'] if approx else []
+    if differs:
+        warnings.warn(f'this model uses {" and ".join(differs)}, so its logits in timm will differ '
+                      'slightly; vit_jax reads the exact numerics back from the file metadata', stacklevel=3)
+    sd = _to_source_names(_canonical_from_linen(params, qkv=True), _TIMM_EXPORT)
+    meta = {'format': 'pt', META_PREFIX + 'num_heads': str(config.transformer.num_heads),
+            META_PREFIX + 'layer_norm_eps': repr(eps),
+            META_PREFIX + 'gelu_approximate': 'true' if approx else 'false',
+            META_PREFIX + 'classifier': str(config.classifier)}
+    if config.get('model_name'):
+        meta[META_PREFIX + 'model_name'] = str(config.model_name)
+    return _safetensors_bytes(sd, meta)
+
+
+def hf_files_bytes(params: Mapping[str, Any], config: Any) -> dict[str, bytes]:
+    """{'config.json', 'model.safetensors'} of a Hugging Face ViTForImageClassification directory."""
+    check_exportable(params, config, 'hf')
+    sd = _to_source_names(_canonical_from_linen(params, qkv=False), _HF_EXPORT)
+    return {'config.json': json.dumps(_hf_config(params, config), indent=2).encode(),
+            'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'})}
+
+
+def _hf_config(params: Mapping[str, Any], config: Any) -> dict:
+    patch = tuple(config.patches.size)
+    classes = arch.num_classes(params)
+    t = config.transformer
+    eps, approx = arch.numerics(config)
+    return {
+        'architectures': ['ViTForImageClassification'], 'model_type': 'vit',
+        'hidden_size': int(config.hidden_size), 'num_hidden_layers': int(t.num_layers),
+        'num_attention_heads': int(t.num_heads), 'intermediate_size': int(t.mlp_dim),
+        'hidden_act': 'gelu_pytorch_tanh' if approx else 'gelu', 'layer_norm_eps': eps,
+        'hidden_dropout_prob': float(t.get('dropout_rate', 0.0)),
+        'attention_probs_dropout_prob': float(t.get('attention_dropout_rate', 0.0)),
+        'initializer_range': 0.02, 'image_size': arch.image_size(params, config), 'patch_size': int(patch[0]),
+        'num_channels': 3, 'qkv_bias': True, 'encoder_stride': int(patch[0]),
+        'id2label': {str(i): f'LABEL_{i}' for i in range(classes)},
+        'label2id': {f'LABEL_{i}': i for i in range(classes)}, 'torch_dtype': 'float32'}
+

@@ -1,0 +1,512 @@
+"""The public ViT checkpoint catalogue: names -> URLs, AugReg selection, verified cached downloads.
+
+Names (all resolve to files under gs://vit_models, fetched over https):
+- `ViT-B_16` or `imagenet21k/ViT-B_16`: ImageNet-21k pre-training (with `pre_logits`, 21843 classes);
+- `imagenet21k+imagenet2012/ViT-B_16`: the ImageNet fine-tunes (384 px; `ViT-B_16-224` at 224);
+- AugReg ("How to train your ViT?"): a full filename such as
+  `B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0` (optionally with `.npz` or an
+  `augreg/` prefix), or a model key such as `augreg/B_16`, which picks the best checkpoint from
+  the AugReg `index.csv` as the original code does (`B_16` alone works too).
+
+`resolve(name_or_path)` returns a path: an existing file as it is, a gs:// URL outside the public
+bucket unchanged (it is read through `vit_jax.paths`), and names and public URLs downloaded once
+into `$VIT_JAX_CACHE` (default ~/.cache/vit_jax; a local directory), with a progress bar and
+resume (HTTP Range). `$VIT_JAX_HUB_URL` replaces https://storage.googleapis.com (a mirror).
+
+Downloads are verified before they are used: the size and hash the server reports (Cloud
+Storage's `x-goog-stored-content-length` and `x-goog-hash`, else Content-Length) are checked on
+the `.part` file before it is renamed into place, and what was checked is then recorded beside
+the file in `<file>.verified.json`. Every reuse checks the cached file against that record (size
+and full hash); a file with no record, or one that no longer matches it, is checked against the
+server again, or refused when the server cannot be reached. md5 is always checked; crc32c only
+when the optional `google_crc32c` package is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import http.client
+import io
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tqdm import tqdm
+
+from vit_jax import paths
+from vit_jax.configs.models import AUGREG_CONFIGS
+from vit_jax.errors import DownloadError
+
+try:  # Optional: Cloud Storage's crc32c (composite objects report no md5).
+    import google_crc32c
+except ImportError:  # pragma: no cover - depends on the environment
+    google_crc32c = None
+
+__all__ = [
+    'AUGREG_COLUMNS', 'AUGREG_DIR', 'AUGREG_INDEX', 'AUGREG_MODELS', 'GCS_BUCKET', 'HTTPS_ROOT',
+    'DownloadError', 'augreg_url', 'cache_dir', 'cache_path', 'catalogue', 'check_cached', 'download',
+    'hub_url', 'https_url', 'list_names', 'read_augreg_index', 'record_path', 'resolve', 'select_augreg',
+    'url_for',
+]
+
+log = logging.getLogger(__name__)
+
+GCS_BUCKET = 'gs://vit_models'
+HTTPS_ROOT = 'https://storage.googleapis.com'
+HUB_URL_ENV = 'VIT_JAX_HUB_URL'
+CACHE_ENV = 'VIT_JAX_CACHE'
+RECORD_SUFFIX = '.verified.json'
+AUGREG_DIR = f'{GCS_BUCKET}/augreg'
+AUGREG_INDEX = f'{AUGREG_DIR}/index.csv'
+
+# What the original repository published (README "Available ViT models").
+IMAGENET21K = ('ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14', 'R50+ViT-B_16')
+IMAGENET21K_IMAGENET2012 = ('ViT-B_16', 'ViT-B_16-224', 'ViT-B_32', 'ViT-L_16', 'ViT-L_16-224',
+                            'ViT-L_32', 'R50+ViT-B_16')
+
+# AugReg model keys (the first '-'-separated part of AugReg filenames) -> model config names. The
+# original `AUGREG_CONFIGS` also holds keys that contain '-' ('testing-unpooled', 'LiT-B16B',
+# 'B_16-gap-norep', ...): no filename's first part can be one of them, so they are left out.
+AUGREG_MODELS = {key: config.model_name for key, config in AUGREG_CONFIGS.items() if '-' not in key}
+
+# Columns of gs://vit_models/augreg/index.csv (see the original `get_augreg_df`).
+AUGREG_COLUMNS = (
+    'name', 'ds', 'epochs', 'lr', 'aug', 'wd', 'do', 'sd', 'best_val', 'final_val', 'final_test',
+    'adapt_ds', 'adapt_lr', 'adapt_steps', 'adapt_resolution', 'adapt_final_val',
+    'adapt_final_test', 'params', 'infer_samples_per_sec', 'filename', 'adapt_filename')
+
+
+def catalogue() -> dict[str, str]:
+    """All fixed catalogue names -> gs:// URLs (AugReg names are resolved via the index)."""
+    names = {}
+    for model in IMAGENET21K:
+        names[model] = names[f'imagenet21k/{model}'] = f'{GCS_BUCKET}/imagenet21k/{model}.npz'
+    for model in IMAGENET21K_IMAGENET2012:
+        names[f'imagenet21k+imagenet2012/{model}'] = f'{GCS_BUCKET}/imagenet21k+imagenet2012/{model}.npz'
+    return names
+
+
+def hub_url() -> str:
+    """The https root that serves public buckets: `$VIT_JAX_HUB_URL` (a mirror) or Cloud Storage's."""
+    return (os.environ.get(HUB_URL_ENV) or HTTPS_ROOT).rstrip('/')
+
+
+def https_url(url: str) -> str:
+    """gs://bucket/path -> https://storage.googleapis.com/bucket/path (public objects; or the mirror)."""
+    if url.startswith('gs://'):
+        return f'{hub_url()}/{url[len("gs://"):]}'
+    return url
+
+
+def cache_dir() -> str:
+    """`$VIT_JAX_CACHE`, or ~/.cache/vit_jax."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'vit_jax')
+
+
+def cache_path(url: str, directory: str | None = None) -> str:
+    """Where `url` is cached: <cache>/<host-less path>, e.g. .../vit_models/imagenet21k/ViT-B_16.npz.
+
+    Public-bucket URLs drop the host (Cloud Storage's or the mirror's), so a mirror shares the
+    cache; other URLs keep it.
+    """
+    url = https_url(url)
+    for root in (hub_url(), HTTPS_ROOT):
+        if url.startswith(root + '/'):
+            rest = url[len(root) + 1:]
+            break
+    else:
+        rest = url.split('://', 1)[-1]
+    parts = [p for p in rest.split('?', 1)[0].split('/') if p not in ('', '.', '..')]
+    return paths.join(directory or cache_dir(), *parts)
+
+
+def record_path(path: str) -> str:
+    """The verification record of a cached file: `<file>.verified.json`."""
+    return os.fspath(path) + RECORD_SUFFIX
+
+
+# --- AugReg index ----------------------------------------------------------------------------
+
+def _number(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_augreg_index(source: str | None = None) -> list[dict[str, Any]]:
+    """Rows of the AugReg `index.csv` (local path, URL, or None for the cached public one).
+
+    Numeric columns become floats. Raises ValueError if a required column is missing.
+    """
+    path = resolve(source or AUGREG_INDEX)
+    reader = csv.DictReader(io.StringIO(paths.read_text(path), newline=''))
+    rows = [{k: _number(v) for k, v in row.items()} for row in reader]
+    required = {'name', 'ds', 'final_val', 'filename', 'adapt_ds', 'adapt_final_val', 'adapt_filename'}
+    missing = required - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f'{path}: not an AugReg index (missing columns {sorted(missing)})')
+    return rows
+
+
+def select_augreg(rows: Iterable[Mapping[str, Any]], model: str, *, ds: str = 'i21k',
+                  adapt_ds: str | None = None, adapt_resolution: int | None = None) -> Mapping[str, Any]:
+    """The best AugReg row for `model` (an AugReg key such as 'B_16' or 'R26_S_32').
+
+    Without `adapt_ds` this is the original choice: the `ds` pre-training with the best final
+    upstream validation accuracy (`final_val`). With `adapt_ds` (e.g. 'imagenet2012'), the
+    fine-tune on it with the best `adapt_final_val` (optionally at `adapt_resolution`).
+    """
+    rows = [r for r in rows if str(r['filename']).split('-')[0] == model and r['ds'] == ds]
+    key = 'final_val'
+    if adapt_ds is not None:
+        rows = [r for r in rows if r['adapt_ds'] == adapt_ds and (
+            adapt_resolution is None or int(r['adapt_resolution']) == adapt_resolution)]
+        key = 'adapt_final_val'
+    if not rows:
+        raise ValueError(f'no AugReg checkpoint for model={model!r} ds={ds!r} adapt_ds={adapt_ds!r} '
+                         f'adapt_resolution={adapt_resolution!r}; known models: {", ".join(AUGREG_MODELS)}')
+    return max(rows, key=lambda r: float(r[key]))
+
+
+def augreg_url(filename: str) -> str:
+    """gs:// URL of an AugReg checkpoint filename (with or without `.npz`)."""
+    filename = filename[len('augreg/'):] if filename.startswith('augreg/') else filename
+    return f'{AUGREG_DIR}/{filename if filename.endswith(".npz") else filename + ".npz"}'
+
+
+def url_for(name: str, *, index: str | None = None) -> str | None:
+    """The gs:// URL of a catalogue or AugReg name, or None if `name` is not one."""
+    fixed = catalogue()
+    if name in fixed:
+        return fixed[name]
+    bare = name[len('augreg/'):] if name.startswith('augreg/') else name
+    key = bare.split('-')[0]
+    if key in AUGREG_MODELS and '-' in bare:
+        return augreg_url(bare)
+    if key in AUGREG_MODELS:  # 'augreg/B_16' or 'B_16': the best AugReg pre-training.
+        return augreg_url(str(select_augreg(read_augreg_index(index), key)['filename']))
+    return None
+
+
+# --- What the server reports, and checking files against it ---------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Reported:
+    """An object's size and hashes (base64, as the server sent them); None where not reported."""
+    size: int | None = None
+    md5: str | None = None
+    crc32c: str | None = None
+
+    def hashes(self) -> dict[str, str]:
+        """The reported hashes this machine can compute (crc32c needs google_crc32c)."""
+        out = {'md5': self.md5} if self.md5 else {}
+        if self.crc32c and google_crc32c is not None:
+            out['crc32c'] = self.crc32c
+        return out
+
+    def verifiable(self) -> bool:
+        return self.size is not None or bool(self.hashes())
+
+    def crc32c_note(self) -> str:
+        """Why a reported crc32c was not enough ('' when it was not the reason)."""
+        only = self.crc32c and not self.md5 and google_crc32c is None
+        return ' (only a crc32c hash, and google-crc32c is not installed)' if only else ''
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _reported(headers: Any, *, status: int, have: int = 0) -> _Reported:
+    """Size and hashes of the whole object from response headers (`have`: bytes before a 206)."""
+    hashes = {}
+    for value in headers.get_all('x-goog-hash') or ():
+        for item in value.split(','):
+            algorithm, sep, digest = item.strip().partition('=')
+            if sep and algorithm.lower() in ('md5', 'crc32c'):
+                hashes[algorithm.lower()] = digest.strip()
+    size = _int(headers.get('x-goog-stored-content-length'))
+    if size is None and status == 206:
+        match = re.fullmatch(r'bytes\s+\d+-\d+/(\d+)', (headers.get('Content-Range') or '').strip())
+        size = int(match[1]) if match else None
+    if size is None and 'chunked' not in (headers.get('Transfer-Encoding') or '').lower():
+        length = _int(headers.get('Content-Length'))
+        size = None if length is None else length + (have if status == 206 else 0)
+    return _Reported(size=size, md5=hashes.get('md5'), crc32c=hashes.get('crc32c'))
+
+
+def _range_start(headers: Any) -> int | None:
+    match = re.fullmatch(r'bytes\s+(\d+)-\d+/(\d+|\*)', (headers.get('Content-Range') or '').strip())
+    return int(match[1]) if match else None
+
+
+def _digests(path: str, algorithms: Iterable[str]) -> dict[str, bytes]:
+    """The raw digests of a file, read once in 4 MiB blocks."""
+    hashers: dict[str, Any] = {}
+    for algorithm in algorithms:
+        if algorithm == 'md5':
+            hashers[algorithm] = hashlib.md5(usedforsecurity=False)
+        elif algorithm == 'crc32c':
+            hashers[algorithm] = google_crc32c.Checksum()
+    if hashers:
+        with paths.open_read(path) as f:
+            while block := f.read(1 << 22):
+                for hasher in hashers.values():
+                    hasher.update(block)
+    return {name: hasher.digest() for name, hasher in hashers.items()}
+
+
+def _decode(digest: str) -> bytes | None:
+    try:
+        return base64.b64decode(digest, validate=True)
+    except ValueError:
+        return None
+
+
+def _mismatch(path: str, expected: _Reported) -> str | None:
+    """How the file at `path` differs from `expected` (None: size and every computable hash match)."""
+    size = paths.size(path)
+    if expected.size is not None and size != expected.size:
+        return f'size {expected.size} bytes expected, got {size}'
+    wanted = expected.hashes()
+    got = _digests(path, wanted)
+    for algorithm, digest in wanted.items():
+        if _decode(digest) != got[algorithm]:
+            return f'{algorithm} {digest} expected, got {base64.b64encode(got[algorithm]).decode()}'
+    return None
+
+
+def _write_record(path: str, url: str, expected: _Reported) -> None:
+    """Records beside `path` what was verified: url, size and the checked hashes (base64)."""
+    record: dict[str, Any] = {'url': url, 'size': paths.size(path), **expected.hashes()}
+    paths.write_atomic(record_path(path), json.dumps(record, indent=1, sort_keys=True) + '\n')
+
+
+def check_cached(path: str) -> str | None:
+    """Why the cached file at `path` may not be used (None: it matches its verification record).
+
+    Reads the whole file (size, then every recorded hash that can be computed here).
+    """
+    record_file = record_path(path)
+    if not paths.exists(record_file):
+        return f'has no verification record {paths.name(record_file)}'
+    try:
+        record = json.loads(paths.read_text(record_file))
+        expected = _Reported(size=int(record['size']), md5=record.get('md5'), crc32c=record.get('crc32c'))
+    except (ValueError, KeyError, TypeError) as e:
+        return f'has an unreadable verification record {paths.name(record_file)} ({e!r})'
+    if expected.crc32c_note():  # Its size alone is not the full check the record asks for.
+        return f'was verified by crc32c, which cannot be checked here{expected.crc32c_note()}'
+    problem = _mismatch(path, expected)
+    return None if problem is None else f'does not match its verification record ({problem})'
+
+
+# --- Downloads -------------------------------------------------------------------------------
+
+class _Unreachable(Exception):
+    """The server could not be asked (connection refused, timeout, HTTP error); args[0]: why."""
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued: delete it and download from the start (once)."""
+
+
+def _offline_error(url: str, reason: Any) -> DownloadError:
+    base = url.rsplit('/', 1)[-1] or 'checkpoint.npz'
+    return DownloadError(f'could not download {url} ({reason}); if this machine is offline, fetch the '
+                         f'file elsewhere and pass its local path instead (vit-train: '
+                         f'--config.pretrained_path=/path/to/{base}; vit-predict/vit-convert: the path '
+                         f'itself)')
+
+
+def _open(url: str, *, timeout: float, start: int = 0, method: str = 'GET') -> Any:
+    """An open HTTP response; HTTPError for HTTP error statuses, _Unreachable for everything else."""
+    request = urllib.request.Request(url, headers={'Range': f'bytes={start}-'} if start else {},
+                                     method=method)
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as e:  # refused, DNS, timeouts, bad URL
+        raise _Unreachable(getattr(e, 'reason', None) or e) from None
+
+
+def _remote_info(url: str, timeout: float) -> _Reported:
+    """The object's size and hashes: a HEAD request (a GET without Range if HEAD is not allowed)."""
+    try:
+        try:
+            response = _open(url, timeout=timeout, method='HEAD')
+        except urllib.error.HTTPError as e:
+            if e.code not in (405, 501):
+                raise
+            response = _open(url, timeout=timeout)  # only the headers are read
+    except urllib.error.HTTPError as e:
+        raise _Unreachable(f'HTTP {e.code} {e.reason}') from None
+    with response:
+        return _reported(response.headers, status=response.status)
+
+
+def _transfer(url: str, part: str, *, timeout: float, progress: bool, chunk_size: int,
+              desc: str) -> tuple[_Reported, bool]:
+    """Fetches `url` into `part` (continuing it with Range); returns (what was reported, resumed)."""
+    have = paths.size(part) if paths.exists(part) else 0
+    try:
+        response = _open(url, timeout=timeout, start=have)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not have:
+            raise _Unreachable(f'HTTP {e.code} {e.reason}') from None
+        response = None
+    if response is None:  # 416: the part is at or past the end; check it against the object.
+        expected = _remote_info(url, timeout)
+        if expected.size is not None and have < expected.size:
+            raise _Restart(f'the server refused Range bytes={have}- of a {expected.size}-byte object')
+        return expected, True
+    with response:
+        resumed = response.status == 206
+        if resumed and _range_start(response.headers) != have:
+            raise _Restart(f'asked for bytes {have}- and got Content-Range '
+                           f'{response.headers.get("Content-Range")!r}')
+        have = have if resumed else 0  # A 200 is the whole object: start the part again.
+        expected = _reported(response.headers, status=response.status, have=have)
+        try:
+            with paths.path(part).open('ab' if have else 'wb') as f, tqdm(
+                    total=expected.size, initial=have, unit='B', unit_scale=True, unit_divisor=1024,
+                    desc=desc, disable=not progress) as bar:
+                while chunk := response.read(chunk_size):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise _Unreachable(f'interrupted: {str(e) or type(e).__name__}; run again to resume') from None
+    if resumed and not expected.hashes():  # Some servers send hashes only with whole objects.
+        try:
+            info = _remote_info(url, timeout)
+        except _Unreachable:
+            info = _Reported()
+        expected = _Reported(size=expected.size if expected.size is not None else info.size,
+                             md5=info.md5, crc32c=info.crc32c)
+    return expected, resumed
+
+
+def download(url: str, dst: str, *, progress: bool = True, timeout: float = 60.0,
+             chunk_size: int = 1 << 20) -> str:
+    """Downloads `url` to the local file `dst`, verified, resuming `dst + '.part'` with HTTP Range.
+
+    `dst` appears only once its size and hash match what the server reports, and is then
+    recorded in `dst + '.verified.json'`. `timeout` bounds every connect and read (seconds).
+    Raises DownloadError (one line naming the URL and the remedy) on any failure; a truncated
+    transfer keeps its `.part` for the next call to resume.
+    """
+    url = https_url(url)
+    if paths.is_remote(dst):
+        raise DownloadError(f'{dst}: downloads land on local disk; set {CACHE_ENV} to a local directory')
+    part = dst + '.part'
+    paths.makedirs(paths.parent(dst))
+    for attempt in range(2):
+        try:
+            expected, resumed = _transfer(url, part, timeout=timeout, progress=progress,
+                                          chunk_size=chunk_size, desc=paths.name(dst))
+        except _Unreachable as e:
+            raise _offline_error(url, e.args[0]) from None
+        except _Restart as e:
+            paths.remove(part)
+            if attempt:
+                raise DownloadError(f'could not download {url} ({e.args[0]}, twice); download it yourself '
+                                    f'and pass its local path') from None
+            log.warning('%s: %s; downloading it again from the start', url, e.args[0])
+            continue
+        if not expected.verifiable():
+            paths.remove(part)
+            raise DownloadError(f'the server did not report size or hash for {url}{expected.crc32c_note()}, '
+                                f'so the download cannot be verified and was not used; download it yourself '
+                                f'and pass the path')
+        size = paths.size(part)
+        if expected.size is not None and size < expected.size:  # Closed early: keep the part.
+            raise _offline_error(url, f'got {size} of {expected.size} bytes; run again to resume')
+        problem = _mismatch(part, expected)
+        if problem is None:
+            paths.remove(record_path(dst))
+            paths.path(part).replace(dst)
+            _write_record(dst, url, expected)
+            return dst
+        paths.remove(part)
+        if resumed and attempt == 0:  # The earlier bytes may be from another version of the object.
+            log.warning('%s: the resumed download does not match (%s); downloading it again', url, problem)
+            continue
+        raise DownloadError(f'downloaded {url} does not match what the server reported ({problem}); '
+                            f'deleted the partial file: run again to download it afresh, or download it '
+                            f'yourself and pass its local path')
+    raise AssertionError('unreachable')  # pragma: no cover
+
+
+def _reverify(url: str, dst: str, problem: str, timeout: float) -> bool:
+    """Checks a cached file that failed its record against the server: True if it is the object.
+
+    If it is not, it is deleted (the caller downloads the object); if the server cannot tell,
+    the file is refused.
+    """
+    fix = 'delete it to download it again, or pass a local path explicitly'
+    try:
+        expected = _remote_info(url, timeout)
+    except _Unreachable as e:
+        raise DownloadError(f'cached file {dst} {problem}, and it cannot be checked against {url} '
+                            f'({e.args[0]}); {fix}') from None
+    if not expected.verifiable():
+        raise DownloadError(f'cached file {dst} {problem}, and {url} reports neither size nor hash to check '
+                            f'it against{expected.crc32c_note()}; {fix}')
+    mismatch = _mismatch(dst, expected)
+    if mismatch is None:
+        _write_record(dst, url, expected)
+        return True
+    log.warning('cached file %s is not %s (%s); downloading it again', dst, url, mismatch)
+    paths.remove(record_path(dst))
+    paths.remove(dst)
+    return False
+
+
+def resolve(name_or_path: str, *, index: str | None = None, directory: str | None = None,
+            progress: bool = True, timeout: float = 60.0) -> str:
+    """A path for a file, directory, URL or catalogue name (downloaded once, verified, then cached).
+
+    Remote paths other than the public bucket (e.g. gs://my-bucket/x.npz) are returned as they
+    are, to be read through `vit_jax.paths`. A cached download is used only while it matches its
+    verification record; otherwise it is checked against the server again (and downloaded again
+    if it is not the object), or refused with a DownloadError when the server cannot be reached.
+    """
+    name = os.fspath(name_or_path)
+    remote = paths.is_remote(name)
+    if not remote and paths.exists(name):
+        return os.path.expanduser(name)
+    scheme = name.split('://', 1)[0] if remote else ''
+    if remote and scheme not in ('http', 'https') and not name.startswith(GCS_BUCKET + '/'):
+        return name
+    url = name if remote else url_for(name, index=index)
+    if url is None:
+        raise FileNotFoundError(f'{name}: no such file, and not a known checkpoint name (e.g. ViT-B_16, '
+                                'imagenet21k+imagenet2012/ViT-B_16, augreg/B_16, an AugReg filename, '
+                                'or a URL)')
+    url = https_url(url)
+    dst = cache_path(url, directory)
+    if paths.exists(dst):
+        problem = check_cached(dst)
+        if problem is None or _reverify(url, dst, problem, timeout):
+            return dst
+    return download(url, dst, progress=progress, timeout=timeout)
+
+
+def list_names() -> str:
+    """A printable list of the catalogue (for --help texts)."""
+    out = io.StringIO()
+    for name, url in catalogue().items():
+        if '/' in name:
+            print(f'{name:40s} {https_url(url)}', file=out)
+    print(f'augreg/<model> ({", ".join(AUGREG_MODELS)}) -> best in {https_url(AUGREG_INDEX)}', file=out)
+    return out.getvalue()

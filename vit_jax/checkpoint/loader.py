@@ -1,0 +1,219 @@
+"""THE loader: any checkpoint source -> (model config, parameters), each format detected once.
+
+Sources: a catalogue name (`ViT-B_16`, `augreg/B_16`, ...: downloaded once, verified, cached by
+`hub`), a vit-train workdir, the original / AugReg `.npz`, a big_vision `.npz`, a timm state
+dict (`.safetensors`, `.pth`/`.bin`), a Hugging Face ViT directory — local or in a bucket
+(gs://...). `read(source)` returns a `Checkpoint` (config, per-block Linen params, format,
+class names and eval preprocessing of a workdir); `load(source)` the pair `(model_config,
+params)`; `load_model(source)` a `LoadedModel` ready for inference.
+
+Nothing is guessed: the architecture comes from the weights' shapes and what the format states
+(numerics from Hugging Face config.json or our metadata; the original's for npz). A fact that
+is not in the file (the number of heads of a timm file) must be given, else a one-line
+CheckpointError says how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vit_jax import paths, trees
+from vit_jax.checkpoint import arch, foreign, hub, npz, workdir
+from vit_jax.errors import CheckpointError, ConfigError
+from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, get_config, scan_to_blocks
+
+FORMAT_NAMES = {
+    'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
+    'timm': 'timm state dict', 'hf': 'Hugging Face ViT', 'workdir': 'vit-train workdir'}
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What `read` found: the model config, the per-block Linen params and their origin."""
+
+    model_config: ml_collections.ConfigDict
+    params: dict
+    format: str                            # a FORMAT_NAMES key
+    path: str                              # the local path or URL that was read
+    class_names: list[str] | None = None   # a vit-train workdir's
+    eval_pp: dict | None = None            # a vit-train workdir's eval pp (crop, eval_crop, resize)
+
+
+def _kind(path: str) -> str:
+    """'workdir', 'hf', 'npz' or 'weights' from the path alone."""
+    if not paths.exists(path):
+        raise FileNotFoundError(2, 'no such file or directory', path)
+    if workdir.is_workdir(path):
+        return 'workdir'
+    if paths.is_dir(path) or paths.name(path) == 'config.json':
+        foreign.hf_files(path)
+        return 'hf'
+    if path.endswith('.npz'):
+        return 'npz'
+    if path.endswith(('.safetensors', '.safetensors.index.json', '.pth', '.pt', '.bin')):
+        return 'weights'
+    raise CheckpointError(f'{path}: unknown checkpoint format; expected .npz, .safetensors, .pth/.bin, '
+                          'a Hugging Face directory or a vit-train workdir')
+
+
+def detect_format(path: str) -> str:
+    """'npz', 'big_vision', 'timm', 'hf' or 'workdir', reading as little of `path` as it can."""
+    path = str(path)
+    kind = _kind(path)
+    if kind == 'npz':
+        return 'big_vision' if npz.is_big_vision(npz.keys(path)) else 'npz'
+    if kind == 'weights':
+        fmt = foreign.weights_format(path, foreign.weight_names(path))
+        if fmt == 'hf':
+            foreign.hf_files(path)
+        return fmt
+    return kind
+
+
+def _from_workdir(path: str) -> Checkpoint:
+    saved, params = workdir.load_trained(path)
+    config = ml_collections.ConfigDict(saved['model'])
+    if 'scan_layers' in config:
+        config.scan_layers = False   # the parameters are now in the per-block layout
+    info = saved.get('dataset_info') or {}
+    names = info.get('class_names')
+    pp = saved.get('pp') or {}
+    eval_pp = {k: pp.get(k) for k in ('crop', 'eval_crop', 'resize')}
+    return Checkpoint(config, params, 'workdir', path, list(names) if names else None, eval_pp)
+
+
+def read(source: str, *, num_heads: int | None = None) -> Checkpoint:
+    """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
+
+    `num_heads` is needed only for timm state dicts, which do not record it. Raises
+    CheckpointError (one line) on unreadable or inconsistent files, FileNotFoundError or
+    DownloadError when there is nothing to read.
+    """
+    path = hub.resolve(str(source))
+    kind = _kind(path)
+    if kind == 'workdir':
+        found = _from_workdir(path)
+    elif kind == 'npz':
+        flat = npz.read(path)
+        params = npz.normalize(flat, path)
+        found = Checkpoint(arch.infer_config(params, source=path), params,
+                           'big_vision' if npz.is_big_vision(flat) else 'npz', path)
+    elif kind == 'hf':
+        found = Checkpoint(*foreign.read_hf(path), 'hf', path)
+    else:
+        sd, meta = foreign.read_weights(path)
+        fmt = foreign.weights_format(path, list(sd))
+        config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
+                          else foreign.read_timm(path, sd, meta, num_heads))
+        found = Checkpoint(config, params, fmt, path)
+    arch.check_params(found.params, found.model_config, source=path)
+    return found
+
+
+def load(source: str, *, num_heads: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name."""
+    found = read(source, num_heads=num_heads)
+    return found.model_config, found.params
+
+
+def warn_numerics(found: Checkpoint, model_config: Any) -> None:
+    """Warns when a model is given weights trained with another LayerNorm eps or GELU form.
+
+    Only formats that record their numerics are checked (an .npz says nothing about them).
+    """
+    if found.format not in ('timm', 'hf', 'workdir'):
+        return
+    names = ('layer_norm_eps', 'gelu_approximate')
+    for key, have, want in zip(names, arch.numerics(found.model_config), arch.numerics(model_config),
+                               strict=True):
+        if have != want:
+            warnings.warn(f'{found.path} has {key}={have} but the model uses {want}; set it in the model '
+                          'config to reproduce the source model', stacklevel=3)
+
+
+# --- Inference ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for inference: module, parameters and what its inputs and outputs mean."""
+
+    model: VisionTransformer
+    params: Any
+    image_size: int                    # side of the square input the position embeddings were made for
+    class_names: list[str] | None
+    source: str
+    crop_fraction: float | None = None   # eval center crop of a training workdir (None: resize)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.num_classes
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """1 for a class token, else 0 (the tokens before the patch tokens)."""
+        return self.model.num_prefix_tokens
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per token along each side (patch size x ResNet stem stride)."""
+        return self.model.patch_stride[0]
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.stride
+
+
+def from_params(model_config: Any, params: Any, source: str, class_names: list[str] | None = None
+                ) -> LoadedModel:
+    """The inference module for `params` (head size, pre-logits and class token read from them)."""
+    params = dict(params)
+    if set(params) == {'params'}:   # Flax variables
+        params = dict(params['params'])
+    if 'encoderblock' in params.get('Transformer', {}):
+        params = scan_to_blocks(params)
+    if 'posembed_input' not in params.get('Transformer', {}):
+        raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
+    num_classes = arch.num_classes(params) or None
+    config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+    # A named config (--model) may differ from the file in its pre-logits layer or class token.
+    config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
+                                     if 'pre_logits' in params else None)
+    if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
+        config['classifier'] = 'gap'
+    model = build_model(config, num_classes, inference=True)
+    try:
+        size = arch.image_size(params, config)
+    except CheckpointError as e:
+        raise CheckpointError(f'{source}: {e}') from None
+    if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+        raise CheckpointError(f'{source}: {len(class_names)} class names for a {num_classes}-class head')
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return LoadedModel(model=model, params=params, image_size=size, class_names=class_names, source=source)
+
+
+def load_model(source: str, model_name: str | None = None, *, num_heads: int | None = None) -> LoadedModel:
+    """A checkpoint (file, URL, workdir or catalogue name) as a model ready for inference.
+
+    `model_name` (a `MODEL_CONFIGS` key) replaces the architecture read from the file, keeping
+    the file's LayerNorm epsilon and GELU form.
+    """
+    if model_name is not None and model_name not in MODEL_CONFIGS:
+        raise ConfigError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
+    found = read(source, num_heads=num_heads)
+    model_config = found.model_config
+    if model_name is not None:
+        named = get_config(model_name)
+        named.layer_norm_eps, named.gelu_approximate = arch.numerics(model_config)
+        model_config = named
+    loaded = from_params(model_config, found.params, str(source), found.class_names)
+    pp = found.eval_pp or {}
+    if pp.get('eval_crop') == 'center' and pp.get('resize'):
+        loaded.crop_fraction = float(pp['crop']) / float(pp['resize'])
+    return loaded
+

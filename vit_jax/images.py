@@ -1,0 +1,116 @@
+"""Image files: which files are images, finding them (local or gs://), and their encoded bytes.
+
+Every reader of image files in vit_jax (training and eval on folders/CSVs, vit-predict,
+vit-analyze, few-shot, zero-shot) takes the bytes from `encoded_bytes` and decodes them with
+`vit_jax.preprocessing.decode`, so a file gives the same model input whichever entry point reads
+it. Formats TensorFlow decodes natively are passed through untouched; the others that Pillow
+reads (TIFF, PPM) are re-encoded losslessly as PNG on the way in.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from collections.abc import Iterator, Sequence
+
+from vit_jax import paths
+from vit_jax.errors import DataError
+
+# What every image reader accepts: TensorFlow's native formats, plus TIFF / PPM through Pillow.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff', '.ppm')
+TF_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO', 'WEBP')   # Pillow's names of what tf.io decodes
+PIL_ONLY_EXTENSIONS = ('.tif', '.tiff', '.ppm')
+
+
+def is_image_file(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith('.')
+
+
+def _walk(root: str) -> Iterator[str]:
+    """Files under `root`, sorted, each visited once (local: by real path, so symlink loops end)."""
+    if paths.is_remote(root):
+        for child in sorted(paths.listdir(root)):
+            full = paths.join(root, child)
+            if paths.is_dir(full):
+                yield from _walk(full)
+            else:
+                yield full
+        return
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for f in sorted(filenames):
+            yield os.path.join(dirpath, f)
+
+
+def image_files(folder: str) -> list[str]:
+    """Image files under `folder` (recursive), sorted, without duplicates of the same real file."""
+    found, seen = [], set()
+    for f in _walk(folder):
+        if not is_image_file(f):
+            continue
+        key = f if paths.is_remote(f) else os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            found.append(f)
+    return found
+
+
+def find_images(inputs: Sequence[str]) -> list[str]:
+    """Expands files, folders (recursively) and globs, keeping input order; DataError if none."""
+    found: list[str] = []
+    for item in inputs:
+        if paths.is_dir(item):
+            matches = image_files(item)
+        elif paths.exists(item):
+            matches = [item]
+        elif not paths.is_remote(item):
+            pattern = os.path.expanduser(item)
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        else:
+            matches = sorted(os.fspath(p) for p in paths.path(paths.parent(item)).glob(paths.name(item)))
+        if not matches:
+            raise DataError(f'no images found for {item!r}')
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def encoded_bytes(path: str) -> bytes:
+    """The bytes that `vit_jax.preprocessing.decode` turns into the image of file `path`."""
+    data = paths.read_bytes(path)
+    if path.lower().endswith(PIL_ONLY_EXTENSIONS):
+        return to_png(data, path)
+    return data
+
+
+def to_png(data: bytes, source: str) -> bytes:
+    """An image Pillow reads but TensorFlow does not, re-encoded as (lossless) PNG."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            out = io.BytesIO()
+            im.convert('RGBA' if 'A' in im.getbands() else 'RGB').save(out, format='PNG')
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise DataError(f'{source}: unreadable image ({type(e).__name__}: {e})') from None
+    return out.getvalue()
+
+
+def check_image(path: str) -> str | None:
+    """None if `path` is a readable image of a supported format, else why not (Pillow, JPEGs at 1/8)."""
+    from PIL import Image
+    try:
+        with paths.open_read(path) as f, Image.open(f) as im:
+            if im.format not in TF_FORMATS and not path.lower().endswith(PIL_ONLY_EXTENSIONS):
+                return f'unsupported format {im.format}'
+            im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
+            im.load()
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return f'{type(e).__name__}: {e}'
+    return None
