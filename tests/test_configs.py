@@ -28,10 +28,19 @@ VARIANTS = {
                 + [f'{m},cifar10' for m, c in MODEL_CONFIGS.items()
                    if 'transformer' in c and not m.startswith('testing')],
     'pretrain': [None, 'ViT-B_16,imagenet2012', 'ViT-L_16,imagenet21k', 'ViT-B_32,imagenet21k'],
-    'augreg': [None] + [f'ViT-B_16,imagenet2012,{a}' for a in AUG] + ['ViT-S_16,imagenet21k,light1'],
+    'augreg_pretrain': [None] + [f'ViT-B_16,imagenet2012,{a}' for a in AUG] + ['ViT-S_16,imagenet21k,light1'],
+    # The original's configs/ modules (vit_jax/configs/), with the original's arguments.
+    'vit': ['b16,cifar10', 'h14,imagenet2012', 'r50_b16,cifar100', 's16_gap_norep,oxford_flowers102',
+            'r_ti16,oxford_iiit_pet'],
+    'augreg': ['R_Ti_16', 'B_16', 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'],
+    'mixer_base16_cifar10': [None],
 }
-# The original's shared modules (vit_jax.configs.common / models, re-exported beside the experiments).
-LIBRARY_MODULES = {'common', 'models'}
+# The original's shared modules (vit_jax.configs.common / models, re-exported beside the experiments)
+# and the timing trainer's config (no model to train: tests/original/inference_time_test.py runs it).
+LIBRARY_MODULES = {'common', 'models', 'inference_time'}
+# Kept verbatim, so they keep the original's schedules: its 500-step data sets warm up for all
+# 500 steps and never decay (vit-train logs a warning; configs/finetune.py warms up for 50).
+VERBATIM = {'vit', 'augreg', 'mixer_base16_cifar10'}
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 
 
@@ -59,6 +68,9 @@ def test_config_builds_model_and_optimizer(name, arg):
     tx, lr_fn = optim.make_optimizer(config, params)
     jax.eval_shape(tx.init, params)
     assert config.batch % config.accum_steps == 0
+    if name in VERBATIM and config.warmup_steps >= config.total_steps:
+        assert config.warmup_steps == config.total_steps == 500  # the original's, see VERBATIM
+        return
     assert 0 <= config.warmup_steps < config.total_steps
     lrs = np.array([lr_fn(s) for s in (0, config.warmup_steps, config.total_steps - 1)])
     assert np.all(np.isfinite(lrs)) and lrs[1] == pytest.approx(config.base_lr, rel=1e-3)

@@ -18,6 +18,7 @@ import types
 import pytest
 
 from vit_jax.checkpoint import hub
+from vit_jax.errors import CheckpointError
 
 
 def _name(model, ds, aug):
@@ -93,7 +94,7 @@ def test_augreg_selection_as_the_original(index):
     at_224 = hub.select_augreg(rows, 'B_16', adapt_ds='imagenet2012', adapt_resolution=224)
     assert at_224['adapt_final_val'] == 0.81
     assert hub.select_augreg(rows, 'B_16', ds='i1k')['filename'].startswith('B_16-i1k')
-    with pytest.raises(ValueError, match="model='L_16'"):
+    with pytest.raises(CheckpointError, match="model='L_16'"):
         hub.select_augreg(rows, 'L_16')
     # Names resolve to URLs through the index.
     assert hub.url_for('augreg/B_16', index=index) == f'gs://vit_models/augreg/{best["filename"]}.npz'
@@ -104,7 +105,7 @@ def test_augreg_selection_as_the_original(index):
 
 def test_augreg_index_missing_columns(tmp_path):
     (tmp_path / 'bad.csv').write_text('name,ds\nB/16,i21k\n')
-    with pytest.raises(ValueError, match='not an AugReg index'):
+    with pytest.raises(CheckpointError, match='not an AugReg index'):
         hub.read_augreg_index(str(tmp_path / 'bad.csv'))
 
 

@@ -17,7 +17,7 @@ LAYERS = [
     ('errors', 0), ('paths', 0), ('trees', 0), ('config_util', 0), ('cli', 0), ('labels', 0),
     ('images', 0), ('configs', 0), ('', 0),
     ('models', 1), ('optim', 1), ('sharding', 1), ('metrics', 1),
-    ('checkpoint', 2), ('serving', 2),
+    ('checkpoint', 2), ('serving', 2), ('test_utils', 2),
     ('preprocessing', 3), ('augment', 3), ('input_pipeline', 3), ('tokenizers', 3),
     ('resolve', 4), ('train', 4), ('fewshot', 4), ('inference_time', 4),
     ('main', 5), ('predict', 5), ('analysis', 5), ('convert', 5), ('export', 5), ('zeroshot', 5),

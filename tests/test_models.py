@@ -25,6 +25,10 @@ PARAM_COUNTS = {
     'ViT-L_16': 304_326_632, 'ViT-L_32': 306_535_400, 'ViT-H_14': 632_045_800,
     'R+ViT-Ti_16': 6_337_704, 'R26+ViT-S_32': 36_431_912, 'R26+ViT-B_32': 101_383_976,
     'R50+ViT-B_16': 98_659_112, 'R50+ViT-L_32': 328_994_856,
+    # Global average pooling, no class token (one position fewer) and no representation layer.
+    'ViT-S_16-gap-norep': 22_049_896, 'ViT-B_16-gap-norep': 86_566_120,
+    'ViT-S_32-gap-norep': 22_878_184, 'ViT-B_32-gap-norep': 88_222_696,
+    'testing': 21_390, 'testing-unpooled': 21_370,
 }
 
 
@@ -321,9 +325,14 @@ def test_bad_config_raises_a_clear_error_naming_the_field(overrides, pattern):
         _init(_tiny(**overrides), _images())
 
 
-def test_image_not_divisible_by_patch_is_a_clear_error():
-    with pytest.raises(ValueError, match=r'18x18 .*not divisible by patches.size=\(4, 4\)'):
-        _init(_tiny(), _images(size=18))
+def test_image_not_divisible_by_patch_drops_the_remainder_as_the_original():
+    """A VALID patch convolution, as the original: 18x18 with 4x4 patches sees the top-left 16x16."""
+    model, x = _tiny(), _images(size=18)
+    params = _randomize(_init(model, _images())['params'])
+    np.testing.assert_array_equal(model.apply({'params': params}, x, train=False),
+                                  model.apply({'params': params}, x[:, :16, :16], train=False))
+    with pytest.raises(ValueError, match=r'3x3 .*smaller than patches.size=\(4, 4\)'):
+        _init(model, _images(size=3))
 
 
 def test_configs_are_locked_and_get_model_overrides_are_checked():

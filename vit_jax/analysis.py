@@ -36,8 +36,9 @@ from numpy.typing import ArrayLike
 
 from vit_jax import cli, paths, preprocessing
 from vit_jax.checkpoint import loader
-from vit_jax.errors import ConfigError
+from vit_jax.errors import ConfigError, UserError
 from vit_jax.images import find_images
+from vit_jax.models import MlpMixer
 
 # --- The numbers ----------------------------------------------------------------------------
 
@@ -129,6 +130,11 @@ def embedding_filter_components(kernel: np.ndarray, num: int = 28) -> tuple[np.n
 
 
 # --- Running the model ----------------------------------------------------------------------
+
+def has_attention(loaded: loader.LoadedModel) -> bool:
+    """Whether the model attends (a ViT) rather than mixing tokens with an MLP (MLP-Mixer)."""
+    return not isinstance(loaded.model, MlpMixer)
+
 
 def make_attention_stats_fn(loaded: loader.LoadedModel, batch_size: int):
     """jit-compiled images [n <= batch_size] -> (distance [L, n, H], rollout maps [n, g, g],
@@ -277,7 +283,14 @@ def _rounded(x: Any, digits: int = 5) -> Any:
 def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: str, *,
             batch_size: int = 16, max_figure_images: int = 4, crop_fraction: float | None = None,
             progress: bool = False) -> dict:
-    """Writes the figures and `analysis.json` to `output_dir`; returns that JSON document."""
+    """Writes the figures and `analysis.json` to `output_dir`; returns that JSON document.
+
+    An MLP-Mixer has no attention and no position embeddings: it gets the patch-embedding figure
+    only, and asking it for attention figures (images) is a UserError that says so.
+    """
+    if image_paths and not has_attention(loaded):
+        raise UserError(f'{loaded.source}: an MLP-Mixer has no attention maps (an MLP mixes its tokens); '
+                        'run vit-analyze without --image for its patch-embedding figure')
     params = jax.device_get(loaded.params)
     p, g = loaded.num_prefix_tokens, loaded.grid
     doc: dict[str, Any] = {'checkpoint': loaded.source, 'image_size': loaded.image_size, 'grid': g,
@@ -285,13 +298,14 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
     figures = doc['figures']
     crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
 
-    pe = params['Transformer']['posembed_input']['pos_embedding']
-    sim = position_embedding_similarity(pe, p)
-    figures['position_embedding_similarity'] = plot_position_similarity(
-        sim, paths.join(output_dir, 'position_embedding_similarity.png'))
-    doc['position_embedding_similarity'] = _rounded(sim)
+    if has_attention(loaded):
+        pe = params['Transformer']['posembed_input']['pos_embedding']
+        sim = position_embedding_similarity(pe, p)
+        figures['position_embedding_similarity'] = plot_position_similarity(
+            sim, paths.join(output_dir, 'position_embedding_similarity.png'))
+        doc['position_embedding_similarity'] = _rounded(sim)
 
-    kernel = np.asarray(params['embedding']['kernel'])
+    kernel = np.asarray(params['embedding' if 'embedding' in params else 'stem']['kernel'])
     if kernel.shape[2] == 3:
         comps, ratio = embedding_filter_components(kernel)
         figures['embedding_filters'] = plot_filter_components(

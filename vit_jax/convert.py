@@ -24,7 +24,7 @@ import numpy as np
 from vit_jax import cli, paths
 from vit_jax.checkpoint import adapt, arch, foreign, hub, loader, npz
 from vit_jax.errors import CheckpointError, ConfigError
-from vit_jax.models import num_params, scan_to_blocks
+from vit_jax.models import family, num_params, scan_to_blocks
 
 EXPORT_FORMATS = ('npz', 'timm', 'hf')
 
@@ -55,16 +55,21 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
 
 def describe(config: Any, params: Mapping[str, Any]) -> str:
     """One-paragraph summary: config name, architecture, numerics, parameter count."""
-    t = config.transformer
     name = config.get('model_name') or 'custom (no MODEL_CONFIGS match)'
-    resnet = config.get('resnet')
-    hybrid = f', ResNet stem {tuple(resnet.num_layers)}' if resnet is not None else ''
     eps, approx = arch.numerics(config)
+    if family(config) == 'Mixer':
+        layout = (f'MLP-Mixer: hidden {config.hidden_dim}, {config.num_blocks} blocks, token mlp '
+                  f'{config.tokens_mlp_dim}, channel mlp {config.channels_mlp_dim}, '
+                  f'patch {tuple(config.patches.size)}')
+    else:
+        t = config.transformer
+        resnet = config.get('resnet')
+        hybrid = f', ResNet stem {tuple(resnet.num_layers)}' if resnet is not None else ''
+        layout = (f'hidden {config.hidden_size}, {t.num_layers} layers, {t.num_heads} heads, '
+                  f'mlp {t.mlp_dim}, patch {tuple(config.patches.size)}{hybrid}, '
+                  f'classifier {config.classifier}, representation_size {config.get("representation_size")}')
     return (f'model: {name}\n'
-            f'  hidden {config.hidden_size}, {t.num_layers} layers, {t.num_heads} heads, mlp {t.mlp_dim}, '
-            f'patch {tuple(config.patches.size)}{hybrid}, classifier {config.classifier}, '
-            f'representation_size {config.get("representation_size")}, '
-            f'{arch.num_classes(params)} classes, image size {arch.image_size(params, config)}\n'
+            f'  {layout}, {arch.num_classes(params)} classes, image size {arch.image_size(params, config)}\n'
             f'  layer_norm_eps {eps:g}, GELU {"tanh" if approx else "exact"}\n'
             f'parameters: {num_params(params):,}')
 

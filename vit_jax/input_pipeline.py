@@ -26,7 +26,9 @@ Determinism and resumption: the order of epoch `e` is a permutation seeded by (s
 (tfds: a shuffle buffer seeded the same way); every random choice of an example is a stateless
 function of (seed, process, epoch, index in epoch), of a batch of (seed, process, step). So the
 position is just the number of batches yielded, and a restored iterator re-reads (without decoding)
-only the part of the current epoch already consumed.
+only the part of the current epoch already consumed. Epochs follow each other without a gap, so a
+batch may span two (a data set smaller than a batch repeats inside it, as the original's
+repeat-then-batch did).
 
 Scale: process p of P reads the disjoint shard p of P (contiguous, sizes differing by at most one;
 tfds via `tfds.even_splits`); all processes yield the same number of eval batches.
@@ -576,9 +578,6 @@ def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | No
     train, evals, class_names = _sources(config, process_index, process_count)
     pp = preprocessing.from_config(config, len(class_names))
     local_batch = batch // process_count
-    if train.num_examples < local_batch:
-        raise ConfigError(f'config.batch={batch}: {_get(config, "dataset")!r} has {train.num_examples} '
-                          f'training examples per process, fewer than one batch of {local_batch}')
     mix = dict(mixup_alpha=float(_get(config, 'aug.mixup_alpha')),
                cutmix_alpha=float(_get(config, 'aug.cutmix_alpha')),
                switch_prob=float(_get(config, 'aug.mixup_switch_prob')),

@@ -25,7 +25,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from vit_jax import cli, config_util, resolve, train
+from vit_jax import cli, config_util, inference_time, resolve, train
 from vit_jax.errors import ConfigError, TrainingError
 
 USAGE = __doc__
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
     if jax.process_index() == 0:
         print(f'Config:\n{config}', flush=True)
+    if config.trainer == 'inference_time':
+        return inference_time.inference_time(config, workdir)
     return train.train_and_evaluate(config, workdir)
 
 

@@ -38,8 +38,6 @@ def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str
     """
     if decay_type not in DECAY_TYPES:
         raise ConfigError(f'decay_type={decay_type!r} is unknown; expected one of {DECAY_TYPES}')
-    if warmup_steps >= total_steps and decay_type != 'constant':
-        raise ConfigError(f'warmup_steps={warmup_steps} must be smaller than total_steps={total_steps}')
 
     def step_fn(step):
         step = jnp.asarray(step, jnp.float32)

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 
 from vit_jax import config_util, fewshot, input_pipeline, optim, paths, resolve, sharding
 from vit_jax import metrics as metrics_lib
-from vit_jax.checkpoint import adapt, npz
+from vit_jax.checkpoint import adapt, hub, npz
 from vit_jax.checkpoint import workdir as workdir_lib
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.models import VisionTransformer, build_model
@@ -196,7 +196,8 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 def pretrained_source(config: Any) -> str | None:
     """Where the pretrained weights come from: `pretrained_path`, else `{pretrained_dir}/{name}.npz`
-    (name = `model_or_filename`, else `model.model_name`) as the original; None: from scratch."""
+    as the original, name = `model_or_filename` (an AugReg model key picks the best i21k
+    pre-training from `{pretrained_dir}/index.csv`) else `model.model_name`; None: from scratch."""
     if config.pretrained_path:
         return str(config.pretrained_path)
     if config.pretrained_dir is None:
@@ -206,7 +207,11 @@ def pretrained_source(config: Any) -> str | None:
         raise ConfigError('config.pretrained_dir is set but neither config.model_or_filename nor '
                           'config.model.model_name names the file to load from it (set '
                           'config.pretrained_dir=None to train from scratch)')
-    return paths.join(str(config.pretrained_dir), name if name.endswith('.npz') else f'{name}.npz')
+    directory = str(config.pretrained_dir)
+    if config.model_or_filename and '-' not in hub.check_augreg_name(name):   # a model key
+        rows = hub.read_augreg_index(paths.join(directory, 'index.csv'))
+        name = str(hub.select_augreg(rows, name)['filename'])
+    return paths.join(directory, name if name.endswith('.npz') else f'{name}.npz')
 
 
 @dataclasses.dataclass

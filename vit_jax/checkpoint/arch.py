@@ -21,7 +21,7 @@ import numpy as np
 
 from vit_jax import trees
 from vit_jax.errors import CheckpointError
-from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model
+from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, family
 
 logger = logging.getLogger(__name__)
 # How many keys an error message lists per category before it says "and N more".
@@ -72,11 +72,16 @@ def match_model_name(config: Any) -> str | None:
 def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = None,
                  gelu_approximate: bool | None = None, source: str = 'checkpoint'
                  ) -> ml_collections.ConfigDict:
-    """The model config of a per-block Linen parameter tree, from its shapes.
+    """The model config of a per-block Linen parameter tree (ViT, hybrid or Mixer), from its shapes.
 
     `layer_norm_eps` / `gelu_approximate`: the numerics the source format states (None: the
     original's, eps 1e-6 and tanh GELU, as for every .npz).
     """
+    if 'MixerBlock_0' in params:
+        config = _infer_mixer(params, source)
+        config.layer_norm_eps, config.gelu_approximate = numerics(
+            {'layer_norm_eps': layer_norm_eps, 'gelu_approximate': gelu_approximate})
+        return config
     if 'MAPHead_0' in params:
         raise CheckpointError(f'{source}: MAP-head pooling (big_vision pool_type="map") is not supported by '
                               'vit_jax.models.VisionTransformer')
@@ -117,9 +122,42 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     return config
 
 
+def _infer_mixer(params: Mapping[str, Any], source: str) -> ml_collections.ConfigDict:
+    """The config of an MLP-Mixer parameter tree (`stem`, `MixerBlock_{i}`), from its shapes."""
+    try:
+        blocks = sorted(int(k.split('_')[1]) for k in params if re.fullmatch(r'MixerBlock_\d+', k))
+        stem = trees.shape(params['stem']['kernel'])
+        tokens = trees.shape(params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'])
+        channels = trees.shape(params['MixerBlock_0']['channel_mixing']['Dense_0']['kernel'])
+    except (KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(f'{source}: not an MLP-Mixer parameter tree (no {e})') from None
+    if blocks != list(range(len(blocks))):
+        raise CheckpointError(f'{source}: Mixer blocks {blocks} are not numbered 0..N-1')
+    config = ml_collections.ConfigDict(dict(
+        model_name=None, patches=ml_collections.ConfigDict({'size': tuple(int(s) for s in stem[:2])}),
+        hidden_dim=int(stem[3]), num_blocks=len(blocks), tokens_mlp_dim=int(tokens[1]),
+        channels_mlp_dim=int(channels[1])))
+    for name, known in MODEL_CONFIGS.items():
+        if name.startswith('Mixer-') and all(known[k] == config[k] for k in (
+                'hidden_dim', 'num_blocks', 'tokens_mlp_dim', 'channels_mlp_dim')) and \
+                tuple(known.patches.size) == tuple(config.patches.size):
+            config.model_name = name
+    return config
+
+
+def mixer_tokens(params: Mapping[str, Any]) -> int:
+    """Patches per image of a Mixer parameter tree (the width of its token-mixing MLP input)."""
+    return int(trees.shape(params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'])[0])
+
+
 def image_size(params: Mapping[str, Any], config: Any) -> int:
-    """The training resolution implied by the position-embedding grid."""
+    """The training resolution implied by the position-embedding grid (Mixer: the token count)."""
     model = build_model(config, None, inference=True)
+    if family(config) == 'Mixer':
+        grid = int(round(np.sqrt(mixer_tokens(params))))
+        if grid * grid != mixer_tokens(params):
+            raise CheckpointError(f'the Mixer mixes {mixer_tokens(params)} tokens, not a square grid')
+        return grid * model.patch_stride[0]
     pos = trees.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
     grid = int(round(np.sqrt(pos - model.num_prefix_tokens)))
     if grid * grid != pos - model.num_prefix_tokens:

@@ -21,9 +21,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit_jax import paths
+from vit_jax import paths, trees
 from vit_jax.checkpoint import arch
 from vit_jax.errors import CheckpointError
+from vit_jax.models import family
 
 HF_GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
 HF_LAYER_NORM_EPS = 1e-12   # transformers' ViTConfig default
@@ -353,8 +354,10 @@ def _timm_heads(meta: Mapping[str, str], num_heads: int | None, path: str) -> in
 
 def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None
               ) -> tuple[ml_collections.ConfigDict, dict]:
-    """(model_config, params) of a timm VisionTransformer state dict."""
+    """(model_config, params) of a timm VisionTransformer (or MlpMixer) state dict."""
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
+    if 'stem.proj.weight' in sd:
+        return read_timm_mixer(path, sd, meta)
     if 'fc_norm.weight' in sd:
         raise CheckpointError(f'{path}: timm fc_norm (LayerNorm after pooling) is not supported by '
                               'vit_jax.models.VisionTransformer')
@@ -368,12 +371,82 @@ def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], 
     return config, params
 
 
+# --- MLP-Mixer: timm's MlpMixer (mixer_b16_224 ...) <-> the original's tree -------------------------
+# timm: stem.proj (conv, OIHW), blocks.{i}.{norm1, mlp_tokens.fc{1,2}, norm2, mlp_channels.fc{1,2}},
+# norm, head; LayerNorm eps 1e-6 and exact GELU built in. Ours: stem (HWIO), MixerBlock_{i}/
+# {LayerNorm_0, token_mixing/Dense_{0,1}, LayerNorm_1, channel_mixing/Dense_{0,1}},
+# pre_head_layer_norm, head. Linear weights are [out, in] there, kernels [in, out] here.
+_MIXER_BLOCK = {'norm1': 'LayerNorm_0', 'norm2': 'LayerNorm_1', 'mlp_tokens.fc1': 'token_mixing/Dense_0',
+                'mlp_tokens.fc2': 'token_mixing/Dense_1', 'mlp_channels.fc1': 'channel_mixing/Dense_0',
+                'mlp_channels.fc2': 'channel_mixing/Dense_1'}
+
+
+def _mixer_pairs(depth: int) -> list[tuple[str, str, str]]:
+    """(timm module, our module, kind) for every module of a depth-`depth` Mixer."""
+    pairs = [('stem.proj', 'stem', 'conv'), ('norm', 'pre_head_layer_norm', 'norm'),
+             ('head', 'head', 'dense')]
+    for i in range(depth):
+        for theirs, ours in _MIXER_BLOCK.items():
+            kind = 'norm' if 'norm' in theirs else 'dense'
+            pairs.append((f'blocks.{i}.{theirs}', f'MixerBlock_{i}/{ours}', kind))
+    return pairs
+
+
+def read_timm_mixer(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
+                    ) -> tuple[ml_collections.ConfigDict, dict]:
+    """(model_config, params) of a timm MlpMixer state dict."""
+    depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
+    flat, used = {}, set()
+    try:
+        for theirs, ours, kind in _mixer_pairs(depth):
+            if kind == 'dense' and f'{theirs}.weight' not in sd and theirs == 'head':
+                continue   # no classifier
+            w, b = np.asarray(sd[f'{theirs}.weight']), np.asarray(sd[f'{theirs}.bias'])
+            used |= {f'{theirs}.weight', f'{theirs}.bias'}
+            if kind == 'conv':
+                flat[f'{ours}/kernel'] = w.transpose(2, 3, 1, 0)
+            elif kind == 'dense':
+                flat[f'{ours}/kernel'] = w.T
+            else:
+                flat[f'{ours}/scale'] = w
+            flat[f'{ours}/bias'] = b
+    except KeyError as e:
+        raise CheckpointError(f'{path}: missing weight {e.args[0]!r} of a timm MlpMixer') from None
+    if set(sd) - used:
+        unknown = ', '.join(sorted(set(sd) - used)[:6])
+        raise CheckpointError(f'{path}: unsupported keys for an MLP-Mixer ({unknown})')
+    params = jax.tree_util.tree_map(np.ascontiguousarray, trees.unflatten(flat, source=path))
+    eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
+    approx = meta.get(META_PREFIX + 'gelu_approximate', 'false') == 'true'
+    return arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, source=path), params
+
+
+def timm_mixer_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A Mixer parameter tree as timm's MlpMixer state dict."""
+    flat = {k: np.asarray(v) for k, v in trees.flatten(params).items()}
+    depth = sum(1 for k in params if k.startswith('MixerBlock_'))
+    sd = {}
+    for theirs, ours, kind in _mixer_pairs(depth):
+        if f'{ours}/bias' not in flat:
+            continue   # no head
+        if kind == 'conv':
+            sd[f'{theirs}.weight'] = flat[f'{ours}/kernel'].transpose(3, 2, 0, 1)
+        elif kind == 'dense':
+            sd[f'{theirs}.weight'] = flat[f'{ours}/kernel'].T
+        else:
+            sd[f'{theirs}.weight'] = flat[f'{ours}/scale']
+        sd[f'{theirs}.bias'] = flat[f'{ours}/bias']
+    return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+
+
 # --- Writing ------------------------------------------------------------------------------------
 
 
 def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     """CheckpointError (one line) unless the `fmt` ('timm' | 'hf') layout can express the model."""
     target = {'timm': 'timm', 'hf': 'Hugging Face ViT'}[fmt]
+    if family(config) == 'Mixer':
+        raise CheckpointError(f'{target} has no MLP-Mixer model; use --to timm (MlpMixer) or --to npz')
     if config.get('resnet') is not None:
         raise CheckpointError(f'{target} export supports plain ViTs only (this is a hybrid R+ViT); '
                               'use --to npz')
@@ -403,18 +476,22 @@ def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
     timm has LayerNorm eps 1e-6 and exact GELU built in: a model with other numerics warns, since
     its logits in timm will differ slightly (vit_jax reads the exact numerics back).
     """
-    check_exportable(params, config, 'timm')
+    if family(config) != 'Mixer':
+        check_exportable(params, config, 'timm')
     eps, approx = arch.numerics(config)
     differs = [f'LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g})'] if eps != TIMM_LAYER_NORM_EPS else []
     differs += ['tanh GELU (timm: exact)'] if approx else []
     if differs:
         warnings.warn(f'this model uses {" and ".join(differs)}, so its logits in timm will differ '
                       'slightly; vit_jax reads the exact numerics back from the file metadata', stacklevel=3)
-    sd = _to_source_names(_canonical_from_linen(params, qkv=True), _TIMM_EXPORT)
-    meta = {'format': 'pt', META_PREFIX + 'num_heads': str(config.transformer.num_heads),
-            META_PREFIX + 'layer_norm_eps': repr(eps),
-            META_PREFIX + 'gelu_approximate': 'true' if approx else 'false',
-            META_PREFIX + 'classifier': str(config.classifier)}
+    meta = {'format': 'pt', META_PREFIX + 'layer_norm_eps': repr(eps),
+            META_PREFIX + 'gelu_approximate': 'true' if approx else 'false'}
+    if family(config) == 'Mixer':
+        sd = timm_mixer_state_dict(params)
+    else:
+        sd = _to_source_names(_canonical_from_linen(params, qkv=True), _TIMM_EXPORT)
+        meta.update({META_PREFIX + 'num_heads': str(config.transformer.num_heads),
+                     META_PREFIX + 'classifier': str(config.classifier)})
     if config.get('model_name'):
         meta[META_PREFIX + 'model_name'] = str(config.model_name)
     return _safetensors_bytes(sd, meta)

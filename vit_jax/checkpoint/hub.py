@@ -1,12 +1,16 @@
 """The public ViT checkpoint catalogue: names -> URLs, AugReg selection, verified cached downloads.
 
-Names (all resolve to files under gs://vit_models, fetched over https):
+Names (every public file the original's README and notebooks list, fetched over https):
 - `ViT-B_16` or `imagenet21k/ViT-B_16`: ImageNet-21k pre-training (with `pre_logits`, 21843 classes);
 - `imagenet21k+imagenet2012/ViT-B_16`: the ImageNet fine-tunes (384 px; `ViT-B_16-224` at 224);
+- `sam/ViT-B_16`: ImageNet-1k with SAM;
+- `Mixer-B_16` or `mixer_models/imagenet21k/Mixer-B_16`, `mixer_models/imagenet1k/...`,
+  `mixer_models/sam/...`, `mixer_models/gsam/...`: the MLP-Mixer files of gs://mixer_models;
 - AugReg ("How to train your ViT?"): a full filename such as
   `B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0` (optionally with `.npz` or an
-  `augreg/` prefix), or a model key such as `augreg/B_16`, which picks the best checkpoint from
-  the AugReg `index.csv` as the original code does (`B_16` alone works too).
+  `augreg/` prefix; checked against the AugReg filename grammar before any download), or a model
+  key such as `augreg/B_16`, which picks the best checkpoint from the AugReg `index.csv` as the
+  original code does (`B_16` alone works too).
 
 `resolve(name_or_path)` returns a path: an existing file as it is, a gs:// URL outside the public
 bucket unchanged (it is read through `vit_jax.paths`), and names and public URLs downloaded once
@@ -43,7 +47,7 @@ from tqdm import tqdm
 
 from vit_jax import paths
 from vit_jax.configs.models import AUGREG_CONFIGS
-from vit_jax.errors import DownloadError
+from vit_jax.errors import CheckpointError, DownloadError
 
 try:  # Optional: Cloud Storage's crc32c (composite objects report no md5).
     import google_crc32c
@@ -52,7 +56,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = [
     'AUGREG_COLUMNS', 'AUGREG_DIR', 'AUGREG_INDEX', 'AUGREG_MODELS', 'GCS_BUCKET', 'HTTPS_ROOT',
-    'DownloadError', 'augreg_url', 'cache_dir', 'cache_path', 'catalogue', 'check_cached', 'download',
+    'DownloadError', 'augreg_url', 'cache_dir', 'cache_path', 'catalogue', 'check_augreg_name',
+    'check_cached', 'download',
     'hub_url', 'https_url', 'list_names', 'read_augreg_index', 'record_path', 'resolve', 'select_augreg',
     'url_for',
 ]
@@ -60,6 +65,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GCS_BUCKET = 'gs://vit_models'
+MIXER_BUCKET = 'gs://mixer_models'
+PUBLIC_BUCKETS = (GCS_BUCKET, MIXER_BUCKET)
 HTTPS_ROOT = 'https://storage.googleapis.com'
 HUB_URL_ENV = 'VIT_JAX_HUB_URL'
 CACHE_ENV = 'VIT_JAX_CACHE'
@@ -67,10 +74,20 @@ RECORD_SUFFIX = '.verified.json'
 AUGREG_DIR = f'{GCS_BUCKET}/augreg'
 AUGREG_INDEX = f'{AUGREG_DIR}/index.csv'
 
-# What the original repository published (README "Available ViT models").
-IMAGENET21K = ('ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14', 'R50+ViT-B_16')
-IMAGENET21K_IMAGENET2012 = ('ViT-B_16', 'ViT-B_16-224', 'ViT-B_32', 'ViT-L_16', 'ViT-L_16-224',
+# What the original repository published (its README and the bucket listings in vit_jax.ipynb).
+IMAGENET21K = ('ViT-B_8', 'ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14', 'R26+ViT-B_32',
+               'R50+ViT-B_16', 'R50+ViT-L_32')
+IMAGENET21K_IMAGENET2012 = ('ViT-B_8', 'ViT-B_16', 'ViT-B_16-224', 'ViT-B_32', 'ViT-L_16', 'ViT-L_16-224',
                             'ViT-L_32', 'R50+ViT-B_16')
+SAM = ('ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-S_16')
+# gs://mixer_models/<folder>/<file>.npz (the gsam folder's Mixer-S files have no config in
+# MODEL_CONFIGS: the loader reads their architecture from the shapes).
+MIXER_FILES = {
+    'imagenet21k': ('Mixer-B_16', 'Mixer-L_16'),
+    'imagenet1k': ('Mixer-B_16', 'Mixer-L_16'),
+    'sam': ('Mixer-B_16', 'Mixer-B_32'),
+    'gsam': ('Mixer-B_16', 'Mixer-B_32', 'Mixer-S_16', 'Mixer-S_32', 'Mixer-S_8'),
+}
 
 # AugReg model keys (the first '-'-separated part of AugReg filenames) -> model config names. The
 # original `AUGREG_CONFIGS` also holds keys that contain '-' ('testing-unpooled', 'LiT-B16B',
@@ -91,7 +108,51 @@ def catalogue() -> dict[str, str]:
         names[model] = names[f'imagenet21k/{model}'] = f'{GCS_BUCKET}/imagenet21k/{model}.npz'
     for model in IMAGENET21K_IMAGENET2012:
         names[f'imagenet21k+imagenet2012/{model}'] = f'{GCS_BUCKET}/imagenet21k+imagenet2012/{model}.npz'
+    for model in SAM:
+        names[f'sam/{model}'] = f'{GCS_BUCKET}/sam/{model}.npz'
+    for folder, files in MIXER_FILES.items():
+        for model in files:
+            names[f'mixer_models/{folder}/{model}'] = f'{MIXER_BUCKET}/{folder}/{model}.npz'
+    for model in MIXER_FILES['imagenet21k']:
+        names[model] = names[f'mixer_models/imagenet21k/{model}']
+    names['augreg/index.csv'] = AUGREG_INDEX
     return names
+
+
+# The AugReg filename grammar (the `filename` / `adapt_filename` columns of index.csv), one part
+# at a time: pre-training `{model}-{ds}-{epochs}ep-lr_{lr}-aug_{aug}-wd_{wd}-do_{do}-sd_{sd}`,
+# then optionally `--{adapt_ds}-steps_{steps}k-lr_{lr}-res_{res}` for a fine-tune.
+_NUMBER = r'\d+(?:\.\d+)?(?:e-?\d+)?'
+_AUGREG_PARTS = (('data set', r'i1k|i21k'), ('epochs', r'\d+ep'), ('learning rate', rf'lr_{_NUMBER}'),
+                 ('augmentation', r'aug_[a-z]+\d*'), ('weight decay', rf'wd_{_NUMBER}'),
+                 ('dropout', rf'do_{_NUMBER}'), ('stochastic depth', rf'sd_{_NUMBER}'))
+_ADAPT_PARTS = (('fine-tuning data set', r'[a-z][a-z0-9_]*'), ('fine-tuning steps', r'steps_\d+k?'),
+                ('fine-tuning learning rate', rf'lr_{_NUMBER}'), ('fine-tuning resolution', r'res_\d+'))
+
+
+def check_augreg_name(name: str) -> str:
+    """The bare AugReg name (model key or filename); CheckpointError naming the part that breaks the grammar.
+
+    Accepts a model key (`B_16`), a full pre-training or fine-tune filename, with or without an
+    `augreg/` prefix and `.npz`.
+    """
+    bare = name.removeprefix('augreg/').removesuffix('.npz')
+    upstream, _, adapt = bare.partition('--')
+    parts = upstream.split('-')
+    if parts[0] not in AUGREG_MODELS:
+        raise CheckpointError(f'AugReg name {name!r}: model {parts[0]!r} is not one of '
+                            f'{", ".join(sorted(AUGREG_MODELS))}')
+    if len(parts) == 1 and not adapt:
+        return bare
+    for grammar, given in ((_AUGREG_PARTS, parts[1:]), (_ADAPT_PARTS, adapt.split('-') if adapt else [])):
+        if len(given) != len(grammar) and (given or grammar is _AUGREG_PARTS):
+            raise CheckpointError(f'AugReg name {name!r}: expected {len(grammar)} parts '
+                                f'({", ".join(w for w, _ in grammar)}) after the model, got {len(given)}')
+        for (what, pattern), part in zip(grammar, given, strict=False):
+            if not re.fullmatch(pattern, part):
+                raise CheckpointError(f'AugReg name {name!r}: {what} part {part!r} does not match '
+                                      f'{pattern!r}')
+    return bare
 
 
 def hub_url() -> str:
@@ -145,7 +206,7 @@ def _number(value: str) -> Any:
 def read_augreg_index(source: str | None = None) -> list[dict[str, Any]]:
     """Rows of the AugReg `index.csv` (local path, URL, or None for the cached public one).
 
-    Numeric columns become floats. Raises ValueError if a required column is missing.
+    Numeric columns become floats. Raises CheckpointError if a required column is missing.
     """
     path = resolve(source or AUGREG_INDEX)
     reader = csv.DictReader(io.StringIO(paths.read_text(path), newline=''))
@@ -153,7 +214,7 @@ def read_augreg_index(source: str | None = None) -> list[dict[str, Any]]:
     required = {'name', 'ds', 'final_val', 'filename', 'adapt_ds', 'adapt_final_val', 'adapt_filename'}
     missing = required - set(rows[0] if rows else ())
     if missing:
-        raise ValueError(f'{path}: not an AugReg index (missing columns {sorted(missing)})')
+        raise CheckpointError(f'{path}: not an AugReg index (missing columns {sorted(missing)})')
     return rows
 
 
@@ -172,7 +233,7 @@ def select_augreg(rows: Iterable[Mapping[str, Any]], model: str, *, ds: str = 'i
             adapt_resolution is None or int(r['adapt_resolution']) == adapt_resolution)]
         key = 'adapt_final_val'
     if not rows:
-        raise ValueError(f'no AugReg checkpoint for model={model!r} ds={ds!r} adapt_ds={adapt_ds!r} '
+        raise CheckpointError(f'no AugReg checkpoint for model={model!r} ds={ds!r} adapt_ds={adapt_ds!r} '
                          f'adapt_resolution={adapt_resolution!r}; known models: {", ".join(AUGREG_MODELS)}')
     return max(rows, key=lambda r: float(r[key]))
 
@@ -191,7 +252,7 @@ def url_for(name: str, *, index: str | None = None) -> str | None:
     bare = name[len('augreg/'):] if name.startswith('augreg/') else name
     key = bare.split('-')[0]
     if key in AUGREG_MODELS and '-' in bare:
-        return augreg_url(bare)
+        return augreg_url(check_augreg_name(bare))
     if key in AUGREG_MODELS:  # 'augreg/B_16' or 'B_16': the best AugReg pre-training.
         return augreg_url(str(select_augreg(read_augreg_index(index), key)['filename']))
     return None
@@ -486,13 +547,14 @@ def resolve(name_or_path: str, *, index: str | None = None, directory: str | Non
     if not remote and paths.exists(name):
         return os.path.expanduser(name)
     scheme = name.split('://', 1)[0] if remote else ''
-    if remote and scheme not in ('http', 'https') and not name.startswith(GCS_BUCKET + '/'):
+    public = name.startswith(tuple(f'{bucket}/' for bucket in PUBLIC_BUCKETS))
+    if remote and scheme not in ('http', 'https') and not public:
         return name
     url = name if remote else url_for(name, index=index)
     if url is None:
         raise FileNotFoundError(f'{name}: no such file, and not a known checkpoint name (e.g. ViT-B_16, '
-                                'imagenet21k+imagenet2012/ViT-B_16, augreg/B_16, an AugReg filename, '
-                                'or a URL)')
+                                'imagenet21k+imagenet2012/ViT-B_16, sam/ViT-B_16, Mixer-B_16, augreg/B_16, '
+                                'an AugReg filename, or a URL)')
     url = https_url(url)
     dst = cache_path(url, directory)
     if paths.exists(dst):

@@ -26,7 +26,7 @@ import ml_collections
 from vit_jax import paths, trees
 from vit_jax.checkpoint import arch, foreign, hub, npz, workdir
 from vit_jax.errors import CheckpointError, ConfigError
-from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, get_config, scan_to_blocks
+from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, family, get_config, scan_to_blocks
 
 FORMAT_NAMES = {
     'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
@@ -177,15 +177,16 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         params = dict(params['params'])
     if 'encoderblock' in params.get('Transformer', {}):
         params = scan_to_blocks(params)
-    if 'posembed_input' not in params.get('Transformer', {}):
-        raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
     num_classes = arch.num_classes(params) or None
     config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-    # A named config (--model) may differ from the file in its pre-logits layer or class token.
-    config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
-                                     if 'pre_logits' in params else None)
-    if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
-        config['classifier'] = 'gap'
+    if family(config) == 'ViT':
+        if 'posembed_input' not in params.get('Transformer', {}):
+            raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
+        # A named config (--model) may differ from the file in its pre-logits layer or class token.
+        config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
+                                         if 'pre_logits' in params else None)
+        if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
+            config['classifier'] = 'gap'
     model = build_model(config, num_classes, inference=True)
     try:
         size = arch.image_size(params, config)

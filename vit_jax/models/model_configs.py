@@ -1,7 +1,8 @@
 """Model configs -> Flax modules: the named configs, every field of a module, building one.
 
 `MODEL_CONFIGS` is the original's table (`vit_jax.configs.models`); `get_config(name,
-**overrides)` returns a mutable copy, `complete_config(model_config)` adds every field of the
+**overrides)` returns a mutable copy, `family(model_config)` says which model a config describes
+('ViT', also the hybrids, or 'Mixer'), `complete_config(model_config)` adds every field of that
 module at its default (so a resolved experiment config shows, and can override, all of them),
 and `build_model(model_config, num_classes)` builds the module from any saved config — the one
 place that does.
@@ -10,6 +11,7 @@ place that does.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,18 +20,43 @@ import ml_collections
 
 from vit_jax.configs.models import MODEL_CONFIGS
 from vit_jax.errors import ConfigError
+from vit_jax.models.mixer import MlpMixer
 from vit_jax.models.vit import Encoder, VisionTransformer
 
-# Sub-configs of VisionTransformer and their fields.
+MODULES = {'ViT': VisionTransformer, 'Mixer': MlpMixer}
+# Sub-config fields of each module and their fields.
 _SUBCONFIGS = {
-    # Encoder fields that VisionTransformer does not set itself.
-    'transformer': tuple(f for f in Encoder.__dataclass_fields__
-                         if f not in VisionTransformer.__dataclass_fields__ and f not in ('parent', 'name')),
-    'patches': ('size',),
-    'resnet': ('num_layers', 'width_factor'),
+    'ViT': {
+        # Encoder fields that VisionTransformer does not set itself.
+        'transformer': tuple(f for f in Encoder.__dataclass_fields__ if f not in ('parent', 'name')
+                             and f not in VisionTransformer.__dataclass_fields__),
+        'patches': ('size',),
+        'resnet': ('num_layers', 'width_factor'),
+    },
+    'Mixer': {'patches': ('size',)},
 }
-_TOP_FIELDS = tuple(f for f in VisionTransformer.__dataclass_fields__
-                    if f not in ('parent', 'name', 'num_classes'))
+
+
+def _top_fields(name: str) -> tuple[str, ...]:
+    return tuple(f for f in MODULES[name].__dataclass_fields__ if f not in ('parent', 'name', 'num_classes'))
+
+
+def family(model_config: Any) -> str:
+    """Which model a config describes: 'Mixer' (it has `num_blocks` / `tokens_mlp_dim`), 'LiT' (it has
+    `text_model`) or 'ViT' (the vision transformers, hybrids included)."""
+    fields = set(_plain(model_config) or ())
+    if 'text_model' in fields:
+        return 'LiT'
+    if fields & {'num_blocks', 'tokens_mlp_dim', 'channels_mlp_dim', 'hidden_dim'}:
+        return 'Mixer'
+    return 'ViT'
+
+
+def _module(model_config: Any) -> tuple[str, type]:
+    name = family(model_config)
+    if name not in MODULES:
+        raise ConfigError(f'{name} models are not supported yet (model {model_config.get("model_name")!r})')
+    return name, MODULES[name]
 # Choices of a training run (compute/storage dtype, memory, kernels, regularisation) that
 # inference does not inherit: a bf16 run with cuDNN attention predicts in float32 anywhere.
 INFERENCE_DROPS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl')
@@ -64,7 +91,7 @@ def _default(module: type, field: str) -> Any:
 
 
 def complete_config(model_config: Any) -> ml_collections.ConfigDict:
-    """`model_config` with every VisionTransformer field (and transformer sub-field) present.
+    """`model_config` with every field of its module (and the transformer's sub-fields) present.
 
     Fields it lacks get the module's default (dtypes as names, e.g. 'float32'), so that printing
     the config shows every value the model uses and `--config.model.<field>=...` can set any of
@@ -73,11 +100,13 @@ def complete_config(model_config: Any) -> ml_collections.ConfigDict:
     plain = _plain(model_config)
     if not isinstance(plain, dict):
         raise ConfigError(f'the model config must be a mapping, got {type(model_config).__name__}')
-    _check_fields(plain)
-    for field in _TOP_FIELDS:
-        plain.setdefault(field, _default(VisionTransformer, field))
-    if isinstance(plain.get('transformer'), dict):
-        for field in _SUBCONFIGS['transformer']:
+    name, module = _module(plain)
+    _check_fields(name, plain)
+    for field in _top_fields(name):
+        if module.__dataclass_fields__[field].default is not dataclasses.MISSING:   # required ones stay so
+            plain.setdefault(field, _default(module, field))
+    if name == 'ViT' and isinstance(plain.get('transformer'), dict):
+        for field in _SUBCONFIGS['ViT']['transformer']:
             plain['transformer'].setdefault(field, _default(Encoder, field))
     return ml_collections.ConfigDict(plain)
 
@@ -91,20 +120,21 @@ def _plain(config: Any) -> Any:
     return config
 
 
-def _check_fields(kwargs: dict) -> None:
-    for section, allowed in (('', _TOP_FIELDS), *_SUBCONFIGS.items()):
+def _check_fields(family_name: str, kwargs: dict) -> None:
+    module = MODULES[family_name].__name__
+    for section, allowed in (('', _top_fields(family_name)), *_SUBCONFIGS[family_name].items()):
         fields = kwargs if not section else kwargs.get(section)
         if isinstance(fields, dict):
             unknown = sorted(set(fields) - set(allowed))
             if unknown:
                 name = f'{section}.{unknown[0]}' if section else unknown[0]
-                raise ConfigError(f'model field {name} is not a {section or "VisionTransformer"} field '
+                raise ConfigError(f'model field {name} is not a {section or module} field '
                                   f'(known: {", ".join(sorted(allowed))})')
 
 
 def build_model(model_config: Any, num_classes: int | None, *, inference: bool = False
-                ) -> VisionTransformer:
-    """`VisionTransformer` from a model config (ConfigDict, or a dict as read from JSON).
+                ) -> VisionTransformer | MlpMixer:
+    """The module of a model config (ConfigDict, or a dict as read from JSON): `family` picks it.
 
     Dtype names ('bfloat16') become dtypes; a field the model does not have is a ConfigError
     naming it. `inference=True` drops `INFERENCE_DROPS` and zeroes the dropout rates, so that
@@ -113,7 +143,8 @@ def build_model(model_config: Any, num_classes: int | None, *, inference: bool =
     kwargs = _plain(model_config)
     if not isinstance(kwargs, dict):
         raise ConfigError(f'the model config must be a mapping, got {type(model_config).__name__}')
-    _check_fields(kwargs)
+    name, module = _module(kwargs)
+    _check_fields(name, kwargs)
     if inference:
         for key in INFERENCE_DROPS:
             kwargs.pop(key, None)
@@ -126,9 +157,9 @@ def build_model(model_config: Any, num_classes: int | None, *, inference: bool =
                 kwargs[key] = jnp.dtype(kwargs[key])
             except TypeError:
                 raise ConfigError(f'model field {key}={kwargs[key]!r} is not a dtype name') from None
-    return VisionTransformer(num_classes=num_classes, **kwargs)
+    return module(num_classes=num_classes, **kwargs)
 
 
-def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer:
-    """Builds `VisionTransformer` for a named config (overrides as in `get_config`)."""
+def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer | MlpMixer:
+    """Builds the module of a named config (overrides as in `get_config`), as the original's get_model."""
     return build_model(get_config(name, **overrides), num_classes)

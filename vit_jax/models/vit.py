@@ -308,9 +308,11 @@ class VisionTransformer(nn.Module):
             x = stem(x)
 
         patch = tuple(_field(self.patches, 'size'))
-        if x.shape[1] % patch[0] or x.shape[2] % patch[1]:
+        if x.shape[1] < patch[0] or x.shape[2] < patch[1]:
             raise ValueError(f'image grid {x.shape[1]}x{x.shape[2]} (input {inputs.shape[1]}x'
-                             f'{inputs.shape[2]}) is not divisible by patches.size={patch}')
+                             f'{inputs.shape[2]}) is smaller than patches.size={patch}')
+        # As the original: a side that is not a multiple of the patch size loses its last pixels
+        # (a VALID convolution; e.g. ViT-H/14 at 384 px sees a 27x27 grid of the top-left 378x378).
         x = nn.Conv(features=self.hidden_size, kernel_size=patch, strides=patch, padding='VALID',
                     dtype=self.dtype, param_dtype=self.param_dtype, name='embedding')(x)
 
