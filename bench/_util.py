@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 RESULTS = Path(__file__).parent / 'results'
 
@@ -36,18 +36,49 @@ def time_call(fn: Callable[[], object], *, min_time: float = 2.0, min_iters: int
     return times[len(times) // 2]
 
 
-def sgd_train_step(model, tx: optax.GradientTransformation):
-    """A plain train step (softmax cross-entropy, `tx` update) as the benchmarks time it."""
+def vit_train_step(model, params, *, batch: int, total_steps: int = 10_000, **overrides):
+    """vit-train's own step for `model`: `vit_jax.train.make_train_step` with the optimizer that
+    `vit_jax.optim.make_optimizer` builds from the default config (the original recipe: SGD
+    momentum 0.9 with a bfloat16 accumulator, global-norm clipping at 1, warm-up + cosine, softmax
+    cross-entropy; `overrides` change config fields). Returns (jitted step, init_state, config):
+    `init_state(params)` is the step's state (it works under jax.eval_shape too)."""
+    from vit_jax import optim, train
+    from vit_jax.configs import common
 
-    def train_step(params, opt_state, x, labels):
-        def loss_fn(p):
-            logits = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
-            return optax.softmax_cross_entropy(logits, labels).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    config = common.get_config().unlock()
+    config.update(dict(batch=batch, accum_steps=1, total_steps=total_steps, warmup_steps=100), **overrides)
+    tx, lr_fn = optim.make_optimizer(config, params)
+    step = jax.jit(train.make_train_step(model, tx, lr_fn, accum_steps=config.accum_steps, loss=config.loss),
+                   donate_argnums=0)
 
-    return train_step
+    def init_state(params):
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.PRNGKey(0))
+    return step, init_state, config
+
+
+def paired_rounds(fns: dict[str, Callable[[], object]], *, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, `rounds` times: in every round each function is timed
+    (median of `calls` calls) one after the other, the order rotated by one each round, so slow
+    phases of a shared machine fall on every function alike. Returns name -> per-round seconds."""
+    names = list(fns)
+    for fn in fns.values():   # compile and warm up
+        fn()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                fns[name]()
+                times.append(time.perf_counter() - t)
+            out[name].append(float(np.median(times)))
+    return out
+
+
+def median_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow/fast (paired per round): how many times faster `fast` is."""
+    return float(np.median(np.asarray(slow) / np.asarray(fast)))
 
 
 def matmul_peak(dtype=jnp.float32, n: int = 2048) -> float:

@@ -1,8 +1,10 @@
-"""Train-step peak memory with/without remat and scan_layers, and compile time with/without scan.
+"""vit-train's train-step peak memory with/without remat and scan_layers; compile time with/without
+scan.
 
-Peak memory comes from the compiled executable's memory analysis (arguments + outputs +
-temporaries − aliased donations), so nothing has to run; compile time is wall time of
-`jit(...).lower(...).compile()`. Prints a table and writes bench/results/memory.json.
+The step is vit-train's own (`bench._util.vit_train_step`). Peak memory comes from the compiled
+executable's memory analysis (arguments + outputs + temporaries − aliased donations), so nothing has
+to run; compile time is wall time of `jit(...).lower(...).compile()`. Prints a table and writes
+bench/results/memory.json.
 
     python -m bench.memory                                  # B/16 @ batch 32 memory; L/16 compile time
     python -m bench.memory --memory-model B_16 --batch 32 --compile-model L_16
@@ -15,27 +17,25 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from bench._util import print_table, sgd_train_step, write_results
+from bench._util import print_table, vit_train_step, write_results
 from vit_jax.models import get_model
 
 IMAGE_SIZE = 224
 
 
 def compile_train_step(name: str, batch: int, **model_kwargs):
-    """Lowers and compiles an SGD train step on abstract inputs; returns (compiled, seconds)."""
+    """Lowers and compiles vit-train's step on abstract inputs; returns (compiled, seconds)."""
     model = get_model(name, num_classes=1000, **model_kwargs)
     x = jax.ShapeDtypeStruct((batch, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch, 1000), jnp.float32)
     image = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), image, train=False))['params']
-    tx = optax.sgd(0.01, momentum=0.9)
-    opt_state = jax.eval_shape(tx.init, params)
+    step, init_state, _ = vit_train_step(model, params, batch=batch)
+    state = jax.eval_shape(init_state, params)
 
     start = time.perf_counter()
-    step = jax.jit(sgd_train_step(model, tx), donate_argnums=(0, 1))
-    compiled = step.lower(params, opt_state, x, labels).compile()
+    compiled = step.lower(state, {'image': x, 'label': labels}).compile()
     return compiled, time.perf_counter() - start
 
 
