@@ -16,7 +16,7 @@ import pytest
 
 from tests.faults import full_disk
 from vit_jax import checkpoint, convert, trees
-from vit_jax.checkpoint import CheckpointError, adapt, arch, loader
+from vit_jax.checkpoint import CheckpointError, adapt, arch, foreign, loader
 from vit_jax.models import VisionTransformer, get_config, get_model, num_params
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -129,7 +129,9 @@ def _timm_reference(sd, images, heads, eps=1e-6):
     patch = t['patch_embed.proj.weight'].shape[-1]
     x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
                  t['patch_embed.proj.bias'], stride=patch).flatten(2).transpose(1, 2)
-    x = torch.cat([t['cls_token'].expand(len(x), -1, -1), x], dim=1) + t['pos_embed']
+    if 'cls_token' in t:
+        x = torch.cat([t['cls_token'].expand(len(x), -1, -1), x], dim=1)
+    x = x + t['pos_embed']
     b, n, d = x.shape
     layers = len({k.split('.')[1] for k in t if k.startswith('blocks.')})
     for i in range(layers):
@@ -144,7 +146,8 @@ def _timm_reference(sd, images, heads, eps=1e-6):
         x = x + F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
                          p('mlp.fc2.weight'), p('mlp.fc2.bias'))
     x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
-    return F.linear(x[:, 0], t['head.weight'], t['head.bias']).numpy()
+    pooled = x[:, 0] if 'cls_token' in t else x.mean(1)   # global_pool 'token' | 'avg' (fc_norm=False)
+    return F.linear(pooled, t['head.weight'], t['head.bias']).numpy()
 
 
 def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
@@ -166,15 +169,64 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
     # A plain timm file (no vit_jax metadata; heads from the standard head_dim=64 rule fail for
     # width 32, so they are passed), also as a .pth read with weights_only=True.
     save_file(sd, str(tmp_path / 'plain.safetensors'))
-    with pytest.raises(CheckpointError, match='--num-heads'):
+    with pytest.raises(CheckpointError, match=r'record neither the number of attention heads '
+                       r'\(--num-heads N\) nor the pooling \(--pool token\|avg\); give the timm '
+                       r'architecture \(--arch NAME'):
         loader.load(tmp_path / 'plain.safetensors')
+    with pytest.raises(CheckpointError, match='record neither the pooling'):
+        loader.load(tmp_path / 'plain.safetensors', num_heads=2)
+    with pytest.raises(CheckpointError, match=r"average pooling with a class token \(timm class_token=True"):
+        loader.load(tmp_path / 'plain.safetensors', num_heads=2, pool='avg')
     torch.save({'model': {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / 'plain.pth')
     for name in ('plain.safetensors', 'plain.pth'):
         assert loader.detect_format(str(tmp_path / name)) == 'timm'
-        config, loaded = loader.load(tmp_path / name, num_heads=2)
+        config, loaded = loader.load(tmp_path / name, num_heads=2, pool='token')
         assert (config.layer_norm_eps, config.gelu_approximate) == (1e-6, False)
         reference = _timm_reference(sd, IMAGES, heads=2)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
+
+
+def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
+    """No class token + global_pool='avg' (timm's *_gap_* models) matches timm's forward; the
+    architecture comes from --arch or the config.json beside the weights, checked against them."""
+    from safetensors.numpy import save_file
+
+    model, params, logits = exact
+    config = arch.infer_config(params, gelu_approximate=False)
+    dst = convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm')
+    from safetensors.numpy import load_file
+    sd = load_file(dst)
+    del sd['cls_token']
+    sd['pos_embed'] = np.ascontiguousarray(sd['pos_embed'][:, 1:])
+    save_file(sd, str(tmp_path / 'gap.safetensors'))
+    config, loaded = loader.load(tmp_path / 'gap.safetensors', num_heads=2, pool='avg')
+    assert config.classifier == 'gap'
+    reference = _timm_reference(sd, IMAGES, heads=2)
+    assert _rel_err(_ours(config, loaded), reference, 'timm gap') <= TOLERANCE
+    with pytest.raises(CheckpointError, match='token pooling but the weights have no cls_token'):
+        loader.load(tmp_path / 'gap.safetensors', num_heads=2, pool='token')
+
+    with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
+                                              'vit_base_patch16_gap_224 has 768'):
+        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_gap_224.sam_in1k')
+    with pytest.raises(CheckpointError, match="timm architecture 'vit_base_patch16_reg4_gap_256' is not one"):
+        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_reg4_gap_256')
+    with open(tmp_path / 'config.json', 'w') as f:   # timm hub checkpoints carry this beside the weights
+        json.dump({'architecture': 'vit_small_patch16_224.augreg_in21k', 'num_classes': 5}, f)
+    with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
+                                              'vit_small_patch16_224 has 384'):
+        loader.load(tmp_path / 'gap.safetensors')
+
+
+def test_timm_architecture_table():
+    assert foreign.timm_arch('vit_base_patch16_224.augreg2_in21k_ft_in1k') == dict(
+        name='vit_base_patch16_224', width=768, depth=12, num_heads=12, patch=16, pool='token')
+    # Not the head_dim=64 rule: timm's own arguments (16 heads at width 768).
+    assert foreign.timm_arch('vit_base_patch16_gap_224')['num_heads'] == 16
+    assert foreign.timm_arch('vit_huge_patch14_224')['num_heads'] == 16
+    listing = convert.list_archs()
+    assert 'vit_base_patch16_gap_224' in listing and 'vit_large_patch16_384' in listing
+    assert len(listing.splitlines()) == len(foreign.TIMM_ARCHS) + 1
 
 
 # --- Hugging Face -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_unknown_fields_and_bad_values_are_named():
         resolve.resolve(config)
     del config['typo_field']
     config.batch = 0
-    with pytest.raises(ConfigError, match='config.batch=0 must be a positive integer'):
+    with pytest.raises(ConfigError, match='config.batch=0 must be >= 1'):
         resolve.resolve(config)
     config.batch, config.total_steps = 128, None
     with pytest.raises(ConfigError, match='config.total_steps is not set'):

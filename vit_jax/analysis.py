@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or args.max_figure_images < 1:
         raise ConfigError('--batch-size and --max-figure-images must be >= 1')
     files = find_images(args.image) if args.image else []
-    loaded = loader.load_model(args.checkpoint, args.model)
+    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     doc = analyze(loaded, files, args.output_dir, batch_size=args.batch_size,
                   max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
                   progress=len(files) > args.batch_size)

@@ -88,3 +88,20 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=None, metavar='NAME',
                         help='the architecture by name (vit_jax.models.MODEL_CONFIGS) where the '
                              'checkpoint does not record it')
+    add_timm_args(parser)
+
+
+def add_timm_args(parser: argparse.ArgumentParser) -> None:
+    """--arch / --num-heads / --pool: what timm state dicts do not record (`checkpoint_facts`)."""
+    parser.add_argument('--arch', default=None, metavar='TIMM_NAME',
+                        help='timm architecture of a timm state dict (e.g. vit_base_patch16_224; '
+                             'vit-convert --list-archs)')
+    parser.add_argument('--num-heads', type=int, default=None,
+                        help='attention heads of a timm state dict (timm files do not record them)')
+    parser.add_argument('--pool', choices=('token', 'avg'), default=None,
+                        help='pooling of a timm state dict (timm files do not record it)')
+
+
+def checkpoint_facts(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `vit_jax.checkpoint.loader.read` given by `add_timm_args`."""
+    return dict(num_heads=args.num_heads, pool=args.pool, timm_arch=args.arch)

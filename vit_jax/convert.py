@@ -82,6 +82,14 @@ def _default_format(dst: str) -> str:
     return 'hf'
 
 
+def list_archs() -> str:
+    """The timm architectures vit_jax loads exactly, one per line with width, depth, heads, patch, pooling."""
+    rows = [f'{"timm architecture":34s} width depth heads patch pool']
+    for name, (width, depth, heads, patch, pool) in foreign.TIMM_ARCHS.items():
+        rows.append(f'{name:34s} {width:5d} {depth:5d} {heads:5d} {patch:5d} {pool}')
+    return '\n'.join(rows)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='vit-convert',
@@ -95,17 +103,22 @@ def _parser() -> argparse.ArgumentParser:
                         help='output format (default: from DST: .npz -> npz, .safetensors -> timm, else hf)')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='replace the head by a zero-initialised N-class head (0 removes it)')
-    parser.add_argument('--num-heads', type=int, default=None,
-                        help='attention heads of a timm state dict (timm files do not record them)')
+    cli.add_timm_args(parser)
+    parser.add_argument('--list-archs', action='store_true',
+                        help='print the timm architectures loaded exactly, and exit')
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`vit-convert SRC DST [--to npz|timm|hf] [--num-classes N]`; raises on bad input."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if '--list-archs' in argv:
+        print(list_archs())
+        return 0
     args = _parser().parse_args(argv)
     if args.num_classes is not None and args.num_classes < 0:
         raise ConfigError(f'--num-classes must be >= 0, got {args.num_classes}')
-    found = loader.read(args.src, num_heads=args.num_heads)
+    found = loader.read(args.src, **cli.checkpoint_facts(args))
     print(f'detected: {loader.FORMAT_NAMES[found.format]} ({found.path})')
     config, params = found.model_config, found.params
     if args.num_classes is not None:

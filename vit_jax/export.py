@@ -40,7 +40,11 @@ import numpy as np
 
 from vit_jax import cli, labels, paths, trees
 from vit_jax.checkpoint import loader
+from vit_jax.errors import ConfigError
 from vit_jax.serving import FORMAT_VERSION, METADATA, MODULE, PARAMS
+
+# The platforms jax.export lowers for (`jax.export.export(..., platforms=...)`).
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 def _flat_numpy(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -54,6 +58,10 @@ def export_inference(model: Any, params: Any, image_size: int, *, bake_params: b
     With `bake_params` the parameters are constants of the computation (call `exported.call(x)`),
     otherwise the first argument (call `exported.call(params, x)`).
     """
+    unknown = [p for p in platforms or () if p not in PLATFORMS]
+    if unknown:
+        raise ConfigError(f'platforms {", ".join(map(repr, unknown))}: jax.export lowers for '
+                          f'{", ".join(PLATFORMS)}')
     batch, = jax.export.symbolic_shape('batch')
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     apply = lambda p, x: model.apply({'params': p}, x, train=False)  # noqa: E731
@@ -101,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_checkpoint_args(parser)
     parser.add_argument('--output', required=True, help='file to write (e.g. model.vitx)')
-    parser.add_argument('--platforms', nargs='+', default=None,
-                        help='lower for these (cpu, cuda, rocm, tpu); default: this machine\'s backend')
+    parser.add_argument('--platforms', nargs='+', default=None, choices=PLATFORMS, metavar='PLATFORM',
+                        help=f'lower for these ({", ".join(PLATFORMS)}); default: this machine\'s backend')
     parser.add_argument('--params-separate', action='store_true',
                         help='pass the parameters as an argument (stored beside the computation) '
                              'instead of baking them in as constants')
@@ -112,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vit_jax.export`; raises on bad input."""
     args = _parser().parse_args(argv)
-    loaded = loader.load_model(args.checkpoint, args.model)
+    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     if loaded.class_names is None:
         loaded.class_names = labels.default_labels(loaded.num_classes)
     path = export_model(loaded, args.output, bake_params=not args.params_separate, platforms=args.platforms)

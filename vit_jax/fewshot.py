@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if min(args.shots) < 1:
         raise ConfigError(f'--shots must be >= 1, got {args.shots}')
-    loaded = loader.load_model(args.checkpoint, args.model)
+    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     size = loaded.image_size
     dataset = args.dataset or args.folder
     config = (common.with_dataset(common.get_config(), dataset) if dataset in common.DATASET_PRESETS

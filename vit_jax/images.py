@@ -4,7 +4,12 @@ Every reader of image files in vit_jax (training and eval on folders/CSVs, vit-p
 vit-analyze, few-shot, zero-shot) takes the bytes from `encoded_bytes` and decodes them with
 `vit_jax.preprocessing.decode`, so a file gives the same model input whichever entry point reads
 it. Formats TensorFlow decodes natively are passed through untouched; the others that Pillow
-reads (TIFF, PPM) are re-encoded losslessly as PNG on the way in.
+reads (TIFF, PPM) and animated WebP (which TensorFlow refuses) are re-encoded losslessly as PNG on
+the way in. The decisions, the same at every entry point: 16-bit images are scaled to 8 bits (not
+clipped); grey, grey+alpha, palette (with or without transparency) and CMYK become RGB and alpha is
+dropped (the colour under a transparent pixel is kept, as TensorFlow and Pillow do); animations give
+their first frame; EXIF orientation is not applied (as tf.data / tfds pipelines, so training and
+inference see the same pixels); 32-bit integer and floating-point images are refused.
 """
 
 from __future__ import annotations
@@ -82,21 +87,36 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     return found
 
 
+def _animated_webp(data: bytes) -> bool:
+    """An extended WebP (`VP8X` chunk) with its animation flag set."""
+    return data[:4] == b'RIFF' and data[8:16] == b'WEBPVP8X' and len(data) > 20 and bool(data[20] & 0x02)
+
+
 def encoded_bytes(path: str) -> bytes:
     """The bytes that `vit_jax.preprocessing.decode` turns into the image of file `path`."""
     data = paths.read_bytes(path)
-    if path.lower().endswith(PIL_ONLY_EXTENSIONS):
+    if path.lower().endswith(PIL_ONLY_EXTENSIONS) or _animated_webp(data):
         return to_png(data, path)
     return data
 
 
 def to_png(data: bytes, source: str) -> bytes:
     """An image Pillow reads but TensorFlow does not, re-encoded as (lossless) PNG."""
+    import numpy as np
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            if im.mode in ('I', 'F'):
+                kind = '32-bit integer' if im.mode == 'I' else 'floating-point'
+                raise DataError(f'{source}: {kind} images (mode {im.mode}) are not supported; save it with '
+                                '8 or 16 bits per channel')
+            if im.mode.startswith('I;16'):   # scaled to 8 bits as TensorFlow does, not clipped
+                im = Image.fromarray((np.asarray(im).astype(np.uint32) * 255 // 65535).astype(np.uint8))
             out = io.BytesIO()
             im.convert('RGBA' if 'A' in im.getbands() else 'RGB').save(out, format='PNG')
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
         raise DataError(f'{source}: unreadable image ({type(e).__name__}: {e})') from None
     return out.getvalue()
@@ -105,6 +125,12 @@ def to_png(data: bytes, source: str) -> bytes:
 def check_image(path: str) -> str | None:
     """None if `path` is a readable image of a supported format, else why not (Pillow, JPEGs at 1/8)."""
     from PIL import Image
+    if path.lower().endswith(PIL_ONLY_EXTENSIONS):
+        try:
+            to_png(paths.read_bytes(path), path)
+        except DataError as e:
+            return str(e).removeprefix(f'{path}: ')
+        return None
     try:
         with paths.open_read(path) as f, Image.open(f) as im:
             if im.format not in TF_FORMATS and not path.lower().endswith(PIL_ONLY_EXTENSIONS):

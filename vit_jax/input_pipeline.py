@@ -288,7 +288,7 @@ def read_image_file(path: tf.Tensor) -> tf.Tensor:
     and every remote file, through `images.encoded_bytes` (vit_jax.paths).
     """
     native = tf.logical_not(tf.logical_or(
-        tf.strings.regex_full_match(tf.strings.lower(path), r'.*\.(tiff?|ppm)'),
+        tf.strings.regex_full_match(tf.strings.lower(path), r'.*\.(tiff?|ppm|webp)'),
         tf.strings.regex_full_match(path, r'[a-z][a-z0-9+.-]*://.*')))
 
     def via_python():
@@ -313,6 +313,16 @@ def _drop_unreadable(files: list[str], targets: list[int], where: str) -> tuple[
                        shown, more)
     keep = [i for i, why in enumerate(problems) if not why]
     return [files[i] for i in keep], [targets[i] for i in keep]
+
+
+def _check_disjoint(train: list[str], evaluation: list[str], where: str) -> None:
+    """DataError if a file (by real path) is in both splits: its eval accuracy would be a training one."""
+    real = lambda p: p if paths.is_remote(p) else os.path.realpath(p)  # noqa: E731
+    seen = {real(p): p for p in train}
+    for p in evaluation:
+        if real(p) in seen:
+            raise DataError(f'{where}: {p} is in the eval split and, as {seen[real(p)]}, in the '
+                            'training split')
 
 
 def _file_sources(config: Any, process_index: int, process_count: int
@@ -351,6 +361,11 @@ def _file_sources(config: Any, process_index: int, process_count: int
             targets = [y for y, e in zip(targets, is_eval, strict=True) if not e]
         else:
             eval_files, eval_targets = None, None
+    if len(names) < 2:
+        raise DataError(f'{where} has {len(names)} class ({", ".join(names) or "none"}); a classifier needs '
+                        'at least 2')
+    if eval_files is not None:
+        _check_disjoint(files, eval_files, where)
     if _get(config, 'pp.check_images'):
         files, targets = _drop_unreadable(files, targets, where)
         if eval_files is not None:

@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError('--top-k and --batch-size must be >= 1')
     files = images.find_images(args.inputs)
-    loaded = loader.load_model(args.checkpoint, args.model)
+    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     names = labels.load_labels(args.labels) if args.labels else (
         loaded.class_names or labels.default_labels(loaded.num_classes))
     doc = predict_files(loaded, files, k=args.top_k, batch_size=args.batch_size,

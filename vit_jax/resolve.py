@@ -27,6 +27,50 @@ logger = logging.getLogger(__name__)
 TRAINERS = {'train': common.get_config, 'inference_time': inference_time.get_config}
 LOSSES = ('softmax_xent', 'sigmoid_xent')
 
+# Numeric fields of a training config: key -> (type, lowest, highest, lowest allowed?). None for a
+# bound means unbounded; fields whose default is None may stay None (off).
+_INT, _FLOAT = (int,), (int, float)
+RANGES = {
+    'total_steps': (_INT, 1, None, True), 'batch': (_INT, 1, None, True),
+    'batch_eval': (_INT, 1, None, True), 'accum_steps': (_INT, 1, None, True),
+    'warmup_steps': (_INT, 0, None, True), 'shuffle_buffer': (_INT, 1, None, True),
+    'prefetch': (_INT, 0, None, True), 'seed': (_INT, None, None, True),
+    'base_lr': (_FLOAT, 0, None, True), 'linear_end': (_FLOAT, 0, None, True),
+    'momentum': (_FLOAT, 0, 1, True), 'b1': (_FLOAT, 0, 1, True), 'b2': (_FLOAT, 0, 1, True),
+    'eps': (_FLOAT, 0, None, False), 'grad_norm_clip': (_FLOAT, 0, None, False),
+    'weight_decay': (_FLOAT, 0, None, True), 'layer_decay': (_FLOAT, 0, 1, False),
+    'eval_every': (_INT, 0, None, True), 'progress_every': (_INT, 1, None, True),
+    'checkpoint_every': (_INT, 0, None, True), 'keep_checkpoints': (_INT, 1, None, True),
+    'pp.crop': (_INT, 1, None, True), 'pp.resize': (_INT, 1, None, True),
+    'pp.holdout': (_FLOAT, 0, 1, True),
+    'aug.randaugment_layers': (_INT, 0, None, True), 'aug.randaugment_magnitude': (_FLOAT, 0, 30, True),
+    'aug.mixup_alpha': (_FLOAT, 0, None, True), 'aug.cutmix_alpha': (_FLOAT, 0, None, True),
+    'aug.mixup_switch_prob': (_FLOAT, 0, 1, True), 'aug.mixup_prob': (_FLOAT, 0, 1, True),
+    'aug.label_smoothing': (_FLOAT, 0, 1, True),
+    'fewshot.every': (_INT, 0, None, True), 'fewshot.max_eval': (_INT, 1, None, True),
+    'fewshot.l2_reg': (_FLOAT, 0, None, True),
+    'mesh.fsdp': (_INT, 1, None, True), 'mesh.fsdp_min_size': (_INT, 0, None, True),
+}
+
+
+def _check_range(config: ml_collections.ConfigDict, key: str) -> None:
+    types, low, high, low_allowed = RANGES[key]
+    node = config
+    for part in key.split('.'):
+        if part not in node:
+            return
+        node = node[part]
+    value = node
+    if value is None:
+        return
+    expected = 'an integer' if types == _INT else 'a number'
+    if isinstance(value, bool) or not isinstance(value, types) or value != value:
+        raise ConfigError(f'config.{key}={value!r} must be {expected} (--config.{key}=...)')
+    if low is not None and (value < low or (value == low and not low_allowed)):
+        raise ConfigError(f'config.{key}={value!r} must be {">=" if low_allowed else ">"} {low}')
+    if high is not None and value > high:
+        raise ConfigError(f'config.{key}={value!r} must be <= {high}')
+
 
 def _merge(defaults: ml_collections.ConfigDict, given: Any, prefix: str) -> None:
     for key, value in given.items():
@@ -76,10 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.total_steps is None:
         raise ConfigError('config.total_steps is not set (set it, or start from a data set preset: '
                           'vit_jax.configs.common.with_dataset)')
-    for key in ('total_steps', 'batch', 'batch_eval', 'accum_steps'):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f'config.{key}={value!r} must be a positive integer')
+    for key in RANGES:
+        _check_range(config, key)
     if config.batch % config.accum_steps:
         raise ConfigError(f'config.batch={config.batch} is not divisible by '
                           f'config.accum_steps={config.accum_steps}')
@@ -92,9 +134,28 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                        config.warmup_steps, config.total_steps)
     if config.model_or_filename:
         hub.check_augreg_name(str(config.model_or_filename))
+    patch = _patch_size(config.model)
+    if patch and config.pp.crop < patch:
+        raise ConfigError(f'config.pp.crop={config.pp.crop} is smaller than the model\'s '
+                          f'{patch}-pixel patches')
+    data = config.mesh.data
+    if data != -1 and (isinstance(data, bool) or not isinstance(data, int) or data < 1):
+        raise ConfigError(f'config.mesh.data={data!r} must be -1 (all devices) or a positive integer')
     if config.loss not in LOSSES:
         raise ConfigError(f'config.loss={config.loss!r} is unknown; expected one of {", ".join(LOSSES)}')
     return config
+
+
+def _patch_size(model: Any) -> int | None:
+    """The input pixels one token covers (the stem's downsampling for hybrids), if the model has patches."""
+    size = (model.get('patches') or {}).get('size')
+    if not size:
+        return None
+    resnet = model.get('resnet')
+    stride = 1
+    if resnet is not None:   # the root /4, every stage after the first /2
+        stride = 4 * 2 ** max(len(resnet.get('num_layers') or ()) - 1, 0)
+    return int(max(size)) * stride
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

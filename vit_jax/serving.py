@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import paths, trees
+from vit_jax import archives, paths, trees
 from vit_jax.errors import CheckpointError, UserError
 
 FORMAT_VERSION = 1
@@ -45,19 +45,56 @@ class Served:
 
 
 def load_exported(path: str) -> Served:
-    """Loads a file written by `vit_jax.export` (no model code needed)."""
+    """Loads a file written by `vit_jax.export` (no model code needed).
+
+    The archive's sizes are checked before anything is inflated (`vit_jax.archives`), the
+    metadata is validated, and every failure is one CheckpointError naming the file.
+    """
     try:
         with paths.open_read(path) as f, zipfile.ZipFile(f) as z:
             names = set(z.namelist())
             if MODULE not in names or METADATA not in names:
                 raise CheckpointError(f'{path}: not a vit_jax export (no {MODULE} / {METADATA})')
-            metadata = json.loads(z.read(METADATA))
-            exported = jax.export.deserialize(bytearray(z.read(MODULE)))
-            params = None
-            if PARAMS in names:
-                with np.load(io.BytesIO(z.read(PARAMS)), allow_pickle=False) as f:
-                    flat = {k: f[k] for k in f.files}
-                    params = jax.tree_util.tree_map(jnp.asarray, trees.unflatten(flat, source=path))
-    except zipfile.BadZipFile:
-        raise CheckpointError(f'{path}: not a vit_jax export (not a zip file)') from None
+            archives.check_zip(z, path)
+            metadata = _metadata(z.read(METADATA), path)
+            try:
+                exported = jax.export.deserialize(bytearray(z.read(MODULE)))
+            except Exception as e:  # noqa: BLE001 - flatbuffer/MLIR errors have no common type
+                raise CheckpointError(f'{path}: {MODULE} is not a serialized jax.export module '
+                                      f'({type(e).__name__}: {e})') from None
+            params = _params(z.read(PARAMS), path) if PARAMS in names else None
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f'{path}: not a vit_jax export (not a valid zip file: {e})') from None
     return Served(exported, metadata, params)
+
+
+def _metadata(data: bytes, path: str) -> dict:
+    try:
+        metadata = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f'{path}: {METADATA} is not valid JSON ({e})') from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f'{path}: {METADATA} is not a JSON object')
+    version = metadata.get('format_version')
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f'{path}: {METADATA} format_version={version!r}; this vit_jax reads '
+                              f'{FORMAT_VERSION}')
+    size = metadata.get('image_size')
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise CheckpointError(f'{path}: {METADATA} image_size={size!r} is not a positive integer')
+    names = metadata.get('class_names')
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f'{path}: {METADATA} class_names is not a list of strings')
+    return metadata
+
+
+def _params(data: bytes, path: str) -> Any:
+    source = f'{path}:{PARAMS}'
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            archives.check_npz(z, source)
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            flat = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise CheckpointError(f'{source}: corrupt ({e})') from None
+    return jax.tree_util.tree_map(jnp.asarray, trees.unflatten(flat, source=source))

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vit_jax import trees
+from vit_jax.checkpoint import arch, npz
 from vit_jax.checkpoint.adapt import (
     interpolate_posembed,
     load_pretrained,
@@ -26,8 +27,16 @@ from vit_jax.checkpoint.adapt import (
     resize_patch_embedding,
 )
 from vit_jax.checkpoint.arch import inspect_params
-from vit_jax.checkpoint.npz import load, save
+from vit_jax.checkpoint.npz import save
 from vit_jax.errors import CheckpointError
+
+
+def load(path: str) -> dict:
+    """A public `.npz` (any published layout) as a Linen parameter tree; its values are checked
+    (real floating point, finite) as every loader's are."""
+    params = npz.load(path)
+    arch.check_values(params, source=str(path))
+    return params
 
 
 def recover_tree(keys: Sequence[str], values: Sequence[Any]) -> dict:

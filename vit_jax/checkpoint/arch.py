@@ -176,6 +176,19 @@ def check_params(params: Mapping[str, Any], config: Any, source: str = 'checkpoi
     inspect_params(params, expected, source=source)
 
 
+def check_values(params: Mapping[str, Any], source: str = 'checkpoint') -> None:
+    """CheckpointError naming the first parameter that is not a real floating array (float16/32/64,
+    bfloat16) or holds NaN / Inf; one array in float32 at a time, so memory stays bounded."""
+    for key, value in trees.flatten(params).items():
+        dtype = np.dtype(getattr(value, 'dtype', np.asarray(value).dtype))
+        if not (np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16):
+            raise CheckpointError(f'{source}: parameter {key!r} has dtype {dtype}; expected real floating '
+                                  'point (float16/32/64, bfloat16)')
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value, np.float32))))
+        if bad:
+            raise CheckpointError(f'{source}: parameter {key!r} holds {bad:,} NaN/Inf values')
+
+
 def _listed(items: list[str]) -> str:
     shown = ', '.join(items[:_MAX_LISTED])
     return shown + (f' and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else '')

@@ -343,16 +343,99 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
                              gelu_approximate=HF_GELU[act], source=weights), params
 
 
-def _timm_heads(meta: Mapping[str, str], num_heads: int | None, path: str) -> int:
-    if num_heads:
-        return num_heads
-    if META_PREFIX + 'num_heads' in meta:
-        return int(meta[META_PREFIX + 'num_heads'])
-    raise CheckpointError(f'{path}: timm state dicts do not record the number of attention heads; pass it '
-                          '(vit-convert/vit-predict --num-heads N, or num_heads=N)')
+# timm's VisionTransformer architectures that vit_jax.models.VisionTransformer expresses exactly:
+# name -> (width, depth, heads, patch, pooling). Read from the `model_args` of the @register_model
+# functions in timm/models/vision_transformer.py (timm 1.0.29): every `vit_*` whose arguments are
+# only size, heads and patch (class token + token pooling), or no class token with average pooling
+# and no fc_norm (our classifier='gap'). Any other argument (qkv_bias=False, init_values, reg_tokens,
+# no_embed_class, fc_norm, another MLP ratio or activation, ...) changes the computation: not listed.
+TIMM_ARCHS = {
+    'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
+    'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
+    'vit_small_patch32_224': (384, 12, 6, 32, 'token'),
+    'vit_small_patch32_384': (384, 12, 6, 32, 'token'),
+    'vit_small_patch16_224': (384, 12, 6, 16, 'token'),
+    'vit_small_patch16_384': (384, 12, 6, 16, 'token'),
+    'vit_small_patch8_224': (384, 12, 6, 8, 'token'),
+    'vit_base_patch32_224': (768, 12, 12, 32, 'token'),
+    'vit_base_patch32_384': (768, 12, 12, 32, 'token'),
+    'vit_base_patch16_224': (768, 12, 12, 16, 'token'),
+    'vit_base_patch16_384': (768, 12, 12, 16, 'token'),
+    'vit_base_patch8_224': (768, 12, 12, 8, 'token'),
+    'vit_large_patch32_224': (1024, 24, 16, 32, 'token'),
+    'vit_large_patch32_384': (1024, 24, 16, 32, 'token'),
+    'vit_large_patch16_224': (1024, 24, 16, 16, 'token'),
+    'vit_large_patch16_384': (1024, 24, 16, 16, 'token'),
+    'vit_large_patch14_224': (1024, 24, 16, 14, 'token'),
+    'vit_huge_patch14_224': (1280, 32, 16, 14, 'token'),
+    'vit_base_patch16_gap_224': (768, 12, 16, 16, 'avg'),
+    'vit_huge_patch14_gap_224': (1280, 32, 16, 14, 'avg'),
+    'vit_huge_patch16_gap_448': (1280, 32, 16, 16, 'avg'),
+    'vit_base_patch16_siglip_gap_224': (768, 12, 12, 16, 'avg'),
+    'vit_base_patch16_siglip_gap_256': (768, 12, 12, 16, 'avg'),
+    'vit_base_patch16_siglip_gap_384': (768, 12, 12, 16, 'avg'),
+    'vit_base_patch16_siglip_gap_512': (768, 12, 12, 16, 'avg'),
+    'vit_large_patch16_siglip_gap_256': (1024, 24, 16, 16, 'avg'),
+    'vit_large_patch16_siglip_gap_384': (1024, 24, 16, 16, 'avg'),
+}
+POOLS = ('token', 'avg')
 
 
-def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None
+def timm_arch(name: str) -> dict[str, Any]:
+    """The facts of timm architecture `name` (a pretrained tag after '.' is ignored); CheckpointError
+    if vit_jax cannot express it exactly."""
+    base = name.split('.')[0]
+    if base not in TIMM_ARCHS:
+        raise CheckpointError(f'timm architecture {name!r} is not one vit_jax loads exactly '
+                              '(vit-convert --list-archs lists those it does)')
+    width, depth, heads, patch, pool = TIMM_ARCHS[base]
+    return dict(name=base, width=width, depth=depth, num_heads=heads, patch=patch, pool=pool)
+
+
+def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None,
+                pool: str | None, arch_name: str | None) -> tuple[int, str]:
+    """(heads, pooling) of a timm ViT state dict: from our export's metadata, the architecture name
+    (given, or the `architecture` of the config.json timm saves beside its weights), or stated by
+    the caller; never assumed. Checked against the weights."""
+    if arch_name is None:
+        beside = paths.join(paths.parent(path), 'config.json')
+        if paths.exists(beside):
+            arch_name = _json(beside).get('architecture')
+    stated = timm_arch(arch_name) if arch_name else {}
+    if stated:
+        width = int(np.shape(sd['patch_embed.proj.weight'])[0]) if 'patch_embed.proj.weight' in sd else None
+        depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
+        patch = int(np.shape(sd['patch_embed.proj.weight'])[-1]) if width else None
+        found = dict(width=width, depth=depth, patch=patch, pool='token' if 'cls_token' in sd else 'avg')
+        for key, value in found.items():
+            if value != stated[key]:
+                raise CheckpointError(f'{path}: the weights have {key} {value} but timm architecture '
+                                      f'{stated["name"]} has {stated[key]}')
+    heads = num_heads or stated.get('num_heads') or (int(meta[META_PREFIX + 'num_heads'])
+                                                     if META_PREFIX + 'num_heads' in meta else None)
+    if num_heads and stated and num_heads != stated['num_heads']:
+        raise CheckpointError(f'{path}: --num-heads {num_heads} but timm architecture {stated["name"]} '
+                              f'has {stated["num_heads"]} heads')
+    classifier = meta.get(META_PREFIX + 'classifier')
+    pool = pool or stated.get('pool') or {'token': 'token', 'gap': 'avg'}.get(classifier)
+    if pool is not None and pool not in POOLS:
+        raise CheckpointError(f'{path}: pooling {pool!r} is not one of {", ".join(POOLS)}')
+    missing = [what for what, value in (('the number of attention heads (--num-heads N)', heads),
+                                        ('the pooling (--pool token|avg)', pool)) if value is None]
+    if missing:
+        raise CheckpointError(f'{path}: timm state dicts record neither {" nor ".join(missing)}; give the '
+                              'timm architecture (--arch NAME, e.g. vit_base_patch16_224; '
+                              'vit-convert --list-archs) or state them')
+    if pool == 'avg' and 'cls_token' in sd:
+        raise CheckpointError(f'{path}: average pooling with a class token (timm class_token=True, '
+                              "global_pool='avg') is not supported by vit_jax.models.VisionTransformer")
+    if pool == 'token' and 'cls_token' not in sd:
+        raise CheckpointError(f'{path}: token pooling but the weights have no cls_token')
+    return heads, pool
+
+
+def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
+              num_heads: int | None = None, pool: str | None = None, arch_name: str | None = None
               ) -> tuple[ml_collections.ConfigDict, dict]:
     """(model_config, params) of a timm VisionTransformer (or MlpMixer) state dict."""
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
@@ -361,13 +444,13 @@ def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], 
     if 'fc_norm.weight' in sd:
         raise CheckpointError(f'{path}: timm fc_norm (LayerNorm after pooling) is not supported by '
                               'vit_jax.models.VisionTransformer')
+    heads, pool = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
     canonical = _rename(sd, _TIMM_NAMES, path)
-    params = _linen_from_canonical(canonical, _timm_heads(meta, num_heads, path), path)
+    params = _linen_from_canonical(canonical, heads, path)
     eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
     approx = meta.get(META_PREFIX + 'gelu_approximate', 'false') == 'true'
     config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, source=path)
-    if meta.get(META_PREFIX + 'classifier'):
-        config.classifier = meta[META_PREFIX + 'classifier']
+    config.classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap'}[pool]
     return config, params
 
 

@@ -88,10 +88,13 @@ def _from_workdir(path: str) -> Checkpoint:
     return Checkpoint(config, params, 'workdir', path, list(names) if names else None, eval_pp)
 
 
-def read(source: str, *, num_heads: int | None = None) -> Checkpoint:
+def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
+         timm_arch: str | None = None) -> Checkpoint:
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
-    `num_heads` is needed only for timm state dicts, which do not record it. Raises
+    `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
+    'avg') state what timm state dicts do not record; they are needed only for those (and not when
+    the config.json timm saves beside its weights names the architecture). Raises
     CheckpointError (one line) on unreadable or inconsistent files, FileNotFoundError or
     DownloadError when there is nothing to read.
     """
@@ -110,15 +113,17 @@ def read(source: str, *, num_heads: int | None = None) -> Checkpoint:
         sd, meta = foreign.read_weights(path)
         fmt = foreign.weights_format(path, list(sd))
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
-                          else foreign.read_timm(path, sd, meta, num_heads))
+                          else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
         found = Checkpoint(config, params, fmt, path)
     arch.check_params(found.params, found.model_config, source=path)
+    arch.check_values(found.params, source=path)
     return found
 
 
-def load(source: str, *, num_heads: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
-    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name."""
-    found = read(source, num_heads=num_heads)
+def load(source: str, **facts: Any) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name (`facts`:
+    `num_heads`, `pool`, `timm_arch` as for `read`)."""
+    found = read(source, **facts)
     return found.model_config, found.params
 
 
@@ -198,7 +203,7 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
     return LoadedModel(model=model, params=params, image_size=size, class_names=class_names, source=source)
 
 
-def load_model(source: str, model_name: str | None = None, *, num_heads: int | None = None) -> LoadedModel:
+def load_model(source: str, model_name: str | None = None, **facts: Any) -> LoadedModel:
     """A checkpoint (file, URL, workdir or catalogue name) as a model ready for inference.
 
     `model_name` (a `MODEL_CONFIGS` key) replaces the architecture read from the file, keeping
@@ -206,7 +211,7 @@ def load_model(source: str, model_name: str | None = None, *, num_heads: int | N
     """
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ConfigError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
-    found = read(source, num_heads=num_heads)
+    found = read(source, **facts)
     model_config = found.model_config
     if model_name is not None:
         named = get_config(model_name)

@@ -21,7 +21,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from vit_jax import paths, trees
+from vit_jax import archives, paths, trees
 from vit_jax.errors import CheckpointError
 from vit_jax.models import scan_to_blocks
 
@@ -48,10 +48,16 @@ def _open(path: str) -> Any:
             raise CheckpointError(f'{path}: is a single .npy array, not a .npz checkpoint')
         raise CheckpointError(f'{path}: not a .npz file (no zip header); is it truncated or another format?')
     try:
-        return np.load(f, allow_pickle=False)
+        handle = np.load(f, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         f.close()
         raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
+    try:
+        archives.check_npz(handle.zip, path)   # sizes and headers, before anything is inflated
+    except CheckpointError:
+        handle.close()
+        raise
+    return handle
 
 
 def keys(path: str) -> list[str]:
