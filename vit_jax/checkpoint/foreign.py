@@ -534,8 +534,8 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
         raise CheckpointError(f'{target} export supports plain ViTs only (this is a hybrid R+ViT); '
                               'use --to npz')
     if 'pre_logits' in params:
-        raise CheckpointError(f'{target} has no pre_logits layer; re-head the model (e.g. --num-classes N) '
-                              'or use --to npz')
+        raise CheckpointError(f'{target} has no pre_logits (representation) layer, and re-heading keeps it; '
+                              'use --to npz')
     if fmt == 'hf':
         if 'cls' not in params or config.classifier != 'token':
             raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
