@@ -51,10 +51,13 @@ RANGES = {
     'fewshot.l2_reg': (_FLOAT, 0, None, True),
     'mesh.fsdp': (_INT, 1, None, True), 'mesh.fsdp_min_size': (_INT, 0, None, True),
 }
+# The same for trainer='inference_time'.
+INFERENCE_TIME_RANGES = {key: (_INT, 1, None, True)
+                         for key in ('batch', 'num_classes', 'image_size', 'steps')}
 
 
-def _check_range(config: ml_collections.ConfigDict, key: str) -> None:
-    types, low, high, low_allowed = RANGES[key]
+def _check_range(config: ml_collections.ConfigDict, key: str, ranges: dict = RANGES) -> None:
+    types, low, high, low_allowed = ranges[key]
     node = config
     for part in key.split('.'):
         if part not in node:
@@ -109,10 +112,8 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks the values a run needs; one-line ConfigErrors naming the key and the value."""
     if config.trainer == 'inference_time':
-        for key in ('batch', 'num_classes', 'image_size', 'steps'):
-            if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
-                raise ConfigError(f'config.{key}={config[key]!r} must be a positive integer '
-                                  f'(--config.{key}=...)')
+        for key in INFERENCE_TIME_RANGES:
+            _check_range(config, key, INFERENCE_TIME_RANGES)
         if config.model_name not in models.MODEL_CONFIGS:
             raise ConfigError(f'config.model_name={config.model_name!r} is not one of '
                               f'{", ".join(models.MODEL_CONFIGS)}')
@@ -134,8 +135,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                        config.warmup_steps, config.total_steps)
     if config.model_or_filename:
         hub.check_augreg_name(str(config.model_or_filename))
-    patch = _patch_size(config.model)
-    if patch and config.pp.crop < patch:
+    patch = max(models.build_model(config.model, None, inference=True).patch_stride)
+    if config.pp.crop < patch:
         raise ConfigError(f'config.pp.crop={config.pp.crop} is smaller than the model\'s '
                           f'{patch}-pixel patches')
     data = config.mesh.data
@@ -144,18 +145,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.loss not in LOSSES:
         raise ConfigError(f'config.loss={config.loss!r} is unknown; expected one of {", ".join(LOSSES)}')
     return config
-
-
-def _patch_size(model: Any) -> int | None:
-    """The input pixels one token covers (the stem's downsampling for hybrids), if the model has patches."""
-    size = (model.get('patches') or {}).get('size')
-    if not size:
-        return None
-    resnet = model.get('resnet')
-    stride = 1
-    if resnet is not None:   # the root /4, every stage after the first /2
-        stride = 4 * 2 ** max(len(resnet.get('num_layers') or ()) - 1, 0)
-    return int(max(size)) * stride
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -91,9 +91,8 @@ def _metadata(data: bytes, path: str) -> dict:
 def _params(data: bytes, path: str) -> Any:
     source = f'{path}:{PARAMS}'
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            archives.check_npz(z, source)
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            archives.check_npz(f.zip, source)   # sizes and headers, before anything is inflated
             flat = {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, ValueError, EOFError) as e:
         raise CheckpointError(f'{source}: corrupt ({e})') from None

@@ -154,9 +154,10 @@ def image_size(params: Mapping[str, Any], config: Any) -> int:
     """The training resolution implied by the position-embedding grid (Mixer: the token count)."""
     model = build_model(config, None, inference=True)
     if family(config) == 'Mixer':
-        grid = int(round(np.sqrt(mixer_tokens(params))))
-        if grid * grid != mixer_tokens(params):
-            raise CheckpointError(f'the Mixer mixes {mixer_tokens(params)} tokens, not a square grid')
+        tokens = mixer_tokens(params)
+        grid = int(round(np.sqrt(tokens)))
+        if grid * grid != tokens:
+            raise CheckpointError(f'the Mixer mixes {tokens} tokens, not a square grid')
         return grid * model.patch_stride[0]
     pos = trees.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
     grid = int(round(np.sqrt(pos - model.num_prefix_tokens)))

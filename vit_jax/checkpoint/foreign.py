@@ -529,6 +529,8 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     """CheckpointError (one line) unless the `fmt` ('timm' | 'hf') layout can express the model."""
     target = {'timm': 'timm', 'hf': 'Hugging Face ViT'}[fmt]
     if family(config) == 'Mixer':
+        if fmt == 'timm':
+            return   # timm's MlpMixer expresses every Mixer
         raise CheckpointError(f'{target} has no MLP-Mixer model; use --to timm (MlpMixer) or --to npz')
     if config.get('resnet') is not None:
         raise CheckpointError(f'{target} export supports plain ViTs only (this is a hybrid R+ViT); '
@@ -559,8 +561,7 @@ def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
     timm has LayerNorm eps 1e-6 and exact GELU built in: a model with other numerics warns, since
     its logits in timm will differ slightly (vit_jax reads the exact numerics back).
     """
-    if family(config) != 'Mixer':
-        check_exportable(params, config, 'timm')
+    check_exportable(params, config, 'timm')
     eps, approx = arch.numerics(config)
     differs = [f'LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g})'] if eps != TIMM_LAYER_NORM_EPS else []
     differs += ['tanh GELU (timm: exact)'] if approx else []

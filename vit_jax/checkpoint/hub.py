@@ -141,13 +141,13 @@ def check_augreg_name(name: str) -> str:
     parts = upstream.split('-')
     if parts[0] not in AUGREG_MODELS:
         raise CheckpointError(f'AugReg name {name!r}: model {parts[0]!r} is not one of '
-                            f'{", ".join(sorted(AUGREG_MODELS))}')
+                              f'{", ".join(sorted(AUGREG_MODELS))}')
     if len(parts) == 1 and not adapt:
         return bare
     for grammar, given in ((_AUGREG_PARTS, parts[1:]), (_ADAPT_PARTS, adapt.split('-') if adapt else [])):
         if len(given) != len(grammar) and (given or grammar is _AUGREG_PARTS):
             raise CheckpointError(f'AugReg name {name!r}: expected {len(grammar)} parts '
-                                f'({", ".join(w for w, _ in grammar)}) after the model, got {len(given)}')
+                                  f'({", ".join(w for w, _ in grammar)}) after the model, got {len(given)}')
         for (what, pattern), part in zip(grammar, given, strict=False):
             if not re.fullmatch(pattern, part):
                 raise CheckpointError(f'AugReg name {name!r}: {what} part {part!r} does not match '
@@ -234,7 +234,8 @@ def select_augreg(rows: Iterable[Mapping[str, Any]], model: str, *, ds: str = 'i
         key = 'adapt_final_val'
     if not rows:
         raise CheckpointError(f'no AugReg checkpoint for model={model!r} ds={ds!r} adapt_ds={adapt_ds!r} '
-                         f'adapt_resolution={adapt_resolution!r}; known models: {", ".join(AUGREG_MODELS)}')
+                              f'adapt_resolution={adapt_resolution!r}; known models: '
+                              f'{", ".join(AUGREG_MODELS)}')
     return max(rows, key=lambda r: float(r[key]))
 
 

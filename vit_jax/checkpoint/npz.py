@@ -73,10 +73,7 @@ def read(path: str) -> dict[str, np.ndarray]:
         for key in npz.files:
             try:
                 flat[key] = _fix_dtype(npz[key])
-            except ValueError as e:
-                if 'pickle' in str(e):
-                    raise CheckpointError(f'{path}: array {key!r} holds pickled Python objects; refusing to '
-                                          'load it (unpickling can run code)') from None
+            except ValueError as e:   # (object arrays never get here: `_open` refuses them)
                 raise CheckpointError(f'{path}: array {key!r} is unreadable ({e})') from None
             except (zipfile.BadZipFile, EOFError, OSError) as e:
                 raise CheckpointError(f'{path}: corrupt or truncated .npz ({e})') from None
