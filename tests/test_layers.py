@@ -18,7 +18,7 @@ LAYERS = [
     ('images', 0), ('archives', 0), ('configs', 0), ('', 0),
     ('models', 1), ('optim', 1), ('sharding', 1), ('metrics', 1),
     ('checkpoint', 2), ('serving', 2), ('test_utils', 2),
-    ('preprocessing', 3), ('augment', 3), ('input_pipeline', 3), ('tokenizers', 3),
+    ('preprocessing', 3), ('augment', 3), ('input_pipeline', 3), ('preprocess', 3),
     ('resolve', 4), ('train', 4), ('fewshot', 4), ('inference_time', 4),
     ('main', 5), ('predict', 5), ('analysis', 5), ('convert', 5), ('export', 5), ('zeroshot', 5),
 ]

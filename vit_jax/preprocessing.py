@@ -14,7 +14,7 @@ file gives the same model input wherever it is read.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -197,20 +197,24 @@ def one_hot(label: tf.Tensor, num_classes: int, smoothing: float = 0.0) -> tf.Te
     return target
 
 
-def load_image(path: str, pp: Preprocessing) -> np.ndarray:
-    """An image file -> float32 [crop, crop, 3] model input (eval preprocessing); DataError if unreadable."""
-    data = images.encoded_bytes(path)
+def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor]) -> np.ndarray:
+    """An image file -> float32 model input: the eval preprocessing `pp` ([crop, crop, 3]), or `pp`
+    applied to the decoded uint8 image (e.g. LiT's `vit_jax.preprocess.PreprocessImages.preprocess_tf`);
+    DataError if unreadable."""
+    data = tf.constant(images.encoded_bytes(path))
     try:
-        return eval_image(tf.constant(data), pp).numpy()
+        return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
         raise DataError(f'{path}: unreadable image ({e.message.splitlines()[0]})') from None
 
 
 def image_batches(files: Iterable[str], size: int, batch_size: int, crop_fraction: float | None = None,
-                  on_error=None) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(files, model inputs) batches for inference (`for_inference` preprocessing); unreadable files
-    go to `on_error(path, message)` and are skipped (without `on_error` they raise)."""
-    pp = for_inference(size, crop_fraction)
+                  on_error=None, *, prepare: Callable[[tf.Tensor], tf.Tensor] | None = None
+                  ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(files, model inputs) batches for inference (`for_inference` preprocessing, or `prepare` of
+    each decoded uint8 image); unreadable files go to `on_error(path, message)` and are skipped
+    (without `on_error` they raise)."""
+    pp = prepare or for_inference(size, crop_fraction)
     names: list[str] = []
     batch: list[np.ndarray] = []
     for path in files:

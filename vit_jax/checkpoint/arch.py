@@ -3,7 +3,9 @@
 `infer_config(params)` reads every fact a VisionTransformer parameter tree records (patch
 size, width, depth, MLP width, heads from the [D, heads, head_dim] attention kernels, class
 token, pre-logits, ResNet stem); the numerics (LayerNorm epsilon, GELU form) are not in the
-weights and come from the caller (the file format states them). `check_params` builds the model
+weights and come from the caller (the file format states them). `infer_lit_config` does the same
+for LiT trees (`img`, `txt`, `t`), where a BERT text tower records neither its heads (flaxformer
+keeps 2-D kernels) nor the token length it was trained with. `check_params` builds the model
 abstractly and checks every key and shape.
 """
 
@@ -122,6 +124,101 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     return config
 
 
+def is_lit(params: Mapping[str, Any]) -> bool:
+    """Whether a parameter tree is a LiT model's (an `img` and a `txt` tower)."""
+    return 'img' in params and 'txt' in params
+
+
+def lit_models() -> list[str]:
+    """The LiT names of MODEL_CONFIGS."""
+    return [name for name, config in MODEL_CONFIGS.items() if family(config) == 'LiT']
+
+
+def infer_lit_config(params: Mapping[str, Any], *, text_heads: int | None = None, max_len: int | None = None,
+                     source: str = 'checkpoint') -> ml_collections.ConfigDict:
+    """The LiT model config of a parameter tree, from its shapes.
+
+    A `TextTransformer` tower records everything (heads in its [D, heads, head_dim] kernels, the
+    token length in its position embedding). A BERT tower records neither: give `text_heads` and
+    `max_len` (the LiT models use 16 tokens), else a CheckpointError says so.
+    """
+    missing = [k for k in ('img', 'txt', 't') if k not in params]
+    if missing:
+        raise CheckpointError(f'{source}: not a LiT parameter tree (no {missing[0]})')
+    image = infer_config(params['img'], source=f'{source} (img)')
+    out_img = num_classes(params['img']) or None
+    image_size_ = _lit_image_size(params['img'], image)
+    txt = params['txt']
+    config = ml_collections.ConfigDict()
+    config.model_name = None
+    config.image = image
+    if 'BertEncoder_0' in txt:
+        text, length = _infer_bert(txt['BertEncoder_0'], text_heads, max_len, source)
+        config.text_model, config.text, tokenizer = 'bert', {'config': text}, 'bert'
+    elif 'Encoder_0' in txt:
+        text, length = _infer_text_transformer(txt, source)
+        if max_len is not None and max_len != length:
+            raise CheckpointError(f'{source}: the text tower takes {length} tokens (its position embedding), '
+                                  f'not max_len={max_len}')
+        config.text_model, config.text, tokenizer = 'text_transformer', text, 'sentencepiece'
+    else:
+        raise CheckpointError(f'{source}: unknown LiT text tower (no txt/BertEncoder_0 or txt/Encoder_0)')
+    out_txt = num_classes(txt) or None
+    if config.text_model == 'text_transformer' and out_txt is None:
+        raise CheckpointError(f'{source}: a TextTransformer text tower needs its txt/head')
+    config.out_dim = (out_img, out_txt)
+    config.pp = ml_collections.ConfigDict(dict(tokenizer_name=tokenizer, size=image_size_, max_len=length))
+    return config
+
+
+def _lit_image_size(params: Mapping[str, Any], image: Any) -> int:
+    try:
+        return image_size(params, image)
+    except CheckpointError as e:
+        raise CheckpointError(f'img: {e}') from None
+
+
+def _infer_bert(enc: Mapping[str, Any], heads: int | None, max_len: int | None, source: str
+                ) -> tuple[ml_collections.ConfigDict, int]:
+    try:
+        emb = enc['embedder']
+        layers = enc['encoder_block']['layer_sequence']
+        mlp = layers['layers_0']['mlp_block']['mlp']['dense_layer']['kernel']
+        vocab, hidden = trees.shape(emb['embedders_token_ids']['embedding'])
+        fields = dict(hidden_size=int(hidden), intermediate_dim=int(trees.shape(mlp)[1]),
+                      vocab_size=int(vocab),
+                      max_length=int(trees.shape(emb['embedders_position_ids']['embedding'])[0]),
+                      num_segments=int(trees.shape(emb['embedders_segment_ids']['embedding'])[0]),
+                      num_hidden_layers=len(layers))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f'{source}: not a flaxformer BertEncoder under txt/BertEncoder_0 '
+                              f'(no {e})') from None
+    if heads is None or max_len is None:
+        raise CheckpointError(
+            f'{source}: a BERT text tower records neither its attention heads nor its token length; name '
+            f'the model (--model {" | ".join(lit_models())}) or give --text-heads N --max-len N')
+    if hidden % heads:
+        raise CheckpointError(f'{source}: text width {hidden} is not divisible by --text-heads {heads}')
+    if not 2 <= max_len <= fields['max_length']:
+        raise CheckpointError(f'{source}: --max-len {max_len} is not in [2, {fields["max_length"]}] (the '
+                              'BERT position embedding)')
+    return ml_collections.ConfigDict({**fields, 'num_attention_heads': int(heads)}), max_len
+
+
+def _infer_text_transformer(txt: Mapping[str, Any], source: str) -> tuple[ml_collections.ConfigDict, int]:
+    try:
+        vocab, width = trees.shape(txt['Embed_0']['embedding'])
+        length = int(trees.shape(txt['pos_embedding'])[1])
+        enc = txt['Encoder_0']
+        layers = [k for k in enc if re.fullmatch(r'encoderblock_\d+', k)]
+        query = trees.shape(enc['encoderblock_0']['MultiHeadDotProductAttention_0']['query']['kernel'])
+        mlp = trees.shape(enc['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f'{source}: not a LiT TextTransformer under txt/ (no {e})') from None
+    return ml_collections.ConfigDict(dict(width=int(width), num_layers=len(layers), mlp_dim=int(mlp[1]),
+                                          num_heads=int(query[1]), vocab_size=int(vocab))), length
+
+
 def _infer_mixer(params: Mapping[str, Any], source: str) -> ml_collections.ConfigDict:
     """The config of an MLP-Mixer parameter tree (`stem`, `MixerBlock_{i}`), from its shapes."""
     try:
@@ -170,6 +267,15 @@ def image_size(params: Mapping[str, Any], config: Any) -> int:
 
 def check_params(params: Mapping[str, Any], config: Any, source: str = 'checkpoint') -> None:
     """Checks every key and shape against the model `config` builds (abstractly, no compute)."""
+    if family(config) == 'LiT':
+        model = build_model(config, None)
+        pp = config['pp']
+        size, length = int(pp['size']), int(pp['max_len'])
+        expected = jax.eval_shape(lambda: model.init(
+            jax.random.PRNGKey(0), images=jnp.zeros((1, size, size, 3)),
+            tokens=jnp.zeros((1, length), jnp.int32)))['params']
+        inspect_params(params, expected, source=source)
+        return
     size = image_size(params, config)
     model = build_model(config, num_classes(params), inference=True)
     expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),

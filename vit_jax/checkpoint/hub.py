@@ -4,6 +4,8 @@ Names (every public file the original's README and notebooks list, fetched over 
 - `ViT-B_16` or `imagenet21k/ViT-B_16`: ImageNet-21k pre-training (with `pre_logits`, 21843 classes);
 - `imagenet21k+imagenet2012/ViT-B_16`: the ImageNet fine-tunes (384 px; `ViT-B_16-224` at 224);
 - `sam/ViT-B_16`: ImageNet-1k with SAM;
+- `LiT-B16B` or `lit/LiT-B16B` (and B16B_2, L16L, L16S, L16Ti): the LiT image-text models, with
+  their vocabularies `lit/LiT-B16B.txt` (BERT WordPiece) or `lit/LiT-L16S.model` (SentencePiece);
 - `Mixer-B_16` or `mixer_models/imagenet21k/Mixer-B_16`, `mixer_models/imagenet1k/...`,
   `mixer_models/sam/...`, `mixer_models/gsam/...`: the MLP-Mixer files of gs://mixer_models;
 - AugReg ("How to train your ViT?"): a full filename such as
@@ -46,7 +48,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vit_jax import paths
-from vit_jax.configs.models import AUGREG_CONFIGS
+from vit_jax.configs.models import AUGREG_CONFIGS, MODEL_CONFIGS
 from vit_jax.errors import CheckpointError, DownloadError
 
 try:  # Optional: Cloud Storage's crc32c (composite objects report no md5).
@@ -58,7 +60,8 @@ __all__ = [
     'AUGREG_COLUMNS', 'AUGREG_DIR', 'AUGREG_INDEX', 'AUGREG_MODELS', 'GCS_BUCKET', 'HTTPS_ROOT',
     'DownloadError', 'augreg_url', 'cache_dir', 'cache_path', 'catalogue', 'check_augreg_name',
     'check_cached', 'download',
-    'hub_url', 'https_url', 'list_names', 'read_augreg_index', 'record_path', 'resolve', 'select_augreg',
+    'hub_url', 'https_url', 'list_names', 'lit_vocab_name', 'read_augreg_index', 'record_path', 'resolve',
+    'select_augreg',
     'url_for',
 ]
 
@@ -73,6 +76,9 @@ CACHE_ENV = 'VIT_JAX_CACHE'
 RECORD_SUFFIX = '.verified.json'
 AUGREG_DIR = f'{GCS_BUCKET}/augreg'
 AUGREG_INDEX = f'{AUGREG_DIR}/index.csv'
+LIT_DIR = f'{GCS_BUCKET}/lit'
+# The vocabulary file of each LiT tokenizer, beside the weights (the original's `LitModel.vocab_path`).
+LIT_VOCAB_SUFFIXES = {'bert': '.txt', 'sentencepiece': '.model'}
 
 # What the original repository published (its README and the bucket listings in vit_jax.ipynb).
 IMAGENET21K = ('ViT-B_8', 'ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14', 'R26+ViT-B_32',
@@ -115,8 +121,18 @@ def catalogue() -> dict[str, str]:
             names[f'mixer_models/{folder}/{model}'] = f'{MIXER_BUCKET}/{folder}/{model}.npz'
     for model in MIXER_FILES['imagenet21k']:
         names[model] = names[f'mixer_models/imagenet21k/{model}']
+    for model, config in MODEL_CONFIGS.items():
+        if 'text_model' in config:
+            names[model] = names[f'lit/{model}'] = f'{LIT_DIR}/{model}.npz'
+            names[lit_vocab_name(model)] = f'{LIT_DIR}/{model}{LIT_VOCAB_SUFFIXES[config.pp.tokenizer_name]}'
     names['augreg/index.csv'] = AUGREG_INDEX
     return names
+
+
+def lit_vocab_name(model_name: str) -> str:
+    """The catalogue name of a LiT model's vocabulary (`lit/LiT-B16B.txt`, `lit/LiT-L16S.model`)."""
+    suffix = LIT_VOCAB_SUFFIXES[MODEL_CONFIGS[model_name].pp.tokenizer_name]
+    return f'lit/{model_name}{suffix}'
 
 
 # The AugReg filename grammar (the `filename` / `adapt_filename` columns of index.csv), one part
@@ -555,6 +571,7 @@ def resolve(name_or_path: str, *, index: str | None = None, directory: str | Non
     if url is None:
         raise FileNotFoundError(f'{name}: no such file, and not a known checkpoint name (e.g. ViT-B_16, '
                                 'imagenet21k+imagenet2012/ViT-B_16, sam/ViT-B_16, Mixer-B_16, augreg/B_16, '
+                                'LiT-B16B, '
                                 'an AugReg filename, or a URL)')
     url = https_url(url)
     dst = cache_path(url, directory)

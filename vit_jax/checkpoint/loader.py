@@ -88,15 +88,33 @@ def _from_workdir(path: str) -> Checkpoint:
     return Checkpoint(config, params, 'workdir', path, list(names) if names else None, eval_pp)
 
 
+def _lit_config(source: str, path: str, params: dict, model_name: str | None, text_heads: int | None,
+                max_len: int | None) -> ml_collections.ConfigDict:
+    """A LiT file's config: `model_name`, else the LiT name of a catalogue source or of the file
+    (the original saves `LiT-B16B.npz`), else what the weights record plus `text_heads` / `max_len`."""
+    names = arch.lit_models()
+    stem = paths.name(path).removesuffix('.npz')
+    named = model_name or next((n for n in names if str(source) in (n, f'lit/{n}') or stem == n), None)
+    if named is None:
+        return arch.infer_lit_config(params, text_heads=text_heads, max_len=max_len, source=path)
+    if named not in names:
+        raise ConfigError(f'{path} is a LiT checkpoint; --model {named!r} is not a LiT model '
+                          f'({", ".join(names)})')
+    return get_config(named)
+
+
 def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
-         timm_arch: str | None = None) -> Checkpoint:
+         timm_arch: str | None = None, model_name: str | None = None, text_heads: int | None = None,
+         max_len: int | None = None) -> Checkpoint:
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
     `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
     'avg') state what timm state dicts do not record; they are needed only for those (and not when
-    the config.json timm saves beside its weights names the architecture). Raises
-    CheckpointError (one line) on unreadable or inconsistent files, FileNotFoundError or
-    DownloadError when there is nothing to read.
+    the config.json timm saves beside its weights names the architecture). A LiT `.npz` takes the
+    config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
+    its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither);
+    the ViT `model_name` is `load_model`'s. Raises CheckpointError (one line) on unreadable or
+    inconsistent files, FileNotFoundError or DownloadError when there is nothing to read.
     """
     path = hub.resolve(str(source))
     kind = _kind(path)
@@ -105,8 +123,11 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     elif kind == 'npz':
         flat = npz.read(path)
         params = npz.normalize(flat, path)
-        found = Checkpoint(arch.infer_config(params, source=path), params,
-                           'big_vision' if npz.is_big_vision(flat) else 'npz', path)
+        if arch.is_lit(params):
+            config = _lit_config(source, path, params, model_name, text_heads, max_len)
+        else:
+            config = arch.infer_config(params, source=path)
+        found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
         found = Checkpoint(*foreign.read_hf(path), 'hf', path)
     else:
@@ -213,6 +234,9 @@ def load_model(source: str, model_name: str | None = None, **facts: Any) -> Load
         raise ConfigError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
     found = read(source, **facts)
     model_config = found.model_config
+    if family(model_config) == 'LiT':
+        raise CheckpointError(f'{found.path} is a LiT image-text model: classify with it zero-shot '
+                              '(vit-zeroshot, vit_jax.zeroshot)')
     if model_name is not None:
         named = get_config(model_name)
         named.layer_norm_eps, named.gelu_approximate = arch.numerics(model_config)

@@ -1,11 +1,13 @@
-"""Flax models: the Vision Transformer, its hybrid ResNet stem, MLP-Mixer and the named configs.
+"""Flax models: the Vision Transformer, its hybrid ResNet stem, MLP-Mixer, LiT and the named configs.
 
 The original's names: `VisionTransformer`, `MlpMixer`, `AddPositionEmbs`, `MlpBlock`,
-`Encoder1DBlock`, `Encoder`, `get_model(name, **kw)`, and `MODEL_CONFIGS`
+`Encoder1DBlock`, `Encoder`, `LitModel` (with `BertModel`, `TextTransformer`), `get_model(name, **kw)`,
+and `MODEL_CONFIGS`
 (= `vit_jax.configs.models.MODEL_CONFIGS`).
 """
 
 from vit_jax.configs.models import MODEL_CONFIGS
+from vit_jax.models.lit import BertModel, LitModel, TextTransformer
 from vit_jax.models.mixer import MlpMixer
 from vit_jax.models.model_configs import build_model, complete_config, family, get_config, get_model
 from vit_jax.models.vit import (
@@ -20,7 +22,8 @@ from vit_jax.models.vit import (
 )
 
 __all__ = [
-    'MODEL_CONFIGS', 'AddPositionEmbs', 'Encoder', 'Encoder1DBlock', 'MlpBlock', 'MlpMixer',
-    'VisionTransformer', 'blocks_to_scan', 'build_model', 'complete_config', 'family', 'get_config',
+    'MODEL_CONFIGS', 'AddPositionEmbs', 'BertModel', 'Encoder', 'Encoder1DBlock', 'LitModel', 'MlpBlock',
+    'MlpMixer', 'TextTransformer', 'VisionTransformer', 'blocks_to_scan', 'build_model', 'complete_config',
+    'family', 'get_config',
     'get_model', 'num_params', 'scan_to_blocks',
 ]

@@ -2,7 +2,7 @@
 
 `MODEL_CONFIGS` is the original's table (`vit_jax.configs.models`); `get_config(name,
 **overrides)` returns a mutable copy, `family(model_config)` says which model a config describes
-('ViT', also the hybrids, or 'Mixer'), `complete_config(model_config)` adds every field of that
+('ViT', also the hybrids, 'Mixer' or 'LiT'), `complete_config(model_config)` adds every field of that
 module at its default (so a resolved experiment config shows, and can override, all of them),
 and `build_model(model_config, num_classes)` builds the module from any saved config — the one
 place that does.
@@ -20,10 +20,11 @@ import ml_collections
 
 from vit_jax.configs.models import MODEL_CONFIGS
 from vit_jax.errors import ConfigError
+from vit_jax.models.lit import LitModel
 from vit_jax.models.mixer import MlpMixer
 from vit_jax.models.vit import Encoder, VisionTransformer
 
-MODULES = {'ViT': VisionTransformer, 'Mixer': MlpMixer}
+MODULES = {'ViT': VisionTransformer, 'Mixer': MlpMixer, 'LiT': LitModel}
 # Sub-config fields of each module and their fields.
 _SUBCONFIGS = {
     'ViT': {
@@ -34,7 +35,11 @@ _SUBCONFIGS = {
         'resnet': ('num_layers', 'width_factor'),
     },
     'Mixer': {'patches': ('size',)},
+    'LiT': {},   # its `image` config is checked by VisionTransformer, `text` by its tower
 }
+# A LiT model's sub-configs stay ConfigDicts (attribute access, as the original: `model.pp.max_len`).
+_LIT_SUBCONFIGS = ('image', 'text', 'pp')
+_UNSET: Any = object()
 
 
 def _top_fields(name: str) -> tuple[str, ...]:
@@ -133,7 +138,7 @@ def _check_fields(family_name: str, kwargs: dict) -> None:
 
 
 def build_model(model_config: Any, num_classes: int | None, *, inference: bool = False
-                ) -> VisionTransformer | MlpMixer:
+                ) -> VisionTransformer | MlpMixer | LitModel:
     """The module of a model config (ConfigDict, or a dict as read from JSON): `family` picks it.
 
     Dtype names ('bfloat16') become dtypes; a field the model does not have is a ConfigError
@@ -145,6 +150,15 @@ def build_model(model_config: Any, num_classes: int | None, *, inference: bool =
         raise ConfigError(f'the model config must be a mapping, got {type(model_config).__name__}')
     name, module = _module(kwargs)
     _check_fields(name, kwargs)
+    if name == 'LiT':
+        if num_classes is not None:
+            raise ConfigError(f'LiT models have no num_classes (their heads are out_dim), got {num_classes}')
+        for key in _LIT_SUBCONFIGS:
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = ml_collections.ConfigDict(kwargs[key])
+        if isinstance(kwargs.get('out_dim'), list):
+            kwargs['out_dim'] = tuple(kwargs['out_dim'])
+        return module(**kwargs)
     if inference:
         for key in INFERENCE_DROPS:
             kwargs.pop(key, None)
@@ -160,6 +174,11 @@ def build_model(model_config: Any, num_classes: int | None, *, inference: bool =
     return module(num_classes=num_classes, **kwargs)
 
 
-def get_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> VisionTransformer | MlpMixer:
-    """Builds the module of a named config (overrides as in `get_config`), as the original's get_model."""
-    return build_model(get_config(name, **overrides), num_classes)
+def get_model(name: str, num_classes: int | None = _UNSET, **overrides: Any
+              ) -> VisionTransformer | MlpMixer | LitModel:
+    """Builds the module of a named config (overrides as in `get_config`), as the original's get_model:
+    classifiers get `num_classes` (default 1000), LiT models take none."""
+    config = get_config(name, **overrides)
+    if num_classes is _UNSET:
+        num_classes = None if family(config) == 'LiT' else 1000
+    return build_model(config, num_classes)

@@ -1,0 +1,280 @@
+"""`vit-zeroshot`: classify images with a LiT model from class names alone (no training).
+
+    vit-zeroshot photos/ cat.jpg --checkpoint LiT-B16B --labels "cat,dog,airplane"
+    vit-zeroshot img.jpg --checkpoint LiT-L16L --labels imagenet2012 --top-k 3 --json
+    vit-zeroshot img.jpg --checkpoint my/LiT-B16B.npz --labels classes.txt --templates none
+
+Each label becomes texts through prompt templates (default: the LiT Colab's eight, e.g.
+'itap of a {}.', 'a photo of the large {}.', '{}'), whose text embeddings are averaged per label;
+an image's probabilities are softmax(t * image embedding . label embeddings), t the model's learned
+temperature. `--checkpoint` is a LiT catalogue name (`LiT-B16B`, `LiT-B16B_2`, `LiT-L16L`,
+`LiT-L16S`, `LiT-L16Ti`: weights and vocabulary downloaded once, verified) or a LiT `.npz`, local
+or in a bucket; its vocabulary is `--vocab`, else the `.txt` / `.model` beside the weights, else
+the public one of the named model. Images are preprocessed as LiT's (`vit_jax.preprocess`).
+
+From Python: `zs = zeroshot.load('LiT-B16B'); zs.classify(images, ['cat', 'dog'])`, or
+`zs.model.apply(zs.variables, images=..., tokens=zs.tokenizer(texts))` as in the original Colab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import cli, images, labels, paths, preprocess, preprocessing
+from vit_jax.checkpoint import arch, hub, loader
+from vit_jax.errors import CheckpointError, ConfigError
+from vit_jax.models import LitModel, build_model
+from vit_jax.predict import format_text, top_k
+
+# The LiT Colab's default prompts (the shortlist of the CLIP prompt-engineering notebook).
+PROMPTS = ('itap of a {}.', 'a bad photo of the {}.', 'a origami {}.', 'a photo of the large {}.',
+           'a {} in a video game.', 'art of the {}.', 'a photo of the small {}.', '{}')
+TEMPLATE_SETS = {'lit': PROMPTS, 'none': ('{}',)}
+
+
+@dataclasses.dataclass
+class ZeroShot:
+    """A LiT model ready for zero-shot use: module, parameters, tokenizer."""
+
+    model: LitModel
+    params: Any
+    tokenizer: preprocess.BertTokenizer | preprocess.SentencepieceTokenizer
+    source: str
+
+    def __post_init__(self):
+        self._apply_images = jax.jit(lambda p, x: self.model.apply({'params': p}, images=x)[0])
+        self._apply_tokens = jax.jit(lambda p, t: self.model.apply({'params': p}, tokens=t)[1])
+
+    @property
+    def variables(self) -> dict:
+        """`{'params': ...}`, for `model.apply` (the original's `load_variables()`)."""
+        return {'params': self.params}
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.pp.size)
+
+    @property
+    def temperature(self) -> float:
+        return float(np.exp(np.asarray(self.params['t'])[0]))
+
+    def image_preprocessing(self, crop: bool = False) -> preprocess.PreprocessImages:
+        """uint8 images -> model inputs (the original's `get_image_preprocessing()`)."""
+        return preprocess.PreprocessImages(size=self.image_size, crop=crop)
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """L2-normalised embeddings [N, D] of preprocessed images [N, size, size, 3]."""
+        images = np.asarray(images, np.float32)
+        return _batched(lambda x: self._apply_images(self.params, x), images, batch_size)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """L2-normalised embeddings [N, D] of texts."""
+        return _batched(lambda t: self._apply_tokens(self.params, t), self.tokenizer(list(texts)), batch_size)
+
+    def label_embeddings(self, label_names: Sequence[str], templates: Sequence[str] = PROMPTS) -> np.ndarray:
+        """[labels, D]: per label, the mean embedding of its prompts (as the LiT Colab, not renormalised)."""
+        check_templates(templates)
+        texts = [t.format(name) for name in label_names for t in templates]
+        return self.embed_texts(texts).reshape(len(label_names), len(templates), -1).mean(axis=1)
+
+    def logits(self, image_embeddings: np.ndarray, label_embeddings: np.ndarray) -> np.ndarray:
+        """t * image . label similarities [N, labels]: softmax gives the zero-shot probabilities."""
+        return self.temperature * np.asarray(image_embeddings) @ np.asarray(label_embeddings).T
+
+    def classify(self, images: np.ndarray, label_names: Sequence[str], templates: Sequence[str] = PROMPTS
+                 ) -> np.ndarray:
+        """Zero-shot probabilities [N, labels] of preprocessed images."""
+        logits = self.logits(self.embed_images(images), self.label_embeddings(label_names, templates))
+        return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+
+
+def _batched(fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """`fn` over fixed-size batches (the last one padded), so that one shape compiles once."""
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start:start + batch_size]
+        n = len(batch)
+        if n < batch_size and len(inputs) > batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+        out.append(np.asarray(fn(batch))[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """ConfigError unless every template holds exactly one '{}' (where the label goes)."""
+    if not templates:
+        raise ConfigError('no prompt templates')
+    for t in templates:
+        if t.count('{}') != 1 or t.replace('{}', '').count('{') or t.replace('{}', '').count('}'):
+            raise ConfigError(f'prompt template {t!r} must contain exactly one {{}} (where the label goes) '
+                              'and no other braces')
+
+
+def vocab_path(found: loader.Checkpoint, source: str, vocab: str | None = None) -> str:
+    """The vocabulary of a LiT checkpoint: `vocab`, else the file beside the weights with the
+    tokenizer's suffix (`LiT-B16B.txt`, `LiT-L16S.model`), else the named model's public one."""
+    if vocab is not None:
+        return hub.resolve(vocab)
+    suffix = hub.LIT_VOCAB_SUFFIXES[found.model_config.pp.tokenizer_name]
+    beside = found.path.removesuffix('.npz') + suffix
+    if paths.exists(beside):
+        return beside
+    name = found.model_config.get('model_name')
+    if name in arch.lit_models():
+        return hub.resolve(hub.lit_vocab_name(name))
+    raise CheckpointError(f'{source}: no vocabulary: give --vocab FILE (a {suffix} file) or put '
+                          f'{paths.name(beside)} beside the weights')
+
+
+def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = None,
+         text_heads: int | None = None, max_len: int | None = None) -> ZeroShot:
+    """A LiT checkpoint (catalogue name, file or URL) with its tokenizer (see `vocab_path`).
+
+    `model_name` (a LiT MODEL_CONFIGS name) states the architecture of a file that is not named
+    after it; `text_heads` and `max_len` state what a BERT text tower does not record.
+    """
+    found = loader.read(checkpoint, model_name=model_name, text_heads=text_heads, max_len=max_len)
+    if found.model_config.get('text_model') is None:
+        raise CheckpointError(f'{found.path} is not a LiT image-text model: use vit-predict')
+    config = found.model_config
+    tokenizer = preprocess.get_tokenizer(config.pp.tokenizer_name)(
+        vocab_path=vocab_path(found, str(checkpoint), vocab), max_len=int(config.pp.max_len))
+    vocab_size = _vocab_size(found.params)
+    if isinstance(tokenizer, preprocess.BertTokenizer) and tokenizer.unk_token >= vocab_size:
+        raise CheckpointError(f'{tokenizer.vocab_path}: the vocabulary has {tokenizer.unk_token + 1} entries '
+                              f'(with [UNK]) but the text tower embeds {vocab_size} tokens')
+    params = jax.tree_util.tree_map(jnp.asarray, found.params)
+    return ZeroShot(build_model(config, None), params, tokenizer, found.path)
+
+
+def _vocab_size(params: dict) -> int:
+    txt = params['txt']
+    table = (txt['BertEncoder_0']['embedder']['embedders_token_ids'] if 'BertEncoder_0' in txt
+             else txt['Embed_0'])
+    return int(np.shape(table['embedding'])[0])
+
+
+def classify_files(zs: ZeroShot, files: Sequence[str], label_names: Sequence[str], *,
+                   templates: Sequence[str] = PROMPTS, k: int = 5, batch_size: int = 32, crop: bool = False,
+                   progress: bool = False) -> dict:
+    """Zero-shot classifies image files; returns the `--json` document {results, skipped, ...}."""
+    if len(label_names) < 2:
+        raise ConfigError(f'zero-shot classification needs at least 2 labels, got {len(label_names)}')
+    label_embeddings = zs.label_embeddings(label_names, templates)
+    pp = zs.image_preprocessing(crop)
+    skipped: list[dict] = []
+
+    def on_error(path: str, message: str) -> None:
+        skipped.append({'path': path, 'error': message})
+        print(f'skipped {path}: {message}', file=sys.stderr)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files), unit='img', file=sys.stderr)
+    results = []
+    for batch_paths, batch in preprocessing.image_batches(files, zs.image_size, batch_size, on_error=on_error,
+                                                          prepare=pp.preprocess_tf):
+        logits = zs.logits(zs.embed_images(batch, batch_size), label_embeddings)
+        for path, preds in zip(batch_paths, top_k(logits, k, label_names), strict=True):
+            results.append({'path': path, 'predictions': preds})
+        if bar is not None:
+            bar.update(len(batch_paths))
+    if bar is not None:
+        bar.update(len(files) - bar.n)
+        bar.close()
+    return {'checkpoint': zs.source, 'image_size': zs.image_size, 'labels': list(label_names),
+            'templates': list(templates), 'temperature': zs.temperature, 'results': results,
+            'skipped': skipped}
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def read_labels(value: str) -> list[str]:
+    """`--labels`: comma-separated names, a label set (imagenet2012, imagenet21k) or a file (one per line)."""
+    if ',' in value:
+        names = [n.strip() for n in value.split(',')]
+    else:
+        names = labels.load_labels(value)
+    if any(not n for n in names):
+        raise ConfigError(f'--labels {value!r} has an empty label')
+    return names
+
+
+def read_templates(value: str) -> tuple[str, ...]:
+    """`--templates`: 'lit' (the Colab's eight), 'none' (the label alone) or a file, one per line."""
+    if value in TEMPLATE_SETS:
+        return TEMPLATE_SETS[value]
+    if not paths.exists(value):
+        raise ConfigError(f'--templates {value!r} is neither {" nor ".join(TEMPLATE_SETS)} nor a file')
+    templates = tuple(line for line in paths.read_text(value).splitlines() if line.strip())
+    check_templates(templates)
+    return templates
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='vit-zeroshot', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or globs')
+    parser.add_argument('--checkpoint', required=True,
+                        help='LiT catalogue name (LiT-B16B, LiT-B16B_2, LiT-L16L, LiT-L16S, LiT-L16Ti), '
+                             '.npz file or bucket URL')
+    parser.add_argument('--labels', required=True,
+                        help='"cat,dog,..." | imagenet2012 | imagenet21k | a file with one label per line')
+    parser.add_argument('--templates', default='lit',
+                        help="prompt templates: 'lit' (the LiT Colab's eight), 'none' (the label alone) or a "
+                             "file with one template per line, '{}' where the label goes")
+    parser.add_argument('--vocab', default=None,
+                        help='vocabulary (.txt WordPiece or .model SentencePiece; default: beside the '
+                             'weights, '
+                             "else the named model's public one)")
+    parser.add_argument('--model', default=None, metavar='NAME',
+                        help='the LiT architecture by name, for a file not named after it')
+    parser.add_argument('--text-heads', type=int, default=None,
+                        help='attention heads of a BERT text tower (not recorded in the weights)')
+    parser.add_argument('--max-len', type=int, default=None,
+                        help='tokens per text of a BERT text tower (not recorded; the LiT models use 16)')
+    parser.add_argument('--crop', action='store_true',
+                        help='resize the shorter side and take the central square (default: resize the '
+                             'whole image, as the LiT Colab)')
+    parser.add_argument('--top-k', type=int, default=5, help='how many labels to show per image')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`vit-zeroshot`; returns 1 when no image could be read, raises on bad input."""
+    args = _parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ConfigError('--top-k and --batch-size must be >= 1')
+    label_names = read_labels(args.labels)
+    templates = read_templates(args.templates)
+    files = images.find_images(args.inputs)
+    zs = load(args.checkpoint, vocab=args.vocab, model_name=args.model, text_heads=args.text_heads,
+              max_len=args.max_len)
+    doc = classify_files(zs, files, label_names, templates=templates, k=args.top_k,
+                         batch_size=args.batch_size, crop=args.crop, progress=len(files) > args.batch_size)
+    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    if not doc['results']:
+        print('vit-zeroshot: error: none of the images could be read', file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`vit-zeroshot`): exit 2 with one line on bad input."""
+    sys.exit(cli.run_cli('vit-zeroshot', lambda: main(argv)))
+
+
+if __name__ == '__main__':
+    run()
