@@ -426,6 +426,24 @@ def test_vit_zeroshot_bad_input(tiny_lit, argv, message, capsys, monkeypatch):
     assert err.startswith('vit-zeroshot: error: ') and message in err and '\n' not in err
 
 
+def test_lit_converts_to_npz_only(tiny_lit, capsys):
+    from vit_jax import convert
+    _, params, tmp = tiny_lit
+    assert convert.main([str(tmp / 'tiny.npz'), str(tmp / 'copy.npz')]) == 0
+    assert 'detected: LiT .npz' in capsys.readouterr().out
+    copy = loader.read(str(tmp / 'copy.npz'))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, copy.params,
+                           jax.tree_util.tree_map(np.asarray, params))
+    refused = ([str(tmp / 'x.safetensors')], [str(tmp / 'hf_dir')],
+               [str(tmp / 'x.npz'), '--num-classes', '3'])
+    for argv in refused:
+        with pytest.raises(CheckpointError, match='is a LiT image-text model: timm and Hugging Face'):
+            convert.main([str(tmp / 'tiny.npz'), *argv])
+    with pytest.raises(CheckpointError, match='timm has no LiT image-text model'):
+        convert.export(params, copy.model_config, str(tmp / 'x.safetensors'), format='timm')
+    assert not os.path.exists(tmp / 'x.safetensors') and not os.path.exists(tmp / 'hf_dir')
+
+
 def test_templates_file(tmp_path):
     (tmp_path / 'ok.txt').write_text('a photo of a {}.\n\nart of the {}.\n')
     assert zeroshot.read_templates(str(tmp_path / 'ok.txt')) == ('a photo of a {}.', 'art of the {}.')

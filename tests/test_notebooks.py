@@ -7,7 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = {name: os.path.join(ROOT, 'colab', name)
-             for name in ('inference_attention.ipynb', 'finetune.ipynb')}
+             for name in ('inference_attention.ipynb', 'finetune.ipynb', 'lit.ipynb')}
 
 
 @pytest.mark.parametrize('name', sorted(NOTEBOOKS))
@@ -45,3 +45,11 @@ def test_finetune_notebook_executes(tmp_path, monkeypatch):
     text = _execute('finetune.ipynb', tmp_path, monkeypatch)
     assert 'model.npz' in text
     assert '-> red' in text and '-> blue' in text
+
+
+@pytest.mark.slow
+def test_lit_notebook_executes(tmp_path, monkeypatch):
+    text = _execute('lit.ipynb', tmp_path, monkeypatch)
+    assert 'text_transformer text tower, 16 px, 8 tokens' in text
+    assert 'images (3, 16, 16, 3) tokens (5, 8) zimg (3, 8) ztxt (5, 8)' in text
+    assert 'image 2:' in text and 'zero-shot accuracy:' in text and 'of 3 images (3 classes)' in text

@@ -118,7 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num_classes is not None and args.num_classes < 0:
         raise ConfigError(f'--num-classes must be >= 0, got {args.num_classes}')
-    found = loader.read(args.src, **cli.checkpoint_facts(args))
+    path = hub.resolve(args.src)
+    if path.endswith('.npz') and npz.is_lit(npz.keys(path)):
+        if args.to not in (None, 'npz') or not args.dst.endswith('.npz') or args.num_classes is not None:
+            raise CheckpointError(f'{args.src} is a LiT image-text model: timm and Hugging Face have no LiT '
+                                  'model and its heads are not classifiers; the public .npz is its only '
+                                  'format (vit-zeroshot reads it)')
+        params = npz.load(path)
+        arch.check_values(params, source=path)
+        print(f'detected: LiT .npz ({path})')
+        print(f'wrote: {npz.save(params, args.dst)}')
+        return 0
+    found = loader.read(path, **cli.checkpoint_facts(args))
     print(f'detected: {loader.FORMAT_NAMES[found.format]} ({found.path})')
     config, params = found.model_config, found.params
     if args.num_classes is not None:

@@ -15,13 +15,15 @@ center crop), then (x - 127.5) / 127.5. Unreadable images are reported and skipp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from vit_jax import cli, images, labels, preprocessing
 from vit_jax.checkpoint import loader
@@ -54,6 +56,31 @@ def top_k(logits: np.ndarray, k: int, class_names: Sequence[str] | None) -> list
             for p, row in zip(probs, order, strict=True)]
 
 
+def score_files(paths: Sequence[str], batches: Callable[[Callable[[str, str], None]], Iterable],
+                score: Callable[[np.ndarray], np.ndarray], k: int, names: Sequence[str] | None,
+                progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """`score` (model inputs -> logits) over `batches(on_error)` of (paths, inputs) (see
+    `preprocessing.image_batches`): per image its top k, and the unreadable files (reported on stderr,
+    skipped), with a progress bar on stderr."""
+    skipped: list[dict] = []
+
+    def on_error(path: str, message: str) -> None:
+        skipped.append({'path': path, 'error': message})
+        print(f'skipped {path}: {message}', file=sys.stderr)
+
+    results = []
+    bar = tqdm(total=len(paths), unit='img', file=sys.stderr) if progress else None
+    for batch_paths, batch in batches(on_error=on_error):
+        for path, preds in zip(batch_paths, top_k(score(batch), k, names), strict=True):
+            results.append({'path': path, 'predictions': preds})
+        if bar is not None:
+            bar.update(len(batch_paths))
+    if bar is not None:
+        bar.update(len(paths) - bar.n)
+        bar.close()
+    return results, skipped
+
+
 def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batch_size: int = 32,
                   crop_fraction: float | None = None, class_names: Sequence[str] | None = None,
                   progress: bool = False) -> dict:
@@ -66,28 +93,10 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
     names = class_names if class_names is not None else loaded.class_names
     if names is not None and len(names) != loaded.num_classes:
         raise UserError(f'{len(names)} labels for a {loaded.num_classes}-class head')
-    skipped: list[dict] = []
-
-    def on_error(path: str, message: str) -> None:
-        skipped.append({'path': path, 'error': message})
-        print(f'skipped {path}: {message}', file=sys.stderr)
-
-    predict = make_predict_fn(loaded, batch_size)
     crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
-    results = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(paths), unit='img', file=sys.stderr)
-    batches = preprocessing.image_batches(paths, loaded.image_size, batch_size, crop_fraction, on_error)
-    for batch_paths, batch in batches:
-        for path, preds in zip(batch_paths, top_k(predict(batch), k, names), strict=True):
-            results.append({'path': path, 'predictions': preds})
-        if bar is not None:
-            bar.update(len(batch_paths))
-    if bar is not None:
-        bar.update(len(paths) - bar.n)
-        bar.close()
+    batches = functools.partial(preprocessing.image_batches, paths, loaded.image_size, batch_size,
+                                crop_fraction)
+    results, skipped = score_files(paths, batches, make_predict_fn(loaded, batch_size), k, names, progress)
     return {'checkpoint': loaded.source, 'image_size': loaded.image_size,
             'num_classes': loaded.num_classes, 'results': results, 'skipped': skipped}
 

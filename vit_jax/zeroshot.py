@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from vit_jax import cli, images, labels, paths, preprocess, preprocessing
 from vit_jax.checkpoint import arch, hub, loader
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import LitModel, build_model
-from vit_jax.predict import format_text, top_k
+from vit_jax.predict import format_text, score_files
 
 # The LiT Colab's default prompts (the shortlist of the CLIP prompt-engineering notebook).
 PROMPTS = ('itap of a {}.', 'a bad photo of the {}.', 'a origami {}.', 'a photo of the large {}.',
@@ -170,28 +171,10 @@ def classify_files(zs: ZeroShot, files: Sequence[str], label_names: Sequence[str
     if len(label_names) < 2:
         raise ConfigError(f'zero-shot classification needs at least 2 labels, got {len(label_names)}')
     label_embeddings = zs.label_embeddings(label_names, templates)
-    pp = zs.image_preprocessing(crop)
-    skipped: list[dict] = []
-
-    def on_error(path: str, message: str) -> None:
-        skipped.append({'path': path, 'error': message})
-        print(f'skipped {path}: {message}', file=sys.stderr)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(files), unit='img', file=sys.stderr)
-    results = []
-    for batch_paths, batch in preprocessing.image_batches(files, zs.image_size, batch_size, on_error=on_error,
-                                                          prepare=pp.preprocess_tf):
-        logits = zs.logits(zs.embed_images(batch, batch_size), label_embeddings)
-        for path, preds in zip(batch_paths, top_k(logits, k, label_names), strict=True):
-            results.append({'path': path, 'predictions': preds})
-        if bar is not None:
-            bar.update(len(batch_paths))
-    if bar is not None:
-        bar.update(len(files) - bar.n)
-        bar.close()
+    batches = functools.partial(preprocessing.image_batches, files, zs.image_size, batch_size,
+                                prepare=zs.image_preprocessing(crop).preprocess_tf)
+    score = lambda batch: zs.logits(zs.embed_images(batch, batch_size), label_embeddings)  # noqa: E731
+    results, skipped = score_files(files, batches, score, k, label_names, progress)
     return {'checkpoint': zs.source, 'image_size': zs.image_size, 'labels': list(label_names),
             'templates': list(templates), 'temperature': zs.temperature, 'results': results,
             'skipped': skipped}

@@ -528,6 +528,9 @@ def timm_mixer_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     """CheckpointError (one line) unless the `fmt` ('timm' | 'hf') layout can express the model."""
     target = {'timm': 'timm', 'hf': 'Hugging Face ViT'}[fmt]
+    if family(config) == 'LiT':
+        raise CheckpointError(f'{target} has no LiT image-text model; the public .npz is its format '
+                              '(--to npz)')
     if family(config) == 'Mixer':
         if fmt == 'timm':
             return   # timm's MlpMixer expresses every Mixer

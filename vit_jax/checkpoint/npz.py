@@ -144,6 +144,12 @@ def is_big_vision(keys: Any) -> bool:
     return any(k.startswith('params/') for k in keys) or 'pos_embedding' in strip_prefix(dict.fromkeys(keys))
 
 
+def is_lit(keys: Any) -> bool:
+    """Whether flat npz keys are a LiT model's (`img/...`, `txt/...` and the temperature `t`)."""
+    keys = set(keys)
+    return 't' in keys and any(k.startswith('img/') for k in keys) and any(k.startswith('txt/') for k in keys)
+
+
 def normalize(flat: Mapping[str, np.ndarray], source: str = 'checkpoint') -> dict:
     """A flat checkpoint dict in any published layout -> the per-block Linen tree."""
     tree = trees.unflatten(strip_prefix(flat), source=source)
