@@ -163,6 +163,15 @@ def test_get_model_lit_takes_no_num_classes():
         get_model('LiT-B16B', num_classes=10)
 
 
+def test_vit_train_refuses_a_lit_model():
+    from vit_jax import resolve
+    from vit_jax.configs import common
+    config = common.with_dataset(common.get_config(), 'cifar10')
+    config.model = get_config('LiT-B16B')
+    with pytest.raises(ConfigError, match="the LiT image-text model 'LiT-B16B': vit-train trains image "):
+        resolve.resolve(config)
+
+
 # --- Tokenizers against the original's (tensorflow_text) ------------------------------------------
 
 def _tensorflow_text():

@@ -127,6 +127,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f'config.batch={config.batch} is not divisible by '
                           f'config.accum_steps={config.accum_steps}')
     described = models.family(config.model)
+    if described == 'LiT':
+        raise ConfigError(f'config.model is the LiT image-text model {config.model.get("model_name")!r}: '
+                          'vit-train trains image classifiers (ViT, hybrids, Mixer); LiT models classify '
+                          'zero-shot (vit-zeroshot)')
     if config.model_type != described:
         raise ConfigError(f'config.model_type={config.model_type!r} but config.model describes a {described} '
                           f'model ({config.model.get("model_name")!r}); set --config.model_type={described}')
