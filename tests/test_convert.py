@@ -129,15 +129,20 @@ def _timm_reference(sd, images, heads, eps=1e-6):
     patch = t['patch_embed.proj.weight'].shape[-1]
     x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
                  t['patch_embed.proj.bias'], stride=patch).flatten(2).transpose(1, 2)
+    patches_only = t['pos_embed'].shape[1] == x.shape[1]   # no class slot (or no class token)
+    if patches_only:
+        x = x + t['pos_embed']
     if 'cls_token' in t:
         x = torch.cat([t['cls_token'].expand(len(x), -1, -1), x], dim=1)
-    x = x + t['pos_embed']
+    if not patches_only:
+        x = x + t['pos_embed']
     b, n, d = x.shape
     layers = len({k.split('.')[1] for k in t if k.startswith('blocks.')})
     for i in range(layers):
         p = lambda name, i=i: t[f'blocks.{i}.{name}']  # noqa: E731
         h = F.layer_norm(x, (d,), p('norm1.weight'), p('norm1.bias'), eps)
-        qkv = F.linear(h, p('attn.qkv.weight'), p('attn.qkv.bias')).reshape(b, n, 3, heads, d // heads)
+        qkv_bias = t.get(f'blocks.{i}.attn.qkv.bias')    # None: timm qkv_bias=False
+        qkv = F.linear(h, p('attn.qkv.weight'), qkv_bias).reshape(b, n, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
         y = (attn @ v).transpose(1, 2).reshape(b, n, d)
@@ -216,6 +221,31 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
                                               'vit_small_patch16_224 has 384'):
         loader.load(tmp_path / 'gap.safetensors')
+
+
+def test_timm_qkv_bias_false_and_no_embed_class(exact, tmp_path):
+    """timm's qkv_bias=False (vit_base_patch16_224_miil) and no_embed_class=True (flexivit_*) load
+    exactly: zero q/k/v biases, a zero class-token slot in the position embedding."""
+    from safetensors.numpy import load_file, save_file
+
+    _, params, _ = exact
+    config = arch.infer_config(params, gelu_approximate=False)
+    sd = load_file(convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm'))
+    variants = {
+        'no_qkv_bias': {k: v for k, v in sd.items() if not k.endswith('attn.qkv.bias')},
+        'no_embed_class': {**sd, 'pos_embed': np.ascontiguousarray(sd['pos_embed'][:, 1:])},
+    }
+    for name, variant in variants.items():
+        save_file(variant, str(tmp_path / f'{name}.safetensors'))
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool='token')
+        reference = _timm_reference(variant, IMAGES, heads=2)
+        assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
+        # Exported back as a plain timm ViT that computes the same.
+        back = load_file(convert.export(loaded, config, str(tmp_path / f'{name}_back.safetensors'),
+                                        format='timm'))
+        assert _rel_err(_timm_reference(back, IMAGES, heads=2), reference, f'{name} re-exported') <= TOLERANCE
+    assert foreign.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
+    assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16
 
 
 def test_timm_architecture_table():

@@ -133,8 +133,9 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
             if f'{i}.qkv.w' in c:
                 for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.w'), 3, axis=0), strict=True):
                     c[f'{i}.{name}.w'] = x
-                for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.b'), 3, axis=0), strict=True):
-                    c[f'{i}.{name}.b'] = x
+                if f'{i}.qkv.b' in c:   # timm qkv_bias=False has none: zero biases compute the same
+                    for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.b'), 3, axis=0), strict=True):
+                        c[f'{i}.{name}.b'] = x
             ln = lambda n, i=i: {'scale': c.pop(f'{i}.{n}.w'), 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
             dense = lambda n, i=i: {'kernel': c.pop(f'{i}.{n}.w').T, 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
             attn = {}
@@ -347,8 +348,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 # name -> (width, depth, heads, patch, pooling). Read from the `model_args` of the @register_model
 # functions in timm/models/vision_transformer.py (timm 1.0.29): every `vit_*` whose arguments are
 # only size, heads and patch (class token + token pooling), or no class token with average pooling
-# and no fc_norm (our classifier='gap'). Any other argument (qkv_bias=False, init_values, reg_tokens,
-# no_embed_class, fc_norm, another MLP ratio or activation, ...) changes the computation: not listed.
+# and no fc_norm (our classifier='gap'); and two that load exactly into the same tree:
+# qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases) and no_embed_class=True (flexivit_*:
+# a zero class-token slot in the position embedding). Any other argument (init_values, reg_tokens,
+# fc_norm, another MLP ratio or activation, ...) changes the computation: not listed.
 TIMM_ARCHS = {
     'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
     'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
@@ -377,6 +380,10 @@ TIMM_ARCHS = {
     'vit_base_patch16_siglip_gap_512': (768, 12, 12, 16, 'avg'),
     'vit_large_patch16_siglip_gap_256': (1024, 24, 16, 16, 'avg'),
     'vit_large_patch16_siglip_gap_384': (1024, 24, 16, 16, 'avg'),
+    'vit_base_patch16_224_miil': (768, 12, 12, 16, 'token'),      # qkv_bias=False
+    'flexivit_small': (384, 12, 6, 16, 'token'),                  # no_embed_class=True (240 px)
+    'flexivit_base': (768, 12, 12, 16, 'token'),
+    'flexivit_large': (1024, 24, 16, 16, 'token'),
 }
 POOLS = ('token', 'avg')
 
