@@ -141,15 +141,16 @@ def _timm_reference(sd, images, heads, eps=1e-6):
     for i in range(layers):
         p = lambda name, i=i: t[f'blocks.{i}.{name}']  # noqa: E731
         h = F.layer_norm(x, (d,), p('norm1.weight'), p('norm1.bias'), eps)
+        ls = lambda n, i=i: t.get(f'blocks.{i}.{n}.gamma', 1.0)  # noqa: E731  (layer scale, timm init_values)
         qkv_bias = t.get(f'blocks.{i}.attn.qkv.bias')    # None: timm qkv_bias=False
         qkv = F.linear(h, p('attn.qkv.weight'), qkv_bias).reshape(b, n, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
         y = (attn @ v).transpose(1, 2).reshape(b, n, d)
-        x = x + F.linear(y, p('attn.proj.weight'), p('attn.proj.bias'))
+        x = x + ls('ls1') * F.linear(y, p('attn.proj.weight'), p('attn.proj.bias'))
         h = F.layer_norm(x, (d,), p('norm2.weight'), p('norm2.bias'), eps)
-        x = x + F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
-                         p('mlp.fc2.weight'), p('mlp.fc2.bias'))
+        x = x + ls('ls2') * F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
+                                     p('mlp.fc2.weight'), p('mlp.fc2.bias'))
     x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
     pooled = x[:, 0] if 'cls_token' in t else x.mean(1)   # global_pool 'token' | 'avg' (fc_norm=False)
     return F.linear(pooled, t['head.weight'], t['head.bias']).numpy()
@@ -223,17 +224,23 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
         loader.load(tmp_path / 'gap.safetensors')
 
 
-def test_timm_qkv_bias_false_and_no_embed_class(exact, tmp_path):
+def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     """timm's qkv_bias=False (vit_base_patch16_224_miil) and no_embed_class=True (flexivit_*) load
-    exactly: zero q/k/v biases, a zero class-token slot in the position embedding."""
+    exactly as zero q/k/v biases and a zero class-token slot; layer scale (DeiT-3, DINOv2) as the
+    model's `transformer.layer_scale` (LayerScale_{0,1}/scale)."""
     from safetensors.numpy import load_file, save_file
 
     _, params, _ = exact
     config = arch.infer_config(params, gelu_approximate=False)
     sd = load_file(convert.export(params, config, str(tmp_path / 'vit.safetensors'), format='timm'))
+    rng = np.random.default_rng(0)
+    no_slot = {**sd, 'pos_embed': np.ascontiguousarray(sd['pos_embed'][:, 1:])}
     variants = {
         'no_qkv_bias': {k: v for k, v in sd.items() if not k.endswith('attn.qkv.bias')},
-        'no_embed_class': {**sd, 'pos_embed': np.ascontiguousarray(sd['pos_embed'][:, 1:])},
+        'no_embed_class': no_slot,
+        # DeiT-3: layer scale (blocks.i.ls{1,2}.gamma) and no class slot.
+        'deit3': {**no_slot, **{f'blocks.{i}.ls{n}.gamma': rng.uniform(0.1, 1.0, 32).astype(np.float32)
+                                for i in range(2) for n in (1, 2)}},
     }
     for name, variant in variants.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
@@ -244,6 +251,12 @@ def test_timm_qkv_bias_false_and_no_embed_class(exact, tmp_path):
         back = load_file(convert.export(loaded, config, str(tmp_path / f'{name}_back.safetensors'),
                                         format='timm'))
         assert _rel_err(_timm_reference(back, IMAGES, heads=2), reference, f'{name} re-exported') <= TOLERANCE
+    assert config.transformer.layer_scale is not None
+    assert 'LayerScale_1' in loaded['Transformer']['encoderblock_1']
+    assert 'blocks.1.ls2.gamma' in back
+    with pytest.raises(CheckpointError, match='Hugging Face ViT has no layer scale'):
+        convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    assert foreign.timm_arch('deit3_base_patch16_224.fb_in22k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16
 

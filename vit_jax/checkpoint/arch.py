@@ -105,6 +105,9 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     config.transformer = ml_collections.ConfigDict(dict(
         mlp_dim=int(trees.shape(mlp)[1]), num_heads=int(trees.shape(query)[1]), num_layers=len(layers),
         attention_dropout_rate=0.0, dropout_rate=0.0))
+    if 'LayerScale_0' in enc['encoderblock_0']:
+        # The scales are in the weights; the initial value only matters for a fresh init (timm's DINOv2).
+        config.transformer.layer_scale = 1e-5
     config.classifier = 'token' if 'cls' in params else 'gap'
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)

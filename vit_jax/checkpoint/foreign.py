@@ -32,8 +32,8 @@ TIMM_LAYER_NORM_EPS = 1e-6  # built into timm's VisionTransformer (with exact GE
 META_PREFIX = 'vit_jax.'    # safetensors metadata keys of our own timm export
 
 # --- Canonical "torch-style" names: one table per source format ----------------------------
-# Canonical keys: cls, pos, patch.{w,b}, {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, norm.{w,b},
-# pre_logits.{w,b}, head.{w,b}; the q/k/v/o/fc weights are torch Linear [out, in].
+# Canonical keys: cls, pos, patch.{w,b}, {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, {i}.{ls1,ls2} (layer
+# scale), norm.{w,b}, pre_logits.{w,b}, head.{w,b}; the q/k/v/o/fc weights are torch Linear [out, in].
 _HF_NAMES = [
     (r'embeddings\.cls_token', 'cls'),
     (r'embeddings\.position_embeddings', 'pos'),
@@ -64,6 +64,7 @@ _TIMM_NAMES = [
     (r'blocks\.(\d+)\.attn\.proj\.(weight|bias)', r'\1.o.\2'),
     (r'blocks\.(\d+)\.norm2\.(weight|bias)', r'\1.ln2.\2'),
     (r'blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+    (r'blocks\.(\d+)\.(ls1|ls2)\.gamma', r'\1.\2'),
     (r'norm\.(weight|bias)', r'norm.\1'),
     (r'pre_logits\.fc\.(weight|bias)', r'pre_logits.\1'),
     (r'head\.(weight|bias)', r'head.\1'),
@@ -83,7 +84,8 @@ _HF_EXPORT = {
 _TIMM_EXPORT = {
     'cls': 'cls_token', 'pos': 'pos_embed', 'patch': 'patch_embed.proj', 'qkv': 'blocks.{i}.attn.qkv',
     'o': 'blocks.{i}.attn.proj', 'fc1': 'blocks.{i}.mlp.fc1', 'fc2': 'blocks.{i}.mlp.fc2',
-    'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'norm': 'norm', 'head': 'head'}
+    'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'ls1': 'blocks.{i}.ls1.gamma',
+    'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'head': 'head'}
 
 
 def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
@@ -147,6 +149,9 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
             enc[f'encoderblock_{i}'] = {
                 'LayerNorm_0': ln('ln1'), 'MultiHeadDotProductAttention_0': attn, 'LayerNorm_1': ln('ln2'),
                 'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
+            for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
+                if f'{i}.{n}' in c:
+                    enc[f'encoderblock_{i}'][name] = {'scale': c.pop(f'{i}.{n}')}
         enc['encoder_norm'] = {'scale': c.pop('norm.w'), 'bias': c.pop('norm.b')}
         params['Transformer'] = enc
         for name in ('pre_logits', 'head'):
@@ -185,6 +190,9 @@ def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.
         for n, dense in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
             c[f'{i}.{n}.w'] = block['MlpBlock_0'][dense]['kernel'].T
             c[f'{i}.{n}.b'] = block['MlpBlock_0'][dense]['bias']
+        for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
+            if name in block:
+                c[f'{i}.{n}'] = block[name]['scale']
         i += 1
     norm = p['Transformer']['encoder_norm']
     c['norm.w'], c['norm.b'] = norm['scale'], norm['bias']
@@ -350,8 +358,9 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 # only size, heads and patch (class token + token pooling), or no class token with average pooling
 # and no fc_norm (our classifier='gap'); and two that load exactly into the same tree:
 # qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases) and no_embed_class=True (flexivit_*:
-# a zero class-token slot in the position embedding). Any other argument (init_values, reg_tokens,
-# fc_norm, another MLP ratio or activation, ...) changes the computation: not listed.
+# a zero class-token slot in the position embedding); and layer scale (init_values: the plus, 36x1
+# and DINOv2 ViTs here, DeiT-3 from timm/models/deit.py, which also has no_embed_class). Any other
+# argument (reg_tokens, fc_norm, another MLP ratio or activation, ...) changes the computation.
 TIMM_ARCHS = {
     'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
     'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
@@ -384,6 +393,20 @@ TIMM_ARCHS = {
     'flexivit_small': (384, 12, 6, 16, 'token'),                  # no_embed_class=True (240 px)
     'flexivit_base': (768, 12, 12, 16, 'token'),
     'flexivit_large': (1024, 24, 16, 16, 'token'),
+    'vit_base_patch32_plus_256': (896, 12, 14, 32, 'token'),      # layer scale (init_values=1e-5)
+    'vit_base_patch16_plus_240': (896, 12, 14, 16, 'token'),
+    'vit_small_patch16_36x1_224': (384, 36, 6, 16, 'token'),
+    'vit_small_patch14_dinov2': (384, 12, 6, 14, 'token'),
+    'vit_base_patch14_dinov2': (768, 12, 12, 14, 'token'),
+    'vit_large_patch14_dinov2': (1024, 24, 16, 14, 'token'),
+    'deit3_small_patch16_224': (384, 12, 6, 16, 'token'),         # layer scale + no_embed_class
+    'deit3_small_patch16_384': (384, 12, 6, 16, 'token'),
+    'deit3_medium_patch16_224': (512, 12, 8, 16, 'token'),
+    'deit3_base_patch16_224': (768, 12, 12, 16, 'token'),
+    'deit3_base_patch16_384': (768, 12, 12, 16, 'token'),
+    'deit3_large_patch16_224': (1024, 24, 16, 16, 'token'),
+    'deit3_large_patch16_384': (1024, 24, 16, 16, 'token'),
+    'deit3_huge_patch14_224': (1280, 32, 16, 14, 'token'),
 }
 POOLS = ('token', 'avg')
 
@@ -549,6 +572,8 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
         raise CheckpointError(f'{target} has no pre_logits (representation) layer, and re-heading keeps it; '
                               'use --to npz')
     if fmt == 'hf':
+        if 'LayerScale_0' in params.get('Transformer', {}).get('encoderblock_0', {}):
+            raise CheckpointError('Hugging Face ViT has no layer scale; use --to timm or npz')
         if 'cls' not in params or config.classifier != 'token':
             raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
         if 'head' not in params:

@@ -115,6 +115,19 @@ class MlpBlock(nn.Module):
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
+class LayerScale(nn.Module):
+    """Per-channel scales of a residual branch (CaiT / DeiT-3 / DINOv2 "layer scale", timm `init_values`)."""
+
+    init_value: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param('scale', nn.initializers.constant(self.init_value), (x.shape[-1],),
+                           self.param_dtype)
+        return x * scale.astype(x.dtype)
+
+
 class Encoder1DBlock(nn.Module):
     """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
@@ -130,6 +143,7 @@ class Encoder1DBlock(nn.Module):
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
     drop_path: bool = False
+    layer_scale: float | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -144,15 +158,17 @@ class Encoder1DBlock(nn.Module):
             attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
             name='MultiHeadDotProductAttention_0')(y, deterministic, return_attention)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+        scale = lambda y, name: (  # noqa: E731
+            y if self.layer_scale is None else LayerScale(self.layer_scale, self.param_dtype, name=name)(y))
         drop_path = lambda y, name: (  # noqa: E731
             DropPath(name=name)(y, drop_path_rate, deterministic) if self.drop_path else y)
-        x = x + drop_path(y, 'DropPath_0')
+        x = x + drop_path(scale(y, 'LayerScale_0'), 'DropPath_0')
 
         y = norm('LayerNorm_1')(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                      gelu_approximate=self.gelu_approximate, dtype=self.dtype,
                      param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
-        x = x + drop_path(y, 'DropPath_1')
+        x = x + drop_path(scale(y, 'LayerScale_1'), 'DropPath_1')
         return x, weights
 
 
@@ -169,6 +185,9 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
     stochastic_depth: float = 0.0
+    # Initial value of per-channel residual scales (`LayerScale_{0,1}/scale` in each block; timm's
+    # `init_values`: DeiT-3 1e-6, DINOv2 1e-5); None: no layer scale, as the original.
+    layer_scale: float | None = None
     add_position_embedding: bool = True
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
@@ -191,7 +210,7 @@ class Encoder(nn.Module):
             attention_dropout_rate=self.attention_dropout_rate,
             layer_norm_eps=self.layer_norm_eps, gelu_approximate=self.gelu_approximate,
             attention_impl=self.attention_impl, drop_path=self.stochastic_depth > 0,
-            dtype=self.dtype, param_dtype=self.param_dtype)
+            layer_scale=self.layer_scale, dtype=self.dtype, param_dtype=self.param_dtype)
         block = Encoder1DBlock
         if self.remat:
             block = nn.remat(block, static_argnums=(3, 4), prevent_cse=not self.scan_layers)
