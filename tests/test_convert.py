@@ -129,11 +129,11 @@ def _timm_reference(sd, images, heads, eps=1e-6):
     patch = t['patch_embed.proj.weight'].shape[-1]
     x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
                  t['patch_embed.proj.bias'], stride=patch).flatten(2).transpose(1, 2)
-    patches_only = t['pos_embed'].shape[1] == x.shape[1]   # no class slot (or no class token)
+    patches_only = t['pos_embed'].shape[1] == x.shape[1]   # timm no_embed_class (or no prefix tokens)
     if patches_only:
         x = x + t['pos_embed']
-    if 'cls_token' in t:
-        x = torch.cat([t['cls_token'].expand(len(x), -1, -1), x], dim=1)
+    prefix = [t[k].expand(len(x), -1, -1) for k in ('cls_token', 'reg_token') if k in t]
+    x = torch.cat([*prefix, x], dim=1)
     if not patches_only:
         x = x + t['pos_embed']
     b, n, d = x.shape
@@ -152,7 +152,8 @@ def _timm_reference(sd, images, heads, eps=1e-6):
         x = x + ls('ls2') * F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
                                      p('mlp.fc2.weight'), p('mlp.fc2.bias'))
     x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
-    pooled = x[:, 0] if 'cls_token' in t else x.mean(1)   # global_pool 'token' | 'avg' (fc_norm=False)
+    num_prefix = sum(p.shape[1] for p in prefix)
+    pooled = x[:, 0] if 'cls_token' in t else x[:, num_prefix:].mean(1)   # 'token' | 'avg' (fc_norm=False)
     return F.linear(pooled, t['head.weight'], t['head.bias']).numpy()
 
 
@@ -242,20 +243,40 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
         'deit3': {**no_slot, **{f'blocks.{i}.ls{n}.gamma': rng.uniform(0.1, 1.0, 32).astype(np.float32)
                                 for i in range(2) for n in (1, 2)}},
     }
+    # DINOv2 with registers: class token, 4 register tokens, layer scale, position embeddings for
+    # the patches only; and the average-pooled register models (no class token, registers not pooled).
+    registers = rng.normal(0, 1, (1, 4, 32)).astype(np.float32)
+    variants['dinov2_reg4'] = {**variants['deit3'], 'reg_token': registers}
+    variants['reg4_gap'] = {k: v for k, v in variants['dinov2_reg4'].items() if k != 'cls_token'}
     for name, variant in variants.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
-        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool='token')
+        pool = 'avg' if name == 'reg4_gap' else 'token'
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool=pool)
         reference = _timm_reference(variant, IMAGES, heads=2)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
         # Exported back as a plain timm ViT that computes the same.
         back = load_file(convert.export(loaded, config, str(tmp_path / f'{name}_back.safetensors'),
                                         format='timm'))
         assert _rel_err(_timm_reference(back, IMAGES, heads=2), reference, f'{name} re-exported') <= TOLERANCE
-    assert config.transformer.layer_scale is not None
+    assert config.transformer.layer_scale is not None and config.num_registers == 4
     assert 'LayerScale_1' in loaded['Transformer']['encoderblock_1']
     assert 'blocks.1.ls2.gamma' in back
     with pytest.raises(CheckpointError, match='Hugging Face ViT has no layer scale'):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    # Fine-tuning at another resolution keeps the class and register rows and resizes the grid.
+    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', num_heads=2, pool='token')
+    checkpoint.save(loaded, str(tmp_path / 'dinov2_reg4.npz'))
+    pos = loaded['Transformer']['posembed_input']['pos_embedding']
+    grid = int(np.sqrt(pos.shape[1] - 5))
+    model = VisionTransformer(num_classes=3, **config.to_dict())
+    size = 2 * grid * config.patches.size[0]
+    init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3)),
+                                             train=False))
+    tuned = adapt.load_pretrained(pretrained_path=str(tmp_path / 'dinov2_reg4.npz'),
+                                  init_params=init['params'], model_config=config)
+    new_pos = tuned['Transformer']['posembed_input']['pos_embedding']
+    assert new_pos.shape == (1, 5 + 4 * grid * grid, 32)
+    np.testing.assert_array_equal(new_pos[:, :5], pos[:, :5])     # class token + 4 registers kept
     assert foreign.timm_arch('deit3_base_patch16_224.fb_in22k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16

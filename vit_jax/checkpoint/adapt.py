@@ -35,14 +35,16 @@ def _zoom_linear_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
 
 
-def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool = True) -> np.ndarray:
+def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool = True,
+                         num_prefix_tokens: int | None = None) -> np.ndarray:
     """Resizes [1, (1+)g*g, D] position embeddings to `num_tokens` tokens (the original rule).
 
     The g x g grid is resampled linearly as `scipy.ndimage.zoom(grid, (g'/g, g'/g, 1), order=1)`;
-    the class-token row, if any, is kept as is.
+    the class-token row, if any, is kept as is (`num_prefix_tokens`: rows kept before the grid,
+    e.g. class token + registers; default 1 with a class token, else 0).
     """
     posemb = np.asarray(posemb)
-    n_extra = 1 if has_class_token else 0
+    n_extra = (1 if has_class_token else 0) if num_prefix_tokens is None else num_prefix_tokens
     tok, grid = posemb[:, :n_extra], posemb[0, n_extra:]
     gs_old, gs_new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - n_extra)))
     if gs_old ** 2 != len(grid) or gs_new ** 2 != num_tokens - n_extra:
@@ -111,8 +113,9 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
     if posemb is not None and posemb_new is not None and trees.shape(posemb) != trees.shape(posemb_new):
         logger.info('load_pretrained: resized variant %s -> %s',
                     trees.shape(posemb), trees.shape(posemb_new))
+        prefix = ('cls' in expected) + (trees.shape(expected['reg'])[1] if 'reg' in expected else 0)
         restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
-            posemb, trees.shape(posemb_new)[1], has_class_token='cls' in expected)
+            posemb, trees.shape(posemb_new)[1], num_prefix_tokens=prefix)
 
     kernel = restored.get('embedding', {}).get('kernel')
     kernel_new = expected.get('embedding', {}).get('kernel')

@@ -109,6 +109,8 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         # The scales are in the weights; the initial value only matters for a fresh init (timm's DINOv2).
         config.transformer.layer_scale = 1e-5
     config.classifier = 'token' if 'cls' in params else 'gap'
+    if 'reg' in params:
+        config.num_registers = int(trees.shape(params['reg'])[1])
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)
     if 'conv_root' in params:

@@ -57,6 +57,7 @@ _HF_NAMES = [
 ]
 _TIMM_NAMES = [
     (r'cls_token', 'cls'),
+    (r'reg_token', 'reg'),
     (r'pos_embed', 'pos'),
     (r'patch_embed\.proj\.(weight|bias)', r'patch.\1'),
     (r'blocks\.(\d+)\.norm1\.(weight|bias)', r'\1.ln1.\2'),
@@ -82,7 +83,8 @@ _HF_EXPORT = {
     'ln1': 'vit.encoder.layer.{i}.layernorm_before', 'ln2': 'vit.encoder.layer.{i}.layernorm_after',
     'norm': 'vit.layernorm', 'head': 'classifier'}
 _TIMM_EXPORT = {
-    'cls': 'cls_token', 'pos': 'pos_embed', 'patch': 'patch_embed.proj', 'qkv': 'blocks.{i}.attn.qkv',
+    'cls': 'cls_token', 'reg': 'reg_token', 'pos': 'pos_embed', 'patch': 'patch_embed.proj',
+    'qkv': 'blocks.{i}.attn.qkv',
     'o': 'blocks.{i}.attn.proj', 'fc1': 'blocks.{i}.mlp.fc1', 'fc2': 'blocks.{i}.mlp.fc2',
     'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'ls1': 'blocks.{i}.ls1.gamma',
     'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'head': 'head'}
@@ -120,13 +122,15 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
         hd = d // num_heads
         params: dict[str, Any] = {'embedding': {'kernel': w.transpose(2, 3, 1, 0),
                                                 'bias': c.pop('patch.b', np.zeros(d, w.dtype))}}
-        if 'cls' in c:
-            params['cls'] = c.pop('cls')
+        for name in ('cls', 'reg'):
+            if name in c:
+                params[name] = c.pop(name)
         pos = c.pop('pos')
-        grid = pos.shape[1] - (1 if 'cls' in params else 0)
-        if 'cls' in params and round(np.sqrt(pos.shape[1])) ** 2 == pos.shape[1] != grid:
-            # No class slot (timm `no_embed_class`): the class token gets no position embedding.
-            pos = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
+        prefix = ('cls' in params) + (params['reg'].shape[1] if 'reg' in params else 0)
+        if prefix and round(np.sqrt(pos.shape[1])) ** 2 == pos.shape[1]:
+            # Patches only (timm `no_embed_class`): class token and registers get no position
+            # embedding, i.e. zero rows. (A square count that also includes them needs 2g+1 <= prefix.)
+            pos = np.concatenate([np.zeros_like(pos[:, :1]).repeat(prefix, axis=1), pos], axis=1)
         enc: dict[str, Any] = {'posembed_input': {'pos_embedding': pos}}
         layers = sorted({int(k.split('.')[0]) for k in c if k.split('.')[0].isdigit()})
         if layers != list(range(len(layers))) or not layers:
@@ -171,8 +175,9 @@ def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.
     p = jax.tree_util.tree_map(np.asarray, dict(params))
     c = {'patch.w': p['embedding']['kernel'].transpose(3, 2, 0, 1), 'patch.b': p['embedding']['bias'],
          'pos': p['Transformer']['posembed_input']['pos_embedding']}
-    if 'cls' in p:
-        c['cls'] = p['cls']
+    for name in ('cls', 'reg'):
+        if name in p:
+            c[name] = p[name]
     i = 0
     while (block := p['Transformer'].get(f'encoderblock_{i}')) is not None:
         attn = block['MultiHeadDotProductAttention_0']
@@ -358,9 +363,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 # only size, heads and patch (class token + token pooling), or no class token with average pooling
 # and no fc_norm (our classifier='gap'); and two that load exactly into the same tree:
 # qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases) and no_embed_class=True (flexivit_*:
-# a zero class-token slot in the position embedding); and layer scale (init_values: the plus, 36x1
-# and DINOv2 ViTs here, DeiT-3 from timm/models/deit.py, which also has no_embed_class). Any other
-# argument (reg_tokens, fc_norm, another MLP ratio or activation, ...) changes the computation.
+# a zero class-token slot in the position embedding); layer scale (init_values: the plus, 36x1,
+# medium/betwixt gap and DINOv2 ViTs here, DeiT-3 from timm/models/deit.py, which also has
+# no_embed_class) and register tokens (reg_tokens: DINOv2-reg4). Any other argument (fc_norm, another
+# MLP ratio or activation, ...) changes the computation: not listed.
 TIMM_ARCHS = {
     'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
     'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
@@ -407,6 +413,13 @@ TIMM_ARCHS = {
     'deit3_large_patch16_224': (1024, 24, 16, 16, 'token'),
     'deit3_large_patch16_384': (1024, 24, 16, 16, 'token'),
     'deit3_huge_patch14_224': (1280, 32, 16, 14, 'token'),
+    'vit_small_patch14_reg4_dinov2': (384, 12, 6, 14, 'token'),   # + 4 registers, no_embed_class
+    'vit_base_patch14_reg4_dinov2': (768, 12, 12, 14, 'token'),
+    'vit_large_patch14_reg4_dinov2': (1024, 24, 16, 14, 'token'),
+    'vit_medium_patch16_gap_240': (512, 12, 8, 16, 'avg'),        # qkv_bias=False + layer scale
+    'vit_medium_patch16_gap_256': (512, 12, 8, 16, 'avg'),
+    'vit_medium_patch16_gap_384': (512, 12, 8, 16, 'avg'),
+    'vit_betwixt_patch16_gap_256': (640, 12, 10, 16, 'avg'),
 }
 POOLS = ('token', 'avg')
 
@@ -574,6 +587,8 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     if fmt == 'hf':
         if 'LayerScale_0' in params.get('Transformer', {}).get('encoderblock_0', {}):
             raise CheckpointError('Hugging Face ViT has no layer scale; use --to timm or npz')
+        if 'reg' in params:
+            raise CheckpointError('Hugging Face ViT has no register tokens; use --to timm or npz')
         if 'cls' not in params or config.classifier != 'token':
             raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
         if 'head' not in params:

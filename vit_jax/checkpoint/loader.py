@@ -211,6 +211,7 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         # A named config (--model) may differ from the file in its pre-logits layer or class token.
         config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
                                          if 'pre_logits' in params else None)
+        config['num_registers'] = int(trees.shape(params['reg'])[1]) if 'reg' in params else 0
         if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
             config['classifier'] = 'gap'
     model = build_model(config, num_classes, inference=True)

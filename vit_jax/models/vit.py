@@ -265,6 +265,9 @@ class VisionTransformer(nn.Module):
     classifier: str = 'token'
     head_bias_init: float = 0.0
     model_name: str | None = None
+    # Register tokens ("Vision Transformers Need Registers"; timm `reg_tokens`, DINOv2-reg): `reg`
+    # [1, R, D] after the class token, excluded from pooling. 0: none, as the original.
+    num_registers: int = 0
     # Beyond the original; the defaults keep its numerics.
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -276,8 +279,8 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patch tokens: 1 (the class token) or 0."""
-        return 1 if self.classifier in ('token', 'token_unpooled') else 0
+        """Tokens before the patch tokens: the class token (if any), then the registers."""
+        return (1 if self.classifier in ('token', 'token_unpooled') else 0) + self.num_registers
 
     @property
     def patch_stride(self) -> tuple[int, int]:
@@ -339,6 +342,12 @@ class VisionTransformer(nn.Module):
             if self.classifier in ('token', 'token_unpooled'):
                 cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
                 x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
+            if self.num_registers:
+                reg = self.param('reg', nn.initializers.normal(1e-6), (1, self.num_registers, c),
+                                 self.param_dtype)
+                cls = x.shape[1] - h * w   # the registers come after the class token
+                regs = jnp.tile(reg, [n, 1, 1]).astype(x.dtype)
+                x = jnp.concatenate([x[:, :cls], regs, x[:, cls:]], axis=1)
             x, weights = Encoder(
                 **self.transformer, layer_norm_eps=self.layer_norm_eps,
                 gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
@@ -349,7 +358,8 @@ class VisionTransformer(nn.Module):
         if self.classifier == 'token':
             x = x[:, 0]
         elif self.classifier == 'gap':
-            x = jnp.mean(x, axis=list(range(1, x.ndim - 1)))
+            tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # registers are not pooled
+            x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
 
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
