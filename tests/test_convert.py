@@ -121,7 +121,7 @@ def test_config_inference_names_public_models():
 
 # --- timm -----------------------------------------------------------------------------------
 
-def _timm_reference(sd, images, heads, eps=1e-6):
+def _timm_reference(sd, images, heads, eps=1e-6, pool=None):
     """timm's VisionTransformer forward, written out in PyTorch (timm is not a dependency)."""
     torch = _torch()
     F = torch.nn.functional
@@ -151,9 +151,13 @@ def _timm_reference(sd, images, heads, eps=1e-6):
         h = F.layer_norm(x, (d,), p('norm2.weight'), p('norm2.bias'), eps)
         x = x + ls('ls2') * F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
                                      p('mlp.fc2.weight'), p('mlp.fc2.bias'))
-    x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
+    if 'norm.weight' in t:   # Identity when timm uses fc_norm
+        x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
     num_prefix = sum(p.shape[1] for p in prefix)
-    pooled = x[:, 0] if 'cls_token' in t else x[:, num_prefix:].mean(1)   # 'token' | 'avg' (fc_norm=False)
+    pool = pool or ('token' if 'cls_token' in t else 'avg')
+    pooled = x[:, 0] if pool == 'token' else x[:, num_prefix:].mean(1)
+    if 'fc_norm.weight' in t:
+        pooled = F.layer_norm(pooled, (d,), t['fc_norm.weight'], t['fc_norm.bias'], eps)
     return F.linear(pooled, t['head.weight'], t['head.bias']).numpy()
 
 
@@ -182,8 +186,11 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
         loader.load(tmp_path / 'plain.safetensors')
     with pytest.raises(CheckpointError, match='record neither the pooling'):
         loader.load(tmp_path / 'plain.safetensors', num_heads=2)
-    with pytest.raises(CheckpointError, match=r"average pooling with a class token \(timm class_token=True"):
-        loader.load(tmp_path / 'plain.safetensors', num_heads=2, pool='avg')
+    # A class token with average pooling (timm class_token=True, global_pool='avg').
+    config, loaded = loader.load(tmp_path / 'plain.safetensors', num_heads=2, pool='avg')
+    assert (config.classifier, config.class_token) == ('gap', True)
+    reference = _timm_reference(sd, IMAGES, heads=2, pool='avg')
+    assert _rel_err(_ours(config, loaded), reference, 'timm cls + avg') <= TOLERANCE
     torch.save({'model': {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / 'plain.pth')
     for name in ('plain.safetensors', 'plain.pth'):
         assert loader.detect_format(str(tmp_path / name)) == 'timm'
@@ -216,8 +223,8 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
                                               'vit_base_patch16_gap_224 has 768'):
         loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_gap_224.sam_in1k')
-    with pytest.raises(CheckpointError, match="timm architecture 'vit_base_patch16_reg4_gap_256' is not one"):
-        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_reg4_gap_256')
+    with pytest.raises(CheckpointError, match="timm architecture 'vit_so400m_patch14_siglip_224' is not one"):
+        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_so400m_patch14_siglip_224')
     with open(tmp_path / 'config.json', 'w') as f:   # timm hub checkpoints carry this beside the weights
         json.dump({'architecture': 'vit_small_patch16_224.augreg_in21k', 'num_classes': 5}, f)
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
@@ -248,19 +255,35 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     registers = rng.normal(0, 1, (1, 4, 32)).astype(np.float32)
     variants['dinov2_reg4'] = {**variants['deit3'], 'reg_token': registers}
     variants['reg4_gap'] = {k: v for k, v in variants['dinov2_reg4'].items() if k != 'cls_token'}
+    # timm's fc_norm (its default for average pooling): no `norm`, a LayerNorm after the pooling.
+    fc = lambda sd: {('fc_' + k if k.startswith('norm.') else k): v for k, v in sd.items()}  # noqa: E731
+    variants['reg4_gap_fc_norm'] = fc(variants['reg4_gap'])
+    variants['mae_cls_avg_fc_norm'] = fc(sd)
     for name, variant in variants.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
-        pool = 'avg' if name == 'reg4_gap' else 'token'
+        pool = 'avg' if 'gap' in name or 'avg' in name else 'token'
         config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool=pool)
-        reference = _timm_reference(variant, IMAGES, heads=2)
+        reference = _timm_reference(variant, IMAGES, heads=2, pool=pool)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
         # Exported back as a plain timm ViT that computes the same.
         back = load_file(convert.export(loaded, config, str(tmp_path / f'{name}_back.safetensors'),
                                         format='timm'))
-        assert _rel_err(_timm_reference(back, IMAGES, heads=2), reference, f'{name} re-exported') <= TOLERANCE
+        assert _rel_err(_timm_reference(back, IMAGES, heads=2, pool=pool), reference,
+                        f'{name} re-exported') <= TOLERANCE
+        assert loader.load(tmp_path / f'{name}_back.safetensors')[0].to_dict() == config.to_dict()
+    # The fc_norm / class-token variants: config fields, and what cannot hold them says so.
+    assert (config.fc_norm, config.class_token, config.classifier) == (True, True, 'gap')
+    with pytest.raises(CheckpointError, match='an .npz does not record the pooling'):
+        convert.export(loaded, config, str(tmp_path / 'mae.npz'), format='npz')
+    with pytest.raises(CheckpointError, match='Hugging Face ViT normalises before the pooling'):
+        convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    with pytest.raises(CheckpointError, match='a class token and an fc_norm, but the weights do not record'):
+        arch.infer_config(loaded)
+    assert not os.path.exists(tmp_path / 'mae.npz')
+    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', num_heads=2, pool='token')
     assert config.transformer.layer_scale is not None and config.num_registers == 4
     assert 'LayerScale_1' in loaded['Transformer']['encoderblock_1']
-    assert 'blocks.1.ls2.gamma' in back
+    assert 'blocks.1.ls2.gamma' in load_file(str(tmp_path / 'dinov2_reg4_back.safetensors'))
     with pytest.raises(CheckpointError, match='Hugging Face ViT has no layer scale'):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
     # Fine-tuning at another resolution keeps the class and register rows and resizes the grid.

@@ -43,6 +43,10 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
     params = jax.tree_util.tree_map(np.asarray, params)
     dst = str(dst)
     if format == 'npz':
+        if 'cls' in params and (model_config.get('classifier') == 'gap' or 'fc_norm' in params):
+            raise CheckpointError('an .npz does not record the pooling, and one with a class token is read '
+                                  'as token-pooled: export this average-pooled model to timm (--to timm), '
+                                  'whose metadata records it')
         return npz.save(params, dst)
     if format == 'timm':
         return paths.write_atomic(dst, foreign.timm_bytes(params, model_config))

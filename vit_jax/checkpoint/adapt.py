@@ -137,9 +137,11 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
 def replace_head(params: Mapping[str, Any], classes: int) -> dict:
     """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head."""
     params = dict(params)
-    features = trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params else \
-        trees.shape(params['Transformer']['encoder_norm']['scale'])[0]
-    dtype = np.asarray(params['Transformer']['encoder_norm']['scale']).dtype
+    norm = (params.get('fc_norm') or params.get('Transformer', {}).get('encoder_norm')
+            or params['pre_head_layer_norm'])
+    features = (trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
+                else trees.shape(norm['scale'])[0])
+    dtype = np.asarray(norm['scale']).dtype
     params.pop('head', None)
     if classes:
         params['head'] = {'kernel': np.zeros((features, classes), dtype), 'bias': np.zeros(classes, dtype)}

@@ -72,12 +72,14 @@ def match_model_name(config: Any) -> str | None:
 
 
 def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = None,
-                 gelu_approximate: bool | None = None, source: str = 'checkpoint'
-                 ) -> ml_collections.ConfigDict:
+                 gelu_approximate: bool | None = None, classifier: str | None = None,
+                 source: str = 'checkpoint') -> ml_collections.ConfigDict:
     """The model config of a per-block Linen parameter tree (ViT, hybrid or Mixer), from its shapes.
 
     `layer_norm_eps` / `gelu_approximate`: the numerics the source format states (None: the
-    original's, eps 1e-6 and tanh GELU, as for every .npz).
+    original's, eps 1e-6 and tanh GELU, as for every .npz). `classifier`: the pooling, where the
+    format states it (timm); else a class token means 'token' pooling, as in every public .npz,
+    except with an `fc_norm` (timm's norm after average pooling), where the weights do not say.
     """
     if 'MixerBlock_0' in params:
         config = _infer_mixer(params, source)
@@ -108,7 +110,14 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     if 'LayerScale_0' in enc['encoderblock_0']:
         # The scales are in the weights; the initial value only matters for a fresh init (timm's DINOv2).
         config.transformer.layer_scale = 1e-5
-    config.classifier = 'token' if 'cls' in params else 'gap'
+    if 'fc_norm' in params:
+        config.fc_norm = True
+        if 'cls' in params and classifier is None:
+            raise CheckpointError(f'{source}: a class token and an fc_norm, but the weights do not record '
+                                  'whether the class token or the average of the patch tokens is pooled')
+    config.classifier = classifier or ('token' if 'cls' in params else 'gap')
+    if 'cls' in params and config.classifier not in ('token', 'token_unpooled'):
+        config.class_token = True
     if 'reg' in params:
         config.num_registers = int(trees.shape(params['reg'])[1])
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])

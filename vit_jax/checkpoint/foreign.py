@@ -67,6 +67,7 @@ _TIMM_NAMES = [
     (r'blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
     (r'blocks\.(\d+)\.(ls1|ls2)\.gamma', r'\1.\2'),
     (r'norm\.(weight|bias)', r'norm.\1'),
+    (r'fc_norm\.(weight|bias)', r'fc_norm.\1'),
     (r'pre_logits\.fc\.(weight|bias)', r'pre_logits.\1'),
     (r'head\.(weight|bias)', r'head.\1'),
 ]
@@ -87,7 +88,7 @@ _TIMM_EXPORT = {
     'qkv': 'blocks.{i}.attn.qkv',
     'o': 'blocks.{i}.attn.proj', 'fc1': 'blocks.{i}.mlp.fc1', 'fc2': 'blocks.{i}.mlp.fc2',
     'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'ls1': 'blocks.{i}.ls1.gamma',
-    'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'head': 'head'}
+    'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'fc_norm': 'fc_norm', 'head': 'head'}
 
 
 def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
@@ -156,7 +157,9 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
             for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
                 if f'{i}.{n}' in c:
                     enc[f'encoderblock_{i}'][name] = {'scale': c.pop(f'{i}.{n}')}
-        enc['encoder_norm'] = {'scale': c.pop('norm.w'), 'bias': c.pop('norm.b')}
+        for key, tree, name in (('norm', enc, 'encoder_norm'), ('fc_norm', params, 'fc_norm')):
+            if f'{key}.w' in c:   # timm with fc_norm has no `norm` (Identity)
+                tree[name] = {'scale': c.pop(f'{key}.w'), 'bias': c.pop(f'{key}.b')}
         params['Transformer'] = enc
         for name in ('pre_logits', 'head'):
             if f'{name}.w' in c:
@@ -199,8 +202,9 @@ def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.
             if name in block:
                 c[f'{i}.{n}'] = block[name]['scale']
         i += 1
-    norm = p['Transformer']['encoder_norm']
-    c['norm.w'], c['norm.b'] = norm['scale'], norm['bias']
+    for key, norm in (('norm', p['Transformer'].get('encoder_norm')), ('fc_norm', p.get('fc_norm'))):
+        if norm is not None:
+            c[f'{key}.w'], c[f'{key}.b'] = norm['scale'], norm['bias']
     for name in ('pre_logits', 'head'):
         if name in p:
             c[f'{name}.w'], c[f'{name}.b'] = p[name]['kernel'].T, p[name]['bias']
@@ -365,8 +369,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 # qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases) and no_embed_class=True (flexivit_*:
 # a zero class-token slot in the position embedding); layer scale (init_values: the plus, 36x1,
 # medium/betwixt gap and DINOv2 ViTs here, DeiT-3 from timm/models/deit.py, which also has
-# no_embed_class) and register tokens (reg_tokens: DINOv2-reg4). Any other argument (fc_norm, another
-# MLP ratio or activation, ...) changes the computation: not listed.
+# no_embed_class), register tokens (reg_tokens: DINOv2-reg4, the reg*_gap ViTs) and fc_norm (timm's
+# default for average pooling; read from the weights). The MLP ratio only sets the MLP width, which
+# the weights hold. Any other argument (pre_norm, attention pooling, another activation or MLP
+# layer, qk_norm, ...) changes the computation: not listed.
 TIMM_ARCHS = {
     'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
     'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
@@ -420,6 +426,16 @@ TIMM_ARCHS = {
     'vit_medium_patch16_gap_256': (512, 12, 8, 16, 'avg'),
     'vit_medium_patch16_gap_384': (512, 12, 8, 16, 'avg'),
     'vit_betwixt_patch16_gap_256': (640, 12, 10, 16, 'avg'),
+    'vit_giant_patch16_gap_224': (1408, 40, 16, 16, 'avg'),       # mlp_ratio 48/11 (the MLP width is read)
+    'vit_base_patch16_reg4_gap_256': (768, 12, 12, 16, 'avg'),    # registers + fc_norm (timm's avg default)
+    'vit_little_patch16_reg4_gap_256': (320, 14, 5, 16, 'avg'),   # ... + layer scale
+    'vit_medium_patch16_reg1_gap_256': (512, 12, 8, 16, 'avg'),
+    'vit_medium_patch16_reg4_gap_256': (512, 12, 8, 16, 'avg'),
+    'vit_mediumd_patch16_reg4_gap_256': (512, 20, 8, 16, 'avg'),
+    'vit_mediumd_patch16_reg4_gap_384': (512, 20, 8, 16, 'avg'),
+    'vit_betwixt_patch16_reg1_gap_256': (640, 12, 10, 16, 'avg'),
+    'vit_betwixt_patch16_reg4_gap_256': (640, 12, 10, 16, 'avg'),
+    'vit_betwixt_patch16_reg4_gap_384': (640, 12, 10, 16, 'avg'),
 }
 POOLS = ('token', 'avg')
 
@@ -449,7 +465,9 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         width = int(np.shape(sd['patch_embed.proj.weight'])[0]) if 'patch_embed.proj.weight' in sd else None
         depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
         patch = int(np.shape(sd['patch_embed.proj.weight'])[-1]) if width else None
-        found = dict(width=width, depth=depth, patch=patch, pool='token' if 'cls_token' in sd else 'avg')
+        found = dict(width=width, depth=depth, patch=patch)
+        if 'cls_token' not in sd:   # with a class token, either pooling is possible
+            found['pool'] = 'avg'
         for key, value in found.items():
             if value != stated[key]:
                 raise CheckpointError(f'{path}: the weights have {key} {value} but timm architecture '
@@ -469,9 +487,6 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         raise CheckpointError(f'{path}: timm state dicts record neither {" nor ".join(missing)}; give the '
                               'timm architecture (--arch NAME, e.g. vit_base_patch16_224; '
                               'vit-convert --list-archs) or state them')
-    if pool == 'avg' and 'cls_token' in sd:
-        raise CheckpointError(f'{path}: average pooling with a class token (timm class_token=True, '
-                              "global_pool='avg') is not supported by vit_jax.models.VisionTransformer")
     if pool == 'token' and 'cls_token' not in sd:
         raise CheckpointError(f'{path}: token pooling but the weights have no cls_token')
     return heads, pool
@@ -484,16 +499,14 @@ def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
     if 'stem.proj.weight' in sd:
         return read_timm_mixer(path, sd, meta)
-    if 'fc_norm.weight' in sd:
-        raise CheckpointError(f'{path}: timm fc_norm (LayerNorm after pooling) is not supported by '
-                              'vit_jax.models.VisionTransformer')
     heads, pool = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
     canonical = _rename(sd, _TIMM_NAMES, path)
     params = _linen_from_canonical(canonical, heads, path)
     eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
     approx = meta.get(META_PREFIX + 'gelu_approximate', 'false') == 'true'
-    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, source=path)
-    config.classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap'}[pool]
+    classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap'}[pool]
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, classifier=classifier,
+                               source=path)
     return config, params
 
 
@@ -589,6 +602,9 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
             raise CheckpointError('Hugging Face ViT has no layer scale; use --to timm or npz')
         if 'reg' in params:
             raise CheckpointError('Hugging Face ViT has no register tokens; use --to timm or npz')
+        if 'fc_norm' in params:
+            raise CheckpointError('Hugging Face ViT normalises before the pooling (no fc_norm); '
+                                  'use --to timm or npz')
         if 'cls' not in params or config.classifier != 'token':
             raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
         if 'head' not in params:

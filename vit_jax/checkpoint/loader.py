@@ -212,6 +212,7 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
                                          if 'pre_logits' in params else None)
         config['num_registers'] = int(trees.shape(params['reg'])[1]) if 'reg' in params else 0
+        config['fc_norm'] = 'fc_norm' in params
         if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
             config['classifier'] = 'gap'
     model = build_model(config, num_classes, inference=True)

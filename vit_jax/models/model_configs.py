@@ -28,8 +28,9 @@ MODULES = {'ViT': VisionTransformer, 'Mixer': MlpMixer, 'LiT': LitModel}
 # Sub-config fields of each module and their fields.
 _SUBCONFIGS = {
     'ViT': {
-        # Encoder fields that VisionTransformer does not set itself.
-        'transformer': tuple(f for f in Encoder.__dataclass_fields__ if f not in ('parent', 'name')
+        # Encoder fields that VisionTransformer does not set itself (final_norm: from its fc_norm).
+        'transformer': tuple(f for f in Encoder.__dataclass_fields__
+                             if f not in ('parent', 'name', 'final_norm')
                              and f not in VisionTransformer.__dataclass_fields__),
         'patches': ('size',),
         'resnet': ('num_layers', 'width_factor'),

@@ -189,6 +189,8 @@ class Encoder(nn.Module):
     # `init_values`: DeiT-3 1e-6, DINOv2 1e-5); None: no layer scale, as the original.
     layer_scale: float | None = None
     add_position_embedding: bool = True
+    # False: no `encoder_norm` (VisionTransformer sets it: with `fc_norm` the norm follows the pooling).
+    final_norm: bool = True
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
@@ -230,8 +232,9 @@ class Encoder(nn.Module):
                 all_weights.append(w)
             weights = jnp.stack(all_weights) if return_attention else None
 
-        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name='encoder_norm')(x)
+        if self.final_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name='encoder_norm')(x)
         return x, weights
 
 
@@ -268,6 +271,12 @@ class VisionTransformer(nn.Module):
     # Register tokens ("Vision Transformers Need Registers"; timm `reg_tokens`, DINOv2-reg): `reg`
     # [1, R, D] after the class token, excluded from pooling. 0: none, as the original.
     num_registers: int = 0
+    # A class token with any pooling (timm class_token=True, global_pool='avg': MAE / BEiT-style
+    # fine-tunes); None: the original rule, a class token exactly for 'token' / 'token_unpooled'.
+    class_token: bool | None = None
+    # LayerNorm after the pooling (`fc_norm`) instead of before it (`Transformer/encoder_norm`), as
+    # timm's fc_norm (its default for average pooling).
+    fc_norm: bool = False
     # Beyond the original; the defaults keep its numerics.
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -278,9 +287,15 @@ class VisionTransformer(nn.Module):
     scan_layers: bool = False
 
     @property
+    def has_class_token(self) -> bool:
+        if self.class_token is None:
+            return self.classifier in ('token', 'token_unpooled')
+        return self.class_token
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patch tokens: the class token (if any), then the registers."""
-        return (1 if self.classifier in ('token', 'token_unpooled') else 0) + self.num_registers
+        return int(self.has_class_token) + self.num_registers
 
     @property
     def patch_stride(self) -> tuple[int, int]:
@@ -300,6 +315,8 @@ class VisionTransformer(nn.Module):
                              f'expected one of {ATTENTION_IMPLS}')
         if _field(self.patches, 'size') is None:
             raise ValueError(f'patches.size is missing (patches={self.patches!r})')
+        if self.classifier in ('token', 'token_unpooled') and not self.has_class_token:
+            raise ValueError(f'classifier={self.classifier!r} needs a class token (class_token=False)')
         if self.transformer is not None:
             heads = _field(self.transformer, 'num_heads')
             for key in ('num_heads', 'num_layers', 'mlp_dim'):
@@ -308,7 +325,8 @@ class VisionTransformer(nn.Module):
             if self.hidden_size % heads:
                 raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
                                  f'transformer.num_heads={heads}')
-            unknown = set(self.transformer) - set(Encoder.__dataclass_fields__) - {'parent', 'name'}
+            fields = set(Encoder.__dataclass_fields__) - {'parent', 'name', 'final_norm'}
+            unknown = set(self.transformer) - fields
             if unknown:
                 raise ValueError(f'transformer.{sorted(unknown)[0]} is not a transformer field')
 
@@ -339,7 +357,7 @@ class VisionTransformer(nn.Module):
         if self.transformer is not None:
             n, h, w, c = x.shape
             x = jnp.reshape(x, [n, h * w, c])
-            if self.classifier in ('token', 'token_unpooled'):
+            if self.has_class_token:
                 cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
                 x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
             if self.num_registers:
@@ -351,15 +369,18 @@ class VisionTransformer(nn.Module):
             x, weights = Encoder(
                 **self.transformer, layer_norm_eps=self.layer_norm_eps,
                 gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
-                remat=self.remat, scan_layers=self.scan_layers, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='Transformer',
+                remat=self.remat, scan_layers=self.scan_layers, final_norm=not self.fc_norm,
+                dtype=self.dtype, param_dtype=self.param_dtype, name='Transformer',
             )(x, train=train, return_attention=return_attention)
 
         if self.classifier == 'token':
             x = x[:, 0]
         elif self.classifier == 'gap':
-            tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # registers are not pooled
+            tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # nor class token nor registers
             x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
+        if self.fc_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name='fc_norm')(x)
 
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
