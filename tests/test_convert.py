@@ -65,12 +65,16 @@ def _assert_same_tree(a, b):
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
-@pytest.fixture(scope='module')
-def exact():
-    """A tiny model with timm/HF numerics (exact GELU, eps 1e-6), random weights."""
+def exact_model():
+    """A tiny model with timm/HF numerics (exact GELU, eps 1e-6), random weights, and its logits."""
     model = get_model('testing', num_classes=5, gelu_approximate=False, **TINY)
     params = _random_params(model)
     return model, params, np.asarray(model.apply({'params': params}, IMAGES, train=False))
+
+
+@pytest.fixture(scope='module')
+def exact():
+    return exact_model()
 
 
 # --- npz ------------------------------------------------------------------------------------
