@@ -1,6 +1,7 @@
-"""Prints the README's table of timm checkpoint families: the largest relative logit error of each,
-loaded by vit_jax, against the timm-style PyTorch reference forward of tests/test_convert.py, and
-after exporting it back to timm. Tiny random models in each family's exact state-dict layout.
+"""Prints the README's table of checkpoint families: the largest relative logit error of each, loaded
+by vit_jax, against the reference forward of tests/test_convert.py (timm-style PyTorch code; NumPy for
+big_vision's MAP head), and after exporting it back to timm. Tiny random models in each family's
+exact layout.
 
     .venv/bin/python scripts/family_errors.py      # needs the torch extra
 """
@@ -25,6 +26,8 @@ FAMILIES = {   # test label -> (family, timm examples)
     'timm reg4_gap': ('registers, average pooling, fc_norm=False', '-'),
     'timm reg4_gap_fc_norm': ('registers, average pooling, fc_norm', 'vit_base_patch16_reg4_gap_256'),
     'timm mae_cls_avg_fc_norm': ('class token, average pooling, fc_norm', 'MAE-style fine-tunes'),
+    'big_vision npz': ('big_vision .npz, class token', "pool_type='tok'"),
+    'big_vision MAP head': ('big_vision .npz, attention pooling (MAPHead_0)', "pool_type='map'"),
 }
 
 
@@ -40,10 +43,12 @@ def main() -> None:
     exact = tc.exact_model()
     for test in (tc.test_timm_safetensors_matches_timm_forward_and_round_trips,
                  tc.test_timm_average_pooling_and_architecture_names,
-                 tc.test_timm_qkv_bias_false_no_embed_class_and_layer_scale):
+                 tc.test_timm_qkv_bias_false_no_embed_class_and_layer_scale, tc.test_big_vision_detected):
         with tempfile.TemporaryDirectory() as d:
             test(exact, pathlib.Path(d))
-    print('| timm family | e.g. | loaded: max rel. error | exported back to timm: max rel. error |')
+    with tempfile.TemporaryDirectory() as d:
+        tc.test_big_vision_map_head(pathlib.Path(d))
+    print('| family | e.g. | loaded: max rel. error | exported back to timm: max rel. error |')
     print('|---|---|---:|---:|')
     for label, (family, example) in FAMILIES.items():
         back = errors.get(f'{label.removeprefix("timm ")} re-exported')

@@ -106,6 +106,47 @@ def test_big_vision_detected(exact, tmp_path):
     assert _rel_err(_ours(config, loaded), ref, 'big_vision npz') <= TOLERANCE
 
 
+def test_big_vision_map_head(tmp_path):
+    """A big_vision ViT with multihead attention pooling (pool_type='map': SigLIP image towers), in
+    big_vision's npz layout, loads and matches a NumPy MAP head on the encoder's tokens."""
+    model = get_model('testing', num_classes=5, classifier='map', **TINY)
+    params = jax.tree_util.tree_map(np.asarray, _random_params(model))
+    assert set(params['MAPHead_0']) == {'probe', 'MultiHeadDotProductAttention_0', 'LayerNorm_0',
+                                        'MlpBlock_0'}
+    p = {**params, 'Transformer': dict(params['Transformer'])}
+    p['pos_embedding'] = p['Transformer'].pop('posembed_input')['pos_embedding']   # no class token
+    np.savez(tmp_path / 'bv_map.npz', **{'params/' + k: v for k, v in trees.flatten(p).items()})
+    config, loaded = loader.load(tmp_path / 'bv_map.npz')
+    assert config.classifier == 'map' and 'cls' not in loaded
+    logits = _ours(config, loaded)
+
+    # The reference: the encoder's tokens (the model without pooling), then big_vision's MAPHead
+    # in NumPy.
+    unpooled = VisionTransformer(num_classes=None, **{**config.to_dict(), 'classifier': 'unpooled'})
+    encoder = {k: v for k, v in loaded.items() if k not in ('MAPHead_0', 'head')}
+    tokens = np.asarray(unpooled.apply({'params': encoder}, IMAGES, train=False))
+    m = params['MAPHead_0']
+    attn = m['MultiHeadDotProductAttention_0']
+    proj = lambda x, n: np.einsum('bld,dhk->blhk', x, attn[n]['kernel']) + attn[n]['bias']  # noqa: E731
+    probe = np.broadcast_to(m['probe'], (len(tokens), 1, 32))
+    q, k, v = proj(probe, 'query'), proj(tokens, 'key'), proj(tokens, 'value')
+    w = np.einsum('bqhd,bkhd->bhqk', q / np.sqrt(q.shape[-1]), k)
+    w = np.exp(w - w.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    x = np.einsum('bhqk,bkhd->bqhd', w, v)
+    x = np.einsum('bqhd,hdo->bqo', x, attn['out']['kernel']) + attn['out']['bias']
+    y = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    y = y * m['LayerNorm_0']['scale'] + m['LayerNorm_0']['bias']
+    mlp = m['MlpBlock_0']
+    h = y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias']
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))   # Flax's (tanh) GELU
+    pooled = (x + h @ mlp['Dense_1']['kernel'] + mlp['Dense_1']['bias'])[:, 0]
+    reference = pooled @ params['head']['kernel'] + params['head']['bias']
+    assert _rel_err(logits, reference, 'big_vision MAP head') <= TOLERANCE
+    with pytest.raises(CheckpointError, match="classifier='map' cannot be exported to timm"):
+        convert.export(loaded, config, str(tmp_path / 'x.safetensors'), format='timm')
+
+
 def test_config_inference_names_public_models():
     """Shapes of the public checkpoints (abstract, nothing is computed) map to their names."""
     for name, rep, classes in (('ViT-B_16', 768, 21843), ('R50+ViT-B_16', None, 1000)):

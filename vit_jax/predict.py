@@ -87,7 +87,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
     """Classifies `paths`; returns the `--json` document: {results: [...], skipped: [...], ...}."""
     if loaded.num_classes is None:
         raise UserError(f'{loaded.source}: the checkpoint has no classification head')
-    if getattr(loaded.model, 'classifier', 'gap') not in ('token', 'gap'):   # a Mixer pools
+    if getattr(loaded.model, 'classifier', 'gap') in ('unpooled', 'token_unpooled'):   # a Mixer pools
         raise UserError(f'{loaded.source}: classifier={loaded.model.classifier!r} gives per-token '
                          'outputs, not one prediction per image')
     names = class_names if class_names is not None else loaded.class_names

@@ -86,9 +86,6 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         config.layer_norm_eps, config.gelu_approximate = numerics(
             {'layer_norm_eps': layer_norm_eps, 'gelu_approximate': gelu_approximate})
         return config
-    if 'MAPHead_0' in params:
-        raise CheckpointError(f'{source}: MAP-head pooling (big_vision pool_type="map") is not supported by '
-                              'vit_jax.models.VisionTransformer')
     try:
         enc = params['Transformer']
         layers = sorted(int(k.split('_')[1]) for k in enc if re.fullmatch(r'encoderblock_\d+', k))
@@ -115,7 +112,8 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         if 'cls' in params and classifier is None:
             raise CheckpointError(f'{source}: a class token and an fc_norm, but the weights do not record '
                                   'whether the class token or the average of the patch tokens is pooled')
-    config.classifier = classifier or ('token' if 'cls' in params else 'gap')
+    inferred = 'map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap'
+    config.classifier = classifier or inferred
     if 'cls' in params and config.classifier not in ('token', 'token_unpooled'):
         config.class_token = True
     if 'reg' in params:

@@ -214,7 +214,7 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         config['num_registers'] = int(trees.shape(params['reg'])[1]) if 'reg' in params else 0
         config['fc_norm'] = 'fc_norm' in params
         if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
-            config['classifier'] = 'gap'
+            config['classifier'] = 'map' if 'MAPHead_0' in params else 'gap'
     model = build_model(config, num_classes, inference=True)
     try:
         size = arch.image_size(params, config)

@@ -26,7 +26,8 @@ def _field(sub_config: Any, key: str, default: Any = None) -> Any:
     """A field of a sub-config field (`patches`, `transformer`, `resnet`: a dict, ConfigDict or None)."""
     return default if sub_config is None else sub_config.get(key, default)
 
-CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+# 'map': big_vision's multihead attention pooling (pool_type='map', SigLIP image towers).
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 # 'einsum' is the original Flax formula, always. The others call jax.nn.dot_product_attention, which
 # fuses the softmax: 'auto' (the default) lets JAX choose (XLA on CPUs and TPUs, cuDNN flash attention
 # on GPUs where it applies), 'xla' / 'cudnn' force one. They agree with the formula to float tolerance
@@ -61,14 +62,16 @@ class MultiHeadDotProductAttention(nn.Module):
     kernel_init: Callable = nn.initializers.xavier_uniform()
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool, return_attention: bool = False
-                 ) -> tuple[Array, Array | None]:
+    def __call__(self, x: Array, deterministic: bool, return_attention: bool = False,
+                 kv: Array | None = None) -> tuple[Array, Array | None]:
+        """Self-attention over `x`, or `x` (queries) attending to `kv` (keys and values)."""
         features = x.shape[-1]
         head_dim = features // self.num_heads
         dense = lambda name: nn.DenseGeneral(  # noqa: E731
             features=(self.num_heads, head_dim), axis=-1, kernel_init=self.kernel_init,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = dense('query')(x), dense('key')(x), dense('value')(x)
+        kv = x if kv is None else kv
+        q, k, v = dense('query')(x), dense('key')(kv), dense('value')(kv)
 
         weights = None
         use_einsum = (self.attention_impl == 'einsum' or return_attention
@@ -113,6 +116,33 @@ class MlpBlock(nn.Module):
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, 'Dense_1')(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class MAPHead(nn.Module):
+    """big_vision's multihead attention pooling: a learned `probe` attends over the tokens, then
+    x + MLP(LayerNorm(x)); its parameter tree (`probe`, `MultiHeadDotProductAttention_0`,
+    `LayerNorm_0`, `MlpBlock_0`) is big_vision's `MAPHead`."""
+
+    num_heads: int
+    mlp_dim: int
+    layer_norm_eps: float = 1e-6
+    gelu_approximate: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        n, _, d = x.shape
+        probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+        probe = jnp.tile(probe, [n, 1, 1]).astype(x.dtype)
+        x, _ = MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                            param_dtype=self.param_dtype,
+                                            name='MultiHeadDotProductAttention_0')(probe, True, kv=x)
+        y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name='LayerNorm_0')(x)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=0.0, gelu_approximate=self.gelu_approximate,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name='MlpBlock_0')(y, True)
+        return x[:, 0]
 
 
 class LayerScale(nn.Module):
@@ -378,6 +408,13 @@ class VisionTransformer(nn.Module):
         elif self.classifier == 'gap':
             tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # nor class token nor registers
             x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
+        elif self.classifier == 'map':
+            if self.transformer is None:
+                raise ValueError("classifier='map' needs a transformer (it pools tokens)")
+            t = self.transformer
+            x = MAPHead(num_heads=_field(t, 'num_heads'), mlp_dim=_field(t, 'mlp_dim'),
+                        layer_norm_eps=self.layer_norm_eps, gelu_approximate=self.gelu_approximate,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name='MAPHead_0')(x)
         if self.fc_norm:
             x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                              name='fc_norm')(x)
