@@ -23,7 +23,7 @@ import sentencepiece as spm
 import tensorflow as tf
 from PIL import Image
 
-from vit_jax import checkpoint, preprocess, zeroshot
+from vit_jax import checkpoint, preprocess, trees, zeroshot
 from vit_jax.checkpoint import hub, loader
 from vit_jax.errors import CheckpointError, ConfigError, DataError
 from vit_jax.models import build_model, get_config, get_model
@@ -317,6 +317,17 @@ def test_bert_npz_needs_heads_and_length(tmp_path):
         loader.read(str(tmp_path / 'LiT-B16B.npz'))
     with pytest.raises(ConfigError, match="--model 'ViT-B_16' is not a LiT model"):
         loader.read(str(tmp_path / 'LiT-B16B.npz'), model_name='ViT-B_16')
+
+
+def test_siglip_two_tower_file_is_refused(tmp_path):
+    """A big_vision SigLIP file (img/ + txt/ towers, temperature t and bias b) is LiT-shaped but is not
+    LiT: refused in one line rather than read as one."""
+    _, params = init(tiny_config('text_transformer'))
+    flat = {f'params/{k}': np.asarray(v) for k, v in trees.flatten(params).items()}
+    flat['params/b'] = np.zeros((1,), np.float32)
+    np.savez(tmp_path / 'siglip.npz', **flat)
+    with pytest.raises(CheckpointError, match='siglip.npz: a big_vision two-tower model'):
+        loader.read(str(tmp_path / 'siglip.npz'))
 
 
 def test_catalogue_names_and_vocabulary_download(tmp_path, monkeypatch):

@@ -157,6 +157,9 @@ def infer_lit_config(params: Mapping[str, Any], *, text_heads: int | None = None
     missing = [k for k in ('img', 'txt', 't') if k not in params]
     if missing:
         raise CheckpointError(f'{source}: not a LiT parameter tree (no {missing[0]})')
+    if 'b' in params or 'pos_embedding' in params['img']:
+        raise CheckpointError(f'{source}: a big_vision two-tower model (SigLIP: a learned bias b, big_vision '
+                              'towers) is not supported; LiT models (vit-zeroshot) are')
     image = infer_config(params['img'], source=f'{source} (img)')
     out_img = num_classes(params['img']) or None
     image_size_ = _lit_image_size(params['img'], image)
@@ -186,8 +189,8 @@ def infer_lit_config(params: Mapping[str, Any], *, text_heads: int | None = None
 def _lit_image_size(params: Mapping[str, Any], image: Any) -> int:
     try:
         return image_size(params, image)
-    except CheckpointError as e:
-        raise CheckpointError(f'img: {e}') from None
+    except (CheckpointError, KeyError) as e:
+        raise CheckpointError(f'img: not a ViT image tower ({e})') from None
 
 
 def _infer_bert(enc: Mapping[str, Any], heads: int | None, max_len: int | None, source: str
