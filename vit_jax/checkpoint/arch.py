@@ -136,11 +136,6 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     return config
 
 
-def is_lit(params: Mapping[str, Any]) -> bool:
-    """Whether a parameter tree is a LiT model's (an `img` and a `txt` tower)."""
-    return 'img' in params and 'txt' in params
-
-
 def lit_models() -> list[str]:
     """The LiT names of MODEL_CONFIGS."""
     return [name for name, config in MODEL_CONFIGS.items() if family(config) == 'LiT']

@@ -124,7 +124,8 @@ def catalogue() -> dict[str, str]:
     for model, config in MODEL_CONFIGS.items():
         if 'text_model' in config:
             names[model] = names[f'lit/{model}'] = f'{LIT_DIR}/{model}.npz'
-            names[lit_vocab_name(model)] = f'{LIT_DIR}/{model}{LIT_VOCAB_SUFFIXES[config.pp.tokenizer_name]}'
+            vocab = lit_vocab_name(model)
+            names[vocab] = f'{GCS_BUCKET}/{vocab}'
     names['augreg/index.csv'] = AUGREG_INDEX
     return names
 

@@ -123,7 +123,7 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     elif kind == 'npz':
         flat = npz.read(path)
         params = npz.normalize(flat, path)
-        if arch.is_lit(params):
+        if npz.is_lit(flat):
             config = _lit_config(source, path, params, model_name, text_heads, max_len)
         else:
             config = arch.infer_config(params, source=path)

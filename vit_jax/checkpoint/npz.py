@@ -145,8 +145,9 @@ def is_big_vision(keys: Any) -> bool:
 
 
 def is_lit(keys: Any) -> bool:
-    """Whether flat npz keys are a LiT model's (`img/...`, `txt/...` and the temperature `t`)."""
-    keys = set(keys)
+    """Whether flat npz keys are an image-text model's (`img/...`, `txt/...` and the temperature `t`,
+    also under a big_vision `params/` prefix)."""
+    keys = set(strip_prefix(dict.fromkeys(keys)))
     return 't' in keys and any(k.startswith('img/') for k in keys) and any(k.startswith('txt/') for k in keys)
 
 

@@ -22,16 +22,13 @@ from vit_jax.configs.models import MODEL_CONFIGS
 from vit_jax.errors import ConfigError
 from vit_jax.models.lit import LitModel
 from vit_jax.models.mixer import MlpMixer
-from vit_jax.models.vit import Encoder, VisionTransformer
+from vit_jax.models.vit import TRANSFORMER_FIELDS, Encoder, VisionTransformer
 
 MODULES = {'ViT': VisionTransformer, 'Mixer': MlpMixer, 'LiT': LitModel}
 # Sub-config fields of each module and their fields.
 _SUBCONFIGS = {
     'ViT': {
-        # Encoder fields that VisionTransformer does not set itself (final_norm: from its fc_norm).
-        'transformer': tuple(f for f in Encoder.__dataclass_fields__
-                             if f not in ('parent', 'name', 'final_norm')
-                             and f not in VisionTransformer.__dataclass_fields__),
+        'transformer': TRANSFORMER_FIELDS,
         'patches': ('size',),
         'resnet': ('num_layers', 'width_factor'),
     },

@@ -355,8 +355,7 @@ class VisionTransformer(nn.Module):
             if self.hidden_size % heads:
                 raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
                                  f'transformer.num_heads={heads}')
-            fields = set(Encoder.__dataclass_fields__) - {'parent', 'name', 'final_norm'}
-            unknown = set(self.transformer) - fields
+            unknown = set(self.transformer) - set(TRANSFORMER_FIELDS)
             if unknown:
                 raise ValueError(f'transformer.{sorted(unknown)[0]} is not a transformer field')
 
@@ -428,6 +427,13 @@ class VisionTransformer(nn.Module):
                          dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         x = x.astype(jnp.float32)
         return (x, weights) if return_attention else x
+
+
+# The fields of the `transformer` sub-config: the Encoder's, but for those VisionTransformer passes
+# itself (numerics, kernels, dtypes, remat / scan, and `final_norm`, which follows its `fc_norm`).
+TRANSFORMER_FIELDS = tuple(f for f in Encoder.__dataclass_fields__
+                           if f not in ('parent', 'name', 'final_norm')
+                           and f not in VisionTransformer.__dataclass_fields__)
 
 
 # --- Parameter layouts: per-block (`encoderblock_{i}`) <-> scanned (`encoderblock`, stacked).
