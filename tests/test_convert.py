@@ -345,6 +345,12 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     new_pos = tuned['Transformer']['posembed_input']['pos_embedding']
     assert new_pos.shape == (1, 5 + 4 * grid * grid, 32)
     np.testing.assert_array_equal(new_pos[:, :5], pos[:, :5])     # class token + 4 registers kept
+    # 8 registers + a class token before a 4x4 grid: 25 position rows are a 5x5 grid too; refused.
+    ambiguous = {**sd, 'reg_token': rng.normal(0, 1, (1, 8, 32)).astype(np.float32),
+                 'pos_embed': rng.normal(0, 1, (1, 25, 32)).astype(np.float32)}
+    save_file(ambiguous, str(tmp_path / 'ambiguous.safetensors'))
+    with pytest.raises(CheckpointError, match='pos_embed has 25 rows: a square grid with or without the 9'):
+        loader.load(tmp_path / 'ambiguous.safetensors', num_heads=2, pool='token')
     assert foreign.timm_arch('deit3_base_patch16_224.fb_in22k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
     assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16

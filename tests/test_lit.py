@@ -415,6 +415,23 @@ def test_vit_zeroshot_cli_end_to_end(tiny_lit, sp_model, capsys):
     assert text.splitlines()[0].endswith('red.png') and '%' in text
 
 
+def test_a_vocabulary_larger_than_the_text_tower_is_refused(tiny_lit):
+    _, _, tmp = tiny_lit
+    words = [f'w{i}' for i in range(70)]   # the tower embeds 64 tokens
+    (tmp / 'big.txt').write_text('\n'.join(['[PAD]', '[CLS]', *words]) + '\n')
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=100,
+                                   user_defined_symbols=words, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    (tmp / 'big.model').write_bytes(out.getvalue())
+    size = preprocess.SentencepieceTokenizer(str(tmp / 'big.model'), 8).vocab_size
+    assert size > 73
+    with pytest.raises(CheckpointError, match=rf'big.model: the vocabulary gives ids up to {size - 1} '
+                                              r'but the text tower embeds 64 tokens'):
+        zeroshot.load(str(tmp / 'tiny.npz'), vocab=str(tmp / 'big.model'))
+    assert preprocess.BertTokenizer(str(tmp / 'big.txt'), 8).vocab_size == 73   # 72 lines + [UNK]
+
+
 def test_python_api_matches_the_cli(tiny_lit):
     model, params, tmp = tiny_lit
     zs = zeroshot.load(str(tmp / 'tiny.npz'))

@@ -78,6 +78,7 @@ class BertTokenizer:
     max_len: int
     cls_token: int = dataclasses.field(init=False)
     unk_token: int = dataclasses.field(init=False)
+    vocab_size: int = dataclasses.field(init=False)   # the largest id it gives, plus one
     _tokenizer: Any = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
@@ -107,6 +108,7 @@ class BertTokenizer:
         object.__setattr__(self, 'cls_token', vocab['[CLS]'])
         object.__setattr__(self, '_tokenizer', tokenizer)
         object.__setattr__(self, 'unk_token', vocab[UNK])
+        object.__setattr__(self, 'vocab_size', max(vocab.values()) + 1)
 
     def word_pieces(self, text: str) -> list[int]:
         """The WordPiece ids of one text (no [CLS], no padding)."""
@@ -138,6 +140,7 @@ class SentencepieceTokenizer:
     vocab_path: str
     max_len: int
     eos_token: int = dataclasses.field(init=False)
+    vocab_size: int = dataclasses.field(init=False)
     _tokenizer: Any = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
@@ -153,6 +156,7 @@ class SentencepieceTokenizer:
         if tokenizer.id_to_piece(eos) != '</s>':
             raise DataError(f'{self.vocab_path}: the SentencePiece model has no </s> piece')
         object.__setattr__(self, 'eos_token', eos)
+        object.__setattr__(self, 'vocab_size', tokenizer.get_piece_size())
         object.__setattr__(self, '_tokenizer', tokenizer)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:

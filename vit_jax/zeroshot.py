@@ -149,10 +149,10 @@ def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = 
     config = found.model_config
     tokenizer = preprocess.get_tokenizer(config.pp.tokenizer_name)(
         vocab_path=vocab_path(found, str(checkpoint), vocab), max_len=int(config.pp.max_len))
-    vocab_size = _vocab_size(found.params)
-    if isinstance(tokenizer, preprocess.BertTokenizer) and tokenizer.unk_token >= vocab_size:
-        raise CheckpointError(f'{tokenizer.vocab_path}: the vocabulary has {tokenizer.unk_token + 1} entries '
-                              f'(with [UNK]) but the text tower embeds {vocab_size} tokens')
+    embedded = _vocab_size(found.params)
+    if tokenizer.vocab_size > embedded:   # larger ids would embed as NaN, silently
+        raise CheckpointError(f'{tokenizer.vocab_path}: the vocabulary gives ids up to '
+                              f'{tokenizer.vocab_size - 1} but the text tower embeds {embedded} tokens')
     params = jax.tree_util.tree_map(jnp.asarray, found.params)
     return ZeroShot(build_model(config, None), params, tokenizer, found.path)
 

@@ -128,9 +128,13 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
                 params[name] = c.pop(name)
         pos = c.pop('pos')
         prefix = ('cls' in params) + (params['reg'].shape[1] if 'reg' in params else 0)
-        if prefix and round(np.sqrt(pos.shape[1])) ** 2 == pos.shape[1]:
+        square = lambda n: n > 0 and round(np.sqrt(n)) ** 2 == n  # noqa: E731
+        if prefix and square(pos.shape[1]):
+            if square(pos.shape[1] - prefix):   # 2g+1 <= prefix: a tiny grid, either reading fits
+                raise CheckpointError(f'{source}: pos_embed has {pos.shape[1]} rows: a square grid with or '
+                                      f'without the {prefix} class/register rows; cannot tell which')
             # Patches only (timm `no_embed_class`): class token and registers get no position
-            # embedding, i.e. zero rows. (A square count that also includes them needs 2g+1 <= prefix.)
+            # embedding, i.e. zero rows.
             pos = np.concatenate([np.zeros_like(pos[:, :1]).repeat(prefix, axis=1), pos], axis=1)
         enc: dict[str, Any] = {'posembed_input': {'pos_embedding': pos}}
         layers = sorted({int(k.split('.')[0]) for k in c if k.split('.')[0].isdigit()})
