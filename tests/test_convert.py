@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -143,8 +144,113 @@ def test_big_vision_map_head(tmp_path):
     pooled = (x + h @ mlp['Dense_1']['kernel'] + mlp['Dense_1']['bias'])[:, 0]
     reference = pooled @ params['head']['kernel'] + params['head']['bias']
     assert _rel_err(logits, reference, 'big_vision MAP head') <= TOLERANCE
-    with pytest.raises(CheckpointError, match="classifier='map' cannot be exported to timm"):
-        convert.export(loaded, config, str(tmp_path / 'x.safetensors'), format='timm')
+    # timm's AttentionPoolLatent (attn_pool: latent, q, kv, proj, norm, mlp) is the same head.
+    from safetensors.numpy import load_file
+    with pytest.warns(UserWarning, match='tanh GELU'):
+        exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
+    assert exported['attn_pool.kv.weight'].shape == (64, 32)
+    assert _rel_err(_timm_reference(exported, IMAGES, heads=2, tanh=True), reference,
+                    'big_vision MAP head -> timm attn_pool') <= TOLERANCE
+    _assert_same_tree(loader.load(tmp_path / 'map.safetensors')[1], loaded)
+    with pytest.raises(CheckpointError, match='Hugging Face ViT has no attention-pooling head'):
+        convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+
+
+def test_big_vision_sincos_position_embedding(tmp_path):
+    """big_vision's fixed 2-D sin-cos position embedding (posemb='sincos2d'; no parameters, none for
+    the class token): equal to big_vision's formula given as a learned table; a big_vision file
+    without a position embedding loads as such, and its input size must be stated."""
+    model = get_model('testing', num_classes=5, posemb='sincos2d', **TINY)
+    params = jax.tree_util.tree_map(np.asarray, _random_params(model))
+    assert 'posembed_input' not in params['Transformer']
+    # big_vision's posemb_sincos_2d (big_vision/models/vit.py), transcribed, for the 4x4 grid of 32 px.
+    y, x = np.mgrid[:4, :4]
+    omega = 1.0 / 10_000 ** (np.arange(32 // 4) / (32 // 4 - 1))
+    y, x = np.einsum('m,d->md', y.flatten(), omega), np.einsum('m,d->md', x.flatten(), omega)
+    table = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
+    learned = get_model('testing', num_classes=5, **TINY)
+    as_table = {**params, 'Transformer': {**params['Transformer'], 'posembed_input': {
+        'pos_embedding': np.concatenate([np.zeros((1, 1, 32), np.float32), table], axis=1)}}}
+    reference = np.asarray(learned.apply({'params': as_table}, IMAGES, train=False))
+    assert _rel_err(np.asarray(model.apply({'params': params}, IMAGES, train=False)), reference,
+                    'sin-cos position embedding') <= 1e-5
+
+    np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in trees.flatten(params).items()})
+    with pytest.raises(CheckpointError, match=r'bv.npz: a fixed sin-cos position embedding records no image '
+                                              r'size; give it \(--image-size N\)'):
+        loader.load_model(str(tmp_path / 'bv.npz'))
+    loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
+    assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
+    assert _rel_err(np.asarray(loaded.model.apply({'params': loaded.params}, IMAGES, train=False)),
+                    reference, 'big_vision sin-cos npz') <= 1e-5
+    # npz export keeps big_vision's layout (an original-layout file without posembed is damaged);
+    # timm and Hugging Face have no fixed sin-cos embedding.
+    config = loader.read(str(tmp_path / 'bv.npz')).model_config
+    assert config.posemb == 'sincos2d'
+    convert.export(loaded.params, config, str(tmp_path / 'again.npz'), format='npz')
+    assert loader.read(str(tmp_path / 'again.npz')).model_config.to_dict() == config.to_dict()
+    for fmt, target in (('timm', 'timm'), ('hf', 'Hugging Face ViT')):
+        with pytest.raises(CheckpointError, match=f'{target} has no fixed sin-cos position embedding'):
+            convert.export(loaded.params, config, str(tmp_path / f'x.{fmt}'), format=fmt)
+    checkpoint.save(as_table, tmp_path / 'learned.npz')
+    with pytest.raises(CheckpointError, match='--image-size 64, but the position embedding is for 32-pixel'):
+        loader.load_model(str(tmp_path / 'learned.npz'), image_size=64)
+
+
+def test_hf_export_of_pre_logits_is_a_vitmodel_with_its_pooler(tmp_path):
+    """A model with a pre_logits layer exports to Hugging Face as a ViTModel whose pooler is that layer
+    (how HF publishes the ImageNet-21k ViTs), once its head is removed; timm has no such layer."""
+    torch, transformers = _torch(), _transformers()
+    model = get_model('testing', num_classes=5, representation_size=24, gelu_approximate=False, **TINY)
+    params = _random_params(model)
+    config = arch.infer_config(params, gelu_approximate=False)
+    with pytest.raises(CheckpointError, match='Hugging Face ViT has no model with both a pooler'):
+        convert.export(params, config, str(tmp_path / 'hf'), format='hf')
+    with pytest.raises(CheckpointError, match='timm has no pre_logits'):
+        convert.export(params, config, str(tmp_path / 'x.safetensors'), format='timm')
+    headless = {k: v for k, v in params.items() if k != 'head'}
+    convert.export(headless, config, str(tmp_path / 'hf'), format='hf')
+    hf = transformers.ViTModel.from_pretrained(str(tmp_path / 'hf')).eval()
+    with torch.no_grad():
+        pooled = hf(pixel_values=torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).pooler_output.numpy()
+    ours = _ours(config, headless, classes=0)
+    assert ours.shape == pooled.shape == (2, 24)
+    assert _rel_err(pooled, ours, 'pre_logits -> HF ViTModel pooler') <= TOLERANCE
+    _assert_same_tree(loader.load(tmp_path / 'hf')[1], headless)
+
+
+def test_hf_siglip_vision_models(tmp_path):
+    """transformers' SiglipVisionModel (and the vision tower of a two-tower SiglipModel) loads with
+    its attention-pooling head as the MAP head and gives its pooled output."""
+    torch, transformers = _torch(), _transformers()
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  image_size=32, patch_size=8)
+    pixels = torch.from_numpy(IMAGES).permute(0, 3, 1, 2)
+    models = {
+        'vision': transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision)),
+        'two_tower': transformers.SiglipModel(transformers.SiglipConfig(
+            vision_config=vision, text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=32, vocab_size=50)))}
+    for name, hf in models.items():
+        hf.eval()
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.normal_(0, 0.3)
+            tower = hf if name == 'vision' else hf.vision_model
+            reference = tower(pixel_values=pixels).pooler_output.numpy()
+        hf.save_pretrained(tmp_path / name)
+        if name == 'two_tower':
+            with pytest.warns(UserWarning, match='a two-tower SigLIP model; reading its vision tower only'):
+                config, params = loader.load(tmp_path / name)
+        else:
+            config, params = loader.load(tmp_path / name)
+        assert config.classifier == 'map' and config.gelu_approximate and arch.num_classes(params) == 0
+        assert _rel_err(_ours(config, params, classes=0), reference, f'HF SigLIP {name}') <= TOLERANCE
+    bad = json.loads((tmp_path / 'vision' / 'config.json').read_text())
+    (tmp_path / 'vision' / 'config.json').write_text(json.dumps({**bad, 'vision_use_head': False}))
+    with pytest.raises(CheckpointError, match='vision_use_head=false'):
+        loader.load(tmp_path / 'vision')
 
 
 def test_config_inference_names_public_models():
@@ -166,10 +272,12 @@ def test_config_inference_names_public_models():
 
 # --- timm -----------------------------------------------------------------------------------
 
-def _timm_reference(sd, images, heads, eps=1e-6, pool=None):
-    """timm's VisionTransformer forward, written out in PyTorch (timm is not a dependency)."""
+def _timm_reference(sd, images, heads, eps=1e-6, pool=None, tanh=False):
+    """timm's VisionTransformer forward (and VisionTransformerDistilled's, AttentionPoolLatent's),
+    written out in PyTorch (timm is not a dependency); `tanh`: act_layer='gelu_tanh'."""
     torch = _torch()
     F = torch.nn.functional
+    gelu = lambda h: F.gelu(h, approximate='tanh' if tanh else 'none')  # noqa: E731
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
     patch = t['patch_embed.proj.weight'].shape[-1]
     x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), t['patch_embed.proj.weight'],
@@ -177,7 +285,7 @@ def _timm_reference(sd, images, heads, eps=1e-6, pool=None):
     patches_only = t['pos_embed'].shape[1] == x.shape[1]   # timm no_embed_class (or no prefix tokens)
     if patches_only:
         x = x + t['pos_embed']
-    prefix = [t[k].expand(len(x), -1, -1) for k in ('cls_token', 'reg_token') if k in t]
+    prefix = [t[k].expand(len(x), -1, -1) for k in ('cls_token', 'dist_token', 'reg_token') if k in t]
     x = torch.cat([*prefix, x], dim=1)
     if not patches_only:
         x = x + t['pos_embed']
@@ -194,16 +302,32 @@ def _timm_reference(sd, images, heads, eps=1e-6, pool=None):
         y = (attn @ v).transpose(1, 2).reshape(b, n, d)
         x = x + ls('ls1') * F.linear(y, p('attn.proj.weight'), p('attn.proj.bias'))
         h = F.layer_norm(x, (d,), p('norm2.weight'), p('norm2.bias'), eps)
-        x = x + ls('ls2') * F.linear(F.gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
+        x = x + ls('ls2') * F.linear(gelu(F.linear(h, p('mlp.fc1.weight'), p('mlp.fc1.bias'))),
                                      p('mlp.fc2.weight'), p('mlp.fc2.bias'))
     if 'norm.weight' in t:   # Identity when timm uses fc_norm
         x = F.layer_norm(x, (d,), t['norm.weight'], t['norm.bias'], eps)
     num_prefix = sum(p.shape[1] for p in prefix)
-    pool = pool or ('token' if 'cls_token' in t else 'avg')
-    pooled = x[:, 0] if pool == 'token' else x[:, num_prefix:].mean(1)
+    pool = pool or ('map' if 'attn_pool.latent' in t else 'token' if 'cls_token' in t else 'avg')
+    if pool == 'map':   # AttentionPoolLatent: a latent query attends over the tokens, then x + MLP(LN(x))
+        a = lambda name: t[f'attn_pool.{name}']  # noqa: E731
+        q = F.linear(a('latent').expand(b, -1, -1), a('q.weight'), a('q.bias'))
+        q = q.reshape(b, 1, heads, d // heads).transpose(1, 2)
+        kv = F.linear(x, a('kv.weight'), a('kv.bias')).reshape(b, n, 2, heads, d // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+        y = F.linear((attn @ v).transpose(1, 2).reshape(b, 1, d), a('proj.weight'), a('proj.bias'))
+        h = F.layer_norm(y, (d,), a('norm.weight'), a('norm.bias'), eps)
+        y = y + F.linear(gelu(F.linear(h, a('mlp.fc1.weight'), a('mlp.fc1.bias'))), a('mlp.fc2.weight'),
+                         a('mlp.fc2.bias'))
+        pooled = y[:, 0]
+    else:
+        pooled = x[:, 0] if pool == 'token' else x[:, num_prefix:].mean(1)
     if 'fc_norm.weight' in t:
         pooled = F.layer_norm(pooled, (d,), t['fc_norm.weight'], t['fc_norm.bias'], eps)
-    return F.linear(pooled, t['head.weight'], t['head.bias']).numpy()
+    logits = F.linear(pooled, t['head.weight'], t['head.bias'])
+    if 'dist_token' in t:   # DeiT: the mean of the class-token head and the distillation-token head
+        logits = (logits + F.linear(x[:, 1], t['head_dist.weight'], t['head_dist.bias'])) / 2
+    return logits.numpy()
 
 
 def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
@@ -226,7 +350,7 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
     # width 32, so they are passed), also as a .pth read with weights_only=True.
     save_file(sd, str(tmp_path / 'plain.safetensors'))
     with pytest.raises(CheckpointError, match=r'record neither the number of attention heads '
-                       r'\(--num-heads N\) nor the pooling \(--pool token\|avg\); give the timm '
+                       r'\(--num-heads N\) nor the pooling \(--pool token\|avg\|map\); give the timm '
                        r'architecture \(--arch NAME'):
         loader.load(tmp_path / 'plain.safetensors')
     with pytest.raises(CheckpointError, match='record neither the pooling'):
@@ -268,8 +392,8 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
                                               'vit_base_patch16_gap_224 has 768'):
         loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_gap_224.sam_in1k')
-    with pytest.raises(CheckpointError, match="timm architecture 'vit_so400m_patch14_siglip_224' is not one"):
-        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_so400m_patch14_siglip_224')
+    with pytest.raises(CheckpointError, match="timm architecture 'vit_base_patch16_clip_224' is not one"):
+        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_clip_224')   # pre_norm
     with open(tmp_path / 'config.json', 'w') as f:   # timm hub checkpoints carry this beside the weights
         json.dump({'architecture': 'vit_small_patch16_224.augreg_in21k', 'num_classes': 5}, f)
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
@@ -356,9 +480,80 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16
 
 
+def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, monkeypatch):
+    """timm's SigLIP image towers (no class token, attention pooling `attn_pool`, some with tanh
+    GELU) and DeiT's distilled ViTs (`dist_token`, `head_dist`; the mean of the two heads) load
+    exactly and export back bit-exactly; their facts come from the architecture table."""
+    from safetensors.numpy import load_file, save_file
+
+    _, params, _ = exact
+    sd = load_file(convert.export(params, arch.infer_config(params, gelu_approximate=False),
+                                  str(tmp_path / 'vit.safetensors'), format='timm'))
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)  # noqa: E731
+    siglip = {**{k: v for k, v in sd.items() if k != 'cls_token'}, 'pos_embed': sd['pos_embed'][:, 1:].copy()}
+    siglip.update({
+        'attn_pool.latent': r(1, 1, 32), 'attn_pool.q.weight': r(32, 32), 'attn_pool.q.bias': r(32),
+        'attn_pool.kv.weight': r(64, 32), 'attn_pool.kv.bias': r(64), 'attn_pool.proj.weight': r(32, 32),
+        'attn_pool.proj.bias': r(32), 'attn_pool.norm.weight': r(32), 'attn_pool.norm.bias': r(32),
+        'attn_pool.mlp.fc1.weight': r(64, 32), 'attn_pool.mlp.fc1.bias': r(64),
+        'attn_pool.mlp.fc2.weight': r(32, 64), 'attn_pool.mlp.fc2.bias': r(32)})
+    deit = {**sd, 'dist_token': r(1, 1, 32), 'head_dist.weight': r(5, 32), 'head_dist.bias': r(5),
+            'pos_embed': np.concatenate([sd['pos_embed'][:, :1], r(1, 1, 32), sd['pos_embed'][:, 1:]], 1)}
+    # Tiny entries in the table's own format (the real ones are 768+ wide).
+    monkeypatch.setitem(foreign.TIMM_ARCHS, 'tiny_siglip', (32, 2, 2, 8, 'map', 'gelu_tanh'))
+    monkeypatch.setitem(foreign.TIMM_ARCHS, 'tiny_distilled', (32, 2, 2, 8, 'token', 'gelu'))
+    for name, variant, arch_name, tanh in (('siglip', siglip, 'tiny_siglip', True),
+                                          ('deit_distilled', deit, 'tiny_distilled', False)):
+        save_file(variant, str(tmp_path / f'{name}.safetensors'))
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', timm_arch=arch_name)
+        assert config.gelu_approximate == tanh
+        reference = _timm_reference(variant, IMAGES, heads=2, tanh=tanh)
+        assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # tanh GELU: "logits in timm will differ" (timm's default)
+            back = load_file(convert.export(loaded, config, str(tmp_path / f'{name}_back.safetensors'),
+                                            format='timm'))
+        assert back.keys() == variant.keys()
+        for key, value in variant.items():
+            np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert config.distillation_token and config.classifier == 'token'
+    with pytest.raises(CheckpointError, match='Hugging Face ViT has no distillation token'):
+        convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    # Fine-tuning a distilled DeiT at twice the resolution: both heads new, both prefix rows kept.
+    checkpoint.save(loaded, str(tmp_path / 'deit.npz'))
+    model = VisionTransformer(num_classes=3, **config.to_dict())
+    init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False))
+    tuned = adapt.load_pretrained(pretrained_path=str(tmp_path / 'deit.npz'), init_params=init['params'],
+                                  model_config=config)
+    assert tuned['head_dist']['kernel'].shape == (32, 3) and not tuned['head_dist']['kernel'].any()
+    pos = tuned['Transformer']['posembed_input']['pos_embedding']
+    assert pos.shape == (1, 2 + 64, 32)
+    np.testing.assert_array_equal(pos[:, :2], loaded['Transformer']['posembed_input']['pos_embedding'][:, :2])
+    # Without a name: the pooling is in the weights (attn_pool), the heads must be given; the GELU is
+    # then timm's default (exact).
+    config, _ = loader.load(tmp_path / 'siglip.safetensors', num_heads=2)
+    assert config.classifier == 'map' and not config.gelu_approximate
+    with pytest.raises(CheckpointError, match='--pool token but the weights have an attention-pooling head'):
+        loader.load(tmp_path / 'siglip.safetensors', num_heads=2, pool='token')
+    with pytest.raises(CheckpointError, match='the weights have no distillation token but timm architecture '
+                                              'tiny_distilled has one'):
+        loader.load(tmp_path / 'vit.safetensors', timm_arch='tiny_distilled')
+    save_file({k: v for k, v in siglip.items() if not k.startswith('attn_pool.')},
+              str(tmp_path / 'gap.safetensors'))
+    with pytest.raises(CheckpointError, match='the weights have pool avg but timm architecture tiny_siglip '
+                                              'has map'):
+        loader.load(tmp_path / 'gap.safetensors', timm_arch='tiny_siglip')
+    assert foreign.timm_arch('vit_so400m_patch14_siglip_384') == dict(
+        name='vit_so400m_patch14_siglip_384', width=1152, depth=27, num_heads=16, patch=14, pool='map',
+        act='gelu')
+    assert foreign.timm_arch('vit_so400m_patch16_siglip_256.webli_i18n')['act'] == 'gelu_tanh'
+    assert foreign.timm_arch('deit_base_distilled_patch16_384')['num_heads'] == 12
+
+
 def test_timm_architecture_table():
     assert foreign.timm_arch('vit_base_patch16_224.augreg2_in21k_ft_in1k') == dict(
-        name='vit_base_patch16_224', width=768, depth=12, num_heads=12, patch=16, pool='token')
+        name='vit_base_patch16_224', width=768, depth=12, num_heads=12, patch=16, pool='token', act='gelu')
     # Not the head_dim=64 rule: timm's own arguments (16 heads at width 768).
     assert foreign.timm_arch('vit_base_patch16_gap_224')['num_heads'] == 16
     assert foreign.timm_arch('vit_huge_patch14_224')['num_heads'] == 16

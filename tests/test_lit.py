@@ -26,7 +26,7 @@ from PIL import Image
 from vit_jax import checkpoint, preprocess, trees, zeroshot
 from vit_jax.checkpoint import hub, loader
 from vit_jax.errors import CheckpointError, ConfigError, DataError
-from vit_jax.models import build_model, get_config, get_model
+from vit_jax.models import build_model, family, get_config, get_model
 
 IMAGE = dict(patches=dict(size=(4, 4)), hidden_size=8, classifier='token', representation_size=None,
              transformer=dict(num_layers=1, mlp_dim=16, num_heads=2, dropout_rate=0.0,
@@ -319,15 +319,17 @@ def test_bert_npz_needs_heads_and_length(tmp_path):
         loader.read(str(tmp_path / 'LiT-B16B.npz'), model_name='ViT-B_16')
 
 
-def test_siglip_two_tower_file_is_refused(tmp_path):
+def test_siglip_two_tower_file_gives_its_image_tower(tmp_path):
     """A big_vision SigLIP file (img/ + txt/ towers, temperature t and bias b) is LiT-shaped but is not
-    LiT: refused in one line rather than read as one."""
+    LiT: its image tower is read (with a warning saying so), not the file as a LiT model."""
     _, params = init(tiny_config('text_transformer'))
     flat = {f'params/{k}': np.asarray(v) for k, v in trees.flatten(params).items()}
     flat['params/b'] = np.zeros((1,), np.float32)
     np.savez(tmp_path / 'siglip.npz', **flat)
-    with pytest.raises(CheckpointError, match='siglip.npz: a big_vision two-tower model'):
-        loader.read(str(tmp_path / 'siglip.npz'))
+    with pytest.warns(UserWarning, match='siglip.npz: a two-tower SigLIP model; reading its image tower'):
+        found = loader.read(str(tmp_path / 'siglip.npz'))
+    assert found.format == 'big_vision' and family(found.model_config) == 'ViT'
+    assert trees.flatten(found.params).keys() == trees.flatten(params['img']).keys()
 
 
 def test_catalogue_names_and_vocabulary_download(tmp_path, monkeypatch):

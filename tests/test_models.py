@@ -337,6 +337,8 @@ def test_layer_norm_eps_and_exact_gelu_change_the_numerics():
     ({'classifier': 'cls'}, "classifier='cls' is unknown"),
     ({'attention_impl': 'flash'}, "attention_impl='flash' is unknown"),
     ({'transformer.num_head': 3}, 'transformer.num_head is not a transformer field'),
+    ({'posemb': 'sincos'}, "posemb='sincos' is unknown"),
+    ({'distillation_token': True, 'classifier': 'gap'}, "distillation_token needs classifier='token'"),
 ])
 def test_bad_config_raises_a_clear_error_naming_the_field(overrides, pattern):
     with pytest.raises((ValueError, ConfigError), match=pattern.replace('(', r'\(').replace('[', r'\[')):

@@ -98,10 +98,13 @@ def add_timm_args(parser: argparse.ArgumentParser) -> None:
                              'vit-convert --list-archs)')
     parser.add_argument('--num-heads', type=int, default=None,
                         help='attention heads of a timm state dict (timm files do not record them)')
-    parser.add_argument('--pool', choices=('token', 'avg'), default=None,
+    parser.add_argument('--image-size', type=int, default=None, metavar='N',
+                        help='input size of a model with a fixed sin-cos position embedding (big_vision), '
+                             'which records none')
+    parser.add_argument('--pool', choices=('token', 'avg', 'map'), default=None,
                         help='pooling of a timm state dict (timm files do not record it)')
 
 
 def checkpoint_facts(args: argparse.Namespace) -> dict:
     """The keyword arguments of `vit_jax.checkpoint.loader.read` given by `add_timm_args`."""
-    return dict(num_heads=args.num_heads, pool=args.pool, timm_arch=args.arch)
+    return dict(num_heads=args.num_heads, pool=args.pool, timm_arch=args.arch, image_size=args.image_size)

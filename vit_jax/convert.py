@@ -47,6 +47,9 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
             raise CheckpointError('an .npz does not record the pooling, and one with a class token is read '
                                   'as token-pooled: export this average-pooled model to timm (--to timm), '
                                   'whose metadata records it')
+        if arch.model_field(model_config, 'posemb') == 'sincos2d':
+            # big_vision's layout (a `params/` prefix), whose missing position embedding means sin-cos.
+            return npz.save({'params': params}, dst)
         return npz.save(params, dst)
     if format == 'timm':
         return paths.write_atomic(dst, foreign.timm_bytes(params, model_config))
@@ -61,6 +64,8 @@ def describe(config: Any, params: Mapping[str, Any]) -> str:
     """One-paragraph summary: config name, architecture, numerics, parameter count."""
     name = config.get('model_name') or 'custom (no MODEL_CONFIGS match)'
     eps, approx = arch.numerics(config)
+    fixed = arch.model_field(config, 'posemb') == 'sincos2d'
+    size = 'any (a fixed sin-cos position embedding)' if fixed else arch.image_size(params, config)
     if family(config) == 'Mixer':
         layout = (f'MLP-Mixer: hidden {config.hidden_dim}, {config.num_blocks} blocks, token mlp '
                   f'{config.tokens_mlp_dim}, channel mlp {config.channels_mlp_dim}, '
@@ -73,7 +78,7 @@ def describe(config: Any, params: Mapping[str, Any]) -> str:
                   f'mlp {t.mlp_dim}, patch {tuple(config.patches.size)}{hybrid}, '
                   f'classifier {config.classifier}, representation_size {config.get("representation_size")}')
     return (f'model: {name}\n'
-            f'  {layout}, {arch.num_classes(params)} classes, image size {arch.image_size(params, config)}\n'
+            f'  {layout}, {arch.num_classes(params)} classes, image size {size}\n'
             f'  layer_norm_eps {eps:g}, GELU {"tanh" if approx else "exact"}\n'
             f'parameters: {num_params(params):,}')
 
@@ -87,10 +92,11 @@ def _default_format(dst: str) -> str:
 
 
 def list_archs() -> str:
-    """The timm architectures vit_jax loads exactly, one per line with width, depth, heads, patch, pooling."""
-    rows = [f'{"timm architecture":34s} width depth heads patch pool']
-    for name, (width, depth, heads, patch, pool) in foreign.TIMM_ARCHS.items():
-        rows.append(f'{name:34s} {width:5d} {depth:5d} {heads:5d} {patch:5d} {pool}')
+    """The timm architectures vit_jax loads exactly, one per line with width, depth, heads, patch,
+    pooling and activation."""
+    rows = [f'{"timm architecture":36s} width depth heads patch pool  activation']
+    for name, (width, depth, heads, patch, pool, act) in foreign.TIMM_ARCHS.items():
+        rows.append(f'{name:36s} {width:5d} {depth:5d} {heads:5d} {patch:5d} {pool:5s} {act}')
     return '\n'.join(rows)
 
 

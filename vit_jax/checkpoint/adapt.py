@@ -103,17 +103,19 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
     if arch.model_field(model_config, 'representation_size') is None and 'pre_logits' in restored:
         logger.info('load_pretrained: drop-head variant (no representation_size)')
         del restored['pre_logits']
-    restored.pop('head', None)
-    if 'head' in expected:  # Abstract init params (jax.eval_shape) get the model's zero init.
-        restored['head'] = {k: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v
-                            for k, v in expected['head'].items()}
+    for head in ('head', 'head_dist'):   # head_dist: DeiT's distillation head
+        restored.pop(head, None)
+        if head in expected:  # Abstract init params (jax.eval_shape) get the model's zero init.
+            restored[head] = {k: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v
+                              for k, v in expected[head].items()}
 
     posemb = restored.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
     posemb_new = expected.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
     if posemb is not None and posemb_new is not None and trees.shape(posemb) != trees.shape(posemb_new):
         logger.info('load_pretrained: resized variant %s -> %s',
                     trees.shape(posemb), trees.shape(posemb_new))
-        prefix = ('cls' in expected) + (trees.shape(expected['reg'])[1] if 'reg' in expected else 0)
+        prefix = (('cls' in expected) + ('dist' in expected)
+                  + (trees.shape(expected['reg'])[1] if 'reg' in expected else 0))
         restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
             posemb, trees.shape(posemb_new)[1], num_prefix_tokens=prefix)
 
@@ -135,14 +137,16 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
 
 
 def replace_head(params: Mapping[str, Any], classes: int) -> dict:
-    """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head."""
+    """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head (DeiT's
+    distillation head `head_dist` alike)."""
     params = dict(params)
     norm = (params.get('fc_norm') or params.get('Transformer', {}).get('encoder_norm')
             or params['pre_head_layer_norm'])
     features = (trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
                 else trees.shape(norm['scale'])[0])
     dtype = np.asarray(norm['scale']).dtype
-    params.pop('head', None)
-    if classes:
-        params['head'] = {'kernel': np.zeros((features, classes), dtype), 'bias': np.zeros(classes, dtype)}
+    for head in ('head', 'head_dist') if 'dist' in params else ('head',):
+        params.pop(head, None)
+        if classes:
+            params[head] = {'kernel': np.zeros((features, classes), dtype), 'bias': np.zeros(classes, dtype)}
     return params

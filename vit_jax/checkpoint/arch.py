@@ -118,6 +118,8 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         config.class_token = True
     if 'reg' in params:
         config.num_registers = int(trees.shape(params['reg'])[1])
+    if 'dist' in params:
+        config.distillation_token = True
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)
     if 'conv_root' in params:
@@ -259,6 +261,9 @@ def mixer_tokens(params: Mapping[str, Any]) -> int:
 
 def image_size(params: Mapping[str, Any], config: Any) -> int:
     """The training resolution implied by the position-embedding grid (Mixer: the token count)."""
+    if model_field(config, 'posemb') == 'sincos2d':
+        raise CheckpointError('a fixed sin-cos position embedding records no image size; give it '
+                              '(--image-size N)')
     model = build_model(config, None, inference=True)
     if family(config) == 'Mixer':
         tokens = mixer_tokens(params)
@@ -286,8 +291,10 @@ def check_params(params: Mapping[str, Any], config: Any, source: str = 'checkpoi
             tokens=jnp.zeros((1, length), jnp.int32)))['params']
         inspect_params(params, expected, source=source)
         return
-    size = image_size(params, config)
     model = build_model(config, num_classes(params), inference=True)
+    # A fixed sin-cos position embedding fits any grid: the shapes are checked on a 2x2 one.
+    fixed = model_field(config, 'posemb') == 'sincos2d'
+    size = 2 * model.patch_stride[0] if fixed else image_size(params, config)
     expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
                                                  train=False))['params']
     inspect_params(params, expected, source=source)

@@ -1,6 +1,7 @@
-"""timm and Hugging Face ViT weights: reading them into the Linen tree, writing them back.
+"""timm and Hugging Face ViT (and SigLIP vision) weights: reading them into the Linen tree, writing
+them back.
 
-Both are read through one canonical "torch-style" naming (cls, pos, patch, {i}.{ln1,q,k,v,o,
+All are read through one canonical "torch-style" naming (cls, pos, patch, {i}.{ln1,q,k,v,o,
 ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qkv` is q, k, v
 concatenated, conv weights are OIHW (ours HWIO). Files are read through `vit_jax.paths` (local
 or gs://): safetensors (never a pickle), `.pth`/`.bin` only through `torch.load(weights_only=True)`.
@@ -32,8 +33,11 @@ TIMM_LAYER_NORM_EPS = 1e-6  # built into timm's VisionTransformer (with exact GE
 META_PREFIX = 'vit_jax.'    # safetensors metadata keys of our own timm export
 
 # --- Canonical "torch-style" names: one table per source format ----------------------------
-# Canonical keys: cls, pos, patch.{w,b}, {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, {i}.{ls1,ls2} (layer
-# scale), norm.{w,b}, pre_logits.{w,b}, head.{w,b}; the q/k/v/o/fc weights are torch Linear [out, in].
+# Canonical keys: cls, dist (DeiT's distillation token), reg, pos, patch.{w,b},
+# {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, {i}.{ls1,ls2} (layer scale), norm.{w,b}, fc_norm.{w,b}, the
+# attention-pooling head map_probe, map_{q,k,v,o,ln,fc1,fc2}.{w,b} (`map_kv` / `map_qkv`: k, v / q, k,
+# v concatenated), pre_logits.{w,b}, head.{w,b}, head_dist.{w,b}; the q/k/v/o/fc weights are torch
+# Linear [out, in].
 _HF_NAMES = [
     (r'embeddings\.cls_token', 'cls'),
     (r'embeddings\.position_embeddings', 'pos'),
@@ -55,9 +59,26 @@ _HF_NAMES = [
     (r'pooler\.dense\.(weight|bias)', r'pre_logits.\1'),
     (r'classifier\.(weight|bias)', r'head.\1'),
 ]
+# transformers' SiglipVisionModel (and the vision tower of SiglipModel): no class token, position
+# embeddings an nn.Embedding [N, D], the attention-pooling head an nn.MultiheadAttention (q, k, v packed).
+_HF_SIGLIP_NAMES = [
+    (r'embeddings\.patch_embedding\.(weight|bias)', r'patch.\1'),
+    (r'embeddings\.position_embedding\.weight', 'pos'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)', r'\1.\2.\3'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)', r'\1.o.\2'),
+    (r'encoder\.layers\.(\d+)\.layer_norm(1|2)\.(weight|bias)', r'\1.ln\2.\3'),
+    (r'encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+    (r'post_layernorm\.(weight|bias)', r'norm.\1'),
+    (r'head\.probe', 'map_probe'),
+    (r'head\.attention\.in_proj_(weight|bias)', r'map_qkv.\1'),
+    (r'head\.attention\.out_proj\.(weight|bias)', r'map_o.\1'),
+    (r'head\.layernorm\.(weight|bias)', r'map_ln.\1'),
+    (r'head\.mlp\.(fc1|fc2)\.(weight|bias)', r'map_\1.\2'),
+]
 _TIMM_NAMES = [
     (r'cls_token', 'cls'),
     (r'reg_token', 'reg'),
+    (r'dist_token', 'dist'),
     (r'pos_embed', 'pos'),
     (r'patch_embed\.proj\.(weight|bias)', r'patch.\1'),
     (r'blocks\.(\d+)\.norm1\.(weight|bias)', r'\1.ln1.\2'),
@@ -68,8 +89,14 @@ _TIMM_NAMES = [
     (r'blocks\.(\d+)\.(ls1|ls2)\.gamma', r'\1.\2'),
     (r'norm\.(weight|bias)', r'norm.\1'),
     (r'fc_norm\.(weight|bias)', r'fc_norm.\1'),
+    (r'attn_pool\.latent', 'map_probe'),
+    (r'attn_pool\.(q|kv)\.(weight|bias)', r'map_\1.\2'),
+    (r'attn_pool\.proj\.(weight|bias)', r'map_o.\1'),
+    (r'attn_pool\.norm\.(weight|bias)', r'map_ln.\1'),
+    (r'attn_pool\.mlp\.(fc1|fc2)\.(weight|bias)', r'map_\1.\2'),
     (r'pre_logits\.fc\.(weight|bias)', r'pre_logits.\1'),
     (r'head\.(weight|bias)', r'head.\1'),
+    (r'head_dist\.(weight|bias)', r'head_dist.\1'),
 ]
 # Inverse tables (canonical -> source) for export; HF export uses the legacy names, which
 # every transformers version loads.
@@ -82,13 +109,17 @@ _HF_EXPORT = {
     'o': 'vit.encoder.layer.{i}.attention.output.dense',
     'fc1': 'vit.encoder.layer.{i}.intermediate.dense', 'fc2': 'vit.encoder.layer.{i}.output.dense',
     'ln1': 'vit.encoder.layer.{i}.layernorm_before', 'ln2': 'vit.encoder.layer.{i}.layernorm_after',
-    'norm': 'vit.layernorm', 'head': 'classifier'}
+    'norm': 'vit.layernorm', 'pre_logits': 'vit.pooler.dense', 'head': 'classifier'}
 _TIMM_EXPORT = {
-    'cls': 'cls_token', 'reg': 'reg_token', 'pos': 'pos_embed', 'patch': 'patch_embed.proj',
+    'cls': 'cls_token', 'dist': 'dist_token', 'reg': 'reg_token', 'pos': 'pos_embed',
+    'patch': 'patch_embed.proj',
     'qkv': 'blocks.{i}.attn.qkv',
     'o': 'blocks.{i}.attn.proj', 'fc1': 'blocks.{i}.mlp.fc1', 'fc2': 'blocks.{i}.mlp.fc2',
     'ln1': 'blocks.{i}.norm1', 'ln2': 'blocks.{i}.norm2', 'ls1': 'blocks.{i}.ls1.gamma',
-    'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'fc_norm': 'fc_norm', 'head': 'head'}
+    'ls2': 'blocks.{i}.ls2.gamma', 'norm': 'norm', 'fc_norm': 'fc_norm', 'head': 'head',
+    'head_dist': 'head_dist', 'map_probe': 'attn_pool.latent', 'map_q': 'attn_pool.q',
+    'map_kv': 'attn_pool.kv', 'map_o': 'attn_pool.proj', 'map_ln': 'attn_pool.norm',
+    'map_fc1': 'attn_pool.mlp.fc1', 'map_fc2': 'attn_pool.mlp.fc2'}
 
 
 def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
@@ -120,14 +151,13 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
         d = w.shape[0]
         if d % num_heads:
             raise CheckpointError(f'{source}: hidden size {d} is not divisible by num_heads={num_heads}')
-        hd = d // num_heads
         params: dict[str, Any] = {'embedding': {'kernel': w.transpose(2, 3, 1, 0),
                                                 'bias': c.pop('patch.b', np.zeros(d, w.dtype))}}
-        for name in ('cls', 'reg'):
+        for name in ('cls', 'dist', 'reg'):
             if name in c:
                 params[name] = c.pop(name)
         pos = c.pop('pos')
-        prefix = ('cls' in params) + (params['reg'].shape[1] if 'reg' in params else 0)
+        prefix = ('cls' in params) + ('dist' in params) + (params['reg'].shape[1] if 'reg' in params else 0)
         square = lambda n: n > 0 and round(np.sqrt(n)) ** 2 == n  # noqa: E731
         if prefix and square(pos.shape[1]):
             if square(pos.shape[1] - prefix):   # 2g+1 <= prefix: a tiny grid, either reading fits
@@ -141,23 +171,11 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
         if layers != list(range(len(layers))) or not layers:
             raise CheckpointError(f'{source}: transformer blocks {layers} are not numbered 0..L-1')
         for i in layers:
-            if f'{i}.qkv.w' in c:
-                for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.w'), 3, axis=0), strict=True):
-                    c[f'{i}.{name}.w'] = x
-                if f'{i}.qkv.b' in c:   # timm qkv_bias=False has none: zero biases compute the same
-                    for name, x in zip('qkv', np.split(c.pop(f'{i}.qkv.b'), 3, axis=0), strict=True):
-                        c[f'{i}.{name}.b'] = x
-            ln = lambda n, i=i: {'scale': c.pop(f'{i}.{n}.w'), 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
-            dense = lambda n, i=i: {'kernel': c.pop(f'{i}.{n}.w').T, 'bias': c.pop(f'{i}.{n}.b')}  # noqa: E731
-            attn = {}
-            for n, name in (('q', 'query'), ('k', 'key'), ('v', 'value')):
-                kernel = c.pop(f'{i}.{n}.w').T.reshape(d, num_heads, hd)
-                bias = c.pop(f'{i}.{n}.b', np.zeros(d, kernel.dtype)).reshape(num_heads, hd)
-                attn[name] = {'kernel': kernel, 'bias': bias}
-            attn['out'] = {'kernel': c.pop(f'{i}.o.w').T.reshape(num_heads, hd, d), 'bias': c.pop(f'{i}.o.b')}
+            ln, dense = _norm_dense(c, f'{i}.')
             enc[f'encoderblock_{i}'] = {
-                'LayerNorm_0': ln('ln1'), 'MultiHeadDotProductAttention_0': attn, 'LayerNorm_1': ln('ln2'),
-                'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
+                'LayerNorm_0': ln('ln1'),
+                'MultiHeadDotProductAttention_0': _attention(c, f'{i}.', num_heads, d),
+                'LayerNorm_1': ln('ln2'), 'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
             for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
                 if f'{i}.{n}' in c:
                     enc[f'encoderblock_{i}'][name] = {'scale': c.pop(f'{i}.{n}')}
@@ -165,7 +183,13 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
             if f'{key}.w' in c:   # timm with fc_norm has no `norm` (Identity)
                 tree[name] = {'scale': c.pop(f'{key}.w'), 'bias': c.pop(f'{key}.b')}
         params['Transformer'] = enc
-        for name in ('pre_logits', 'head'):
+        if 'map_probe' in c:   # attention pooling: timm's AttentionPoolLatent, big_vision's MAPHead
+            ln, dense = _norm_dense(c, 'map_')
+            params['MAPHead_0'] = {
+                'probe': c.pop('map_probe'),
+                'MultiHeadDotProductAttention_0': _attention(c, 'map_', num_heads, d),
+                'LayerNorm_0': ln('ln'), 'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
+        for name in ('pre_logits', 'head', 'head_dist'):
             if f'{name}.w' in c:
                 params[name] = {'kernel': c.pop(f'{name}.w').T, 'bias': c.pop(f'{name}.b')}
     except KeyError as e:
@@ -177,31 +201,64 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
     return jax.tree_util.tree_map(np.ascontiguousarray, params)
 
 
+def _norm_dense(c: dict[str, np.ndarray], prefix: str):
+    """(LayerNorm, Dense) readers that pop canonical `<prefix><name>.{w,b}` into Linen's layout."""
+    ln = lambda n: {'scale': c.pop(f'{prefix}{n}.w'), 'bias': c.pop(f'{prefix}{n}.b')}  # noqa: E731
+    dense = lambda n: {'kernel': c.pop(f'{prefix}{n}.w').T, 'bias': c.pop(f'{prefix}{n}.b')}  # noqa: E731
+    return ln, dense
+
+
+def _attention(c: dict[str, np.ndarray], prefix: str, num_heads: int, d: int) -> dict:
+    """Canonical `<prefix>{q,k,v,o}` (or q, k, v concatenated as `qkv`, k, v as `kv`) -> the Linen
+    MultiHeadDotProductAttention tree ([D, heads, head_dim] kernels). No q/k/v biases (timm
+    qkv_bias=False) are zero biases, which compute the same."""
+    for fused, names in (('qkv', 'qkv'), ('kv', 'kv')):
+        for part in ('w', 'b'):
+            if f'{prefix}{fused}.{part}' in c:
+                chunks = np.split(c.pop(f'{prefix}{fused}.{part}'), len(names), axis=0)
+                c.update({f'{prefix}{n}.{part}': x for n, x in zip(names, chunks, strict=True)})
+    hd = d // num_heads
+    attn = {}
+    for n, name in (('q', 'query'), ('k', 'key'), ('v', 'value')):
+        kernel = c.pop(f'{prefix}{n}.w').T.reshape(d, num_heads, hd)
+        bias = c.pop(f'{prefix}{n}.b', np.zeros(d, kernel.dtype)).reshape(num_heads, hd)
+        attn[name] = {'kernel': kernel, 'bias': bias}
+    attn['out'] = {'kernel': c.pop(f'{prefix}o.w').T.reshape(num_heads, hd, d), 'bias': c.pop(f'{prefix}o.b')}
+    return attn
+
+
 def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.ndarray]:
     """The VisionTransformer parameter tree -> canonical torch-style weights."""
     p = jax.tree_util.tree_map(np.asarray, dict(params))
     c = {'patch.w': p['embedding']['kernel'].transpose(3, 2, 0, 1), 'patch.b': p['embedding']['bias'],
          'pos': p['Transformer']['posembed_input']['pos_embedding']}
-    for name in ('cls', 'reg'):
+    for name in ('cls', 'dist', 'reg'):
         if name in p:
             c[name] = p[name]
+
+    def attention(attn, prefix, fused):
+        names = dict(zip('qkv', ('query', 'key', 'value'), strict=True))
+        w = {n: attn[x]['kernel'].reshape(len(attn[x]['kernel']), -1).T for n, x in names.items()}
+        b = {n: attn[x]['bias'].reshape(-1) for n, x in names.items()}
+        if fused:   # 'qkv' (timm blocks) or 'kv' (timm's attention pooling)
+            c[f'{prefix}{fused}.w'] = np.concatenate([w[n] for n in fused])
+            c[f'{prefix}{fused}.b'] = np.concatenate([b[n] for n in fused])
+        for n in 'qkv'.replace(fused, '') if fused else 'qkv':
+            c[f'{prefix}{n}.w'], c[f'{prefix}{n}.b'] = w[n], b[n]
+        out = attn['out']['kernel']
+        c[f'{prefix}o.w'], c[f'{prefix}o.b'] = out.reshape(-1, out.shape[-1]).T, attn['out']['bias']
+
+    def norm_mlp(tree, prefix, norms):
+        for n, ln in norms:
+            c[f'{prefix}{n}.w'], c[f'{prefix}{n}.b'] = tree[ln]['scale'], tree[ln]['bias']
+        for n, dense in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+            c[f'{prefix}{n}.w'] = tree['MlpBlock_0'][dense]['kernel'].T
+            c[f'{prefix}{n}.b'] = tree['MlpBlock_0'][dense]['bias']
+
     i = 0
     while (block := p['Transformer'].get(f'encoderblock_{i}')) is not None:
-        attn = block['MultiHeadDotProductAttention_0']
-        qkv_w = [attn[n]['kernel'].reshape(len(attn[n]['kernel']), -1).T for n in ('query', 'key', 'value')]
-        qkv_b = [attn[n]['bias'].reshape(-1) for n in ('query', 'key', 'value')]
-        if qkv:
-            c[f'{i}.qkv.w'], c[f'{i}.qkv.b'] = np.concatenate(qkv_w), np.concatenate(qkv_b)
-        else:
-            for n, w, b in zip('qkv', qkv_w, qkv_b, strict=True):
-                c[f'{i}.{n}.w'], c[f'{i}.{n}.b'] = w, b
-        out = attn['out']['kernel']
-        c[f'{i}.o.w'], c[f'{i}.o.b'] = out.reshape(-1, out.shape[-1]).T, attn['out']['bias']
-        for n, ln in (('ln1', 'LayerNorm_0'), ('ln2', 'LayerNorm_1')):
-            c[f'{i}.{n}.w'], c[f'{i}.{n}.b'] = block[ln]['scale'], block[ln]['bias']
-        for n, dense in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
-            c[f'{i}.{n}.w'] = block['MlpBlock_0'][dense]['kernel'].T
-            c[f'{i}.{n}.b'] = block['MlpBlock_0'][dense]['bias']
+        attention(block['MultiHeadDotProductAttention_0'], f'{i}.', 'qkv' if qkv else '')
+        norm_mlp(block, f'{i}.', (('ln1', 'LayerNorm_0'), ('ln2', 'LayerNorm_1')))
         for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
             if name in block:
                 c[f'{i}.{n}'] = block[name]['scale']
@@ -209,7 +266,12 @@ def _canonical_from_linen(params: Mapping[str, Any], qkv: bool) -> dict[str, np.
     for key, norm in (('norm', p['Transformer'].get('encoder_norm')), ('fc_norm', p.get('fc_norm'))):
         if norm is not None:
             c[f'{key}.w'], c[f'{key}.b'] = norm['scale'], norm['bias']
-    for name in ('pre_logits', 'head'):
+    if 'MAPHead_0' in p:
+        head = p['MAPHead_0']
+        c['map_probe'] = head['probe']
+        attention(head['MultiHeadDotProductAttention_0'], 'map_', 'kv' if qkv else '')
+        norm_mlp(head, 'map_', (('ln', 'LayerNorm_0'),))
+    for name in ('pre_logits', 'head', 'head_dist'):
         if name in p:
             c[f'{name}.w'], c[f'{name}.b'] = p[name]['kernel'].T, p[name]['bias']
     return {k: np.ascontiguousarray(v) for k, v in c.items()}
@@ -308,7 +370,8 @@ def weight_names(path: str) -> list[str]:
 
 def weights_format(path: str, keys: Sequence[str]) -> str:
     """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
-    if any(k.removeprefix('vit.').startswith(('embeddings.', 'encoder.layer', 'layers.')) for k in keys):
+    hf_starts = ('embeddings.', 'encoder.layer', 'layers.')
+    if any(k.removeprefix('vit.').removeprefix('vision_model.').startswith(hf_starts) for k in keys):
         return 'hf'
     if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
         return 'timm'
@@ -343,8 +406,12 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     """(model_config, params) of an HF ViT directory / config.json / weights file (`sd`: its weights)."""
     config_path, weights = hf_files(path)
     hf = _json(config_path)
-    if hf.get('model_type', 'vit') != 'vit':
-        raise CheckpointError(f'{config_path}: model_type={hf.get("model_type")!r} is not a plain ViT')
+    model_type = hf.get('model_type', 'vit')
+    if model_type in ('siglip_vision_model', 'siglip'):
+        return _read_hf_siglip(hf, config_path, weights, sd)
+    if model_type != 'vit':
+        raise CheckpointError(f'{config_path}: model_type={model_type!r} is neither a plain ViT nor a SigLIP '
+                              'vision model')
     act = hf.get('hidden_act', 'gelu')
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
@@ -365,83 +432,152 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
                              gelu_approximate=HF_GELU[act], source=weights), params
 
 
+def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
+                    ) -> tuple[ml_collections.ConfigDict, dict]:
+    """A SiglipVisionModel, or the vision tower of a two-tower SiglipModel (its text tower is not
+    read: the model gives SigLIP's image embeddings, the attention-pooled features)."""
+    if hf['model_type'] == 'siglip':
+        hf = hf.get('vision_config') or {}
+        warnings.warn(f'{config_path}: a two-tower SigLIP model; reading its vision tower only', stacklevel=4)
+    # transformers' SiglipVisionConfig defaults are the format's.
+    act = hf.get('hidden_act', 'gelu_pytorch_tanh')
+    if act not in HF_GELU:
+        raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
+                              f'{sorted(HF_GELU)})')
+    if not hf.get('vision_use_head', True):
+        raise CheckpointError(f'{config_path}: vision_use_head=false: a SigLIP vision model without its '
+                              'attention-pooling head pools nothing')
+    if hf.get('num_channels', 3) != 3:
+        raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
+    if sd is None:
+        sd, _ = read_weights(weights)
+    vision = {k.removeprefix('vision_model.'): v for k, v in sd.items()
+              if not k.startswith(('text_model.', 'logit_scale', 'logit_bias'))}
+    canonical = _rename(vision, _HF_SIGLIP_NAMES, weights)
+    if np.ndim(canonical.get('pos')) == 2:   # an nn.Embedding [N, D]
+        canonical['pos'] = canonical['pos'][None]
+    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
+    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', 1e-6),
+                             gelu_approximate=HF_GELU[act], source=weights), params
+
+
 # timm's VisionTransformer architectures that vit_jax.models.VisionTransformer expresses exactly:
-# name -> (width, depth, heads, patch, pooling). Read from the `model_args` of the @register_model
-# functions in timm/models/vision_transformer.py (timm 1.0.29): every `vit_*` whose arguments are
-# only size, heads and patch (class token + token pooling), or no class token with average pooling
-# and no fc_norm (our classifier='gap'); and two that load exactly into the same tree:
-# qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases) and no_embed_class=True (flexivit_*:
-# a zero class-token slot in the position embedding); layer scale (init_values: the plus, 36x1,
-# medium/betwixt gap and DINOv2 ViTs here, DeiT-3 from timm/models/deit.py, which also has
-# no_embed_class), register tokens (reg_tokens: DINOv2-reg4, the reg*_gap ViTs) and fc_norm (timm's
-# default for average pooling; read from the weights). The MLP ratio only sets the MLP width, which
-# the weights hold. Any other argument (pre_norm, attention pooling, another activation or MLP
-# layer, qk_norm, ...) changes the computation: not listed.
+# name -> (width, depth, heads, patch, pooling, activation: 'gelu' exact or 'gelu_tanh'), read from the
+# `model_args` of the @register_model functions in timm 1.0.29's models/vision_transformer.py and
+# models/deit.py (`python scripts/check_timm_archs.py VISION_TRANSFORMER_PY DEIT_PY` compares them):
+# every `vit_*` whose arguments are only size, heads and patch (class token + token pooling), or no
+# class token with average pooling and no fc_norm (our classifier='gap'); and those that load exactly
+# into the same tree: qkv_bias=False (vit_base_patch16_224_miil: zero q/k/v biases), no_embed_class=True
+# (flexivit_*: a zero class-token slot in the position embedding), layer scale (init_values: the plus,
+# 36x1, medium/betwixt gap and DINOv2 ViTs, DeiT-3, which also has no_embed_class), register tokens
+# (reg_tokens: DINOv2-reg4, the reg*_gap ViTs), fc_norm (timm's default for average pooling; read from
+# the weights), attention pooling (global_pool='map': timm's AttentionPoolLatent is big_vision's
+# MAPHead; the SigLIP image towers, some with act_layer='gelu_tanh') and DeiT (the distilled ones with
+# their distillation token and second head). The MLP ratio only sets the MLP width, which the weights
+# hold. Any other argument (pre_norm, another MLP layer, qk_norm, rotary embeddings, ...) changes the
+# computation: not listed.
 TIMM_ARCHS = {
-    'vit_tiny_patch16_224': (192, 12, 3, 16, 'token'),
-    'vit_tiny_patch16_384': (192, 12, 3, 16, 'token'),
-    'vit_small_patch32_224': (384, 12, 6, 32, 'token'),
-    'vit_small_patch32_384': (384, 12, 6, 32, 'token'),
-    'vit_small_patch16_224': (384, 12, 6, 16, 'token'),
-    'vit_small_patch16_384': (384, 12, 6, 16, 'token'),
-    'vit_small_patch8_224': (384, 12, 6, 8, 'token'),
-    'vit_base_patch32_224': (768, 12, 12, 32, 'token'),
-    'vit_base_patch32_384': (768, 12, 12, 32, 'token'),
-    'vit_base_patch16_224': (768, 12, 12, 16, 'token'),
-    'vit_base_patch16_384': (768, 12, 12, 16, 'token'),
-    'vit_base_patch8_224': (768, 12, 12, 8, 'token'),
-    'vit_large_patch32_224': (1024, 24, 16, 32, 'token'),
-    'vit_large_patch32_384': (1024, 24, 16, 32, 'token'),
-    'vit_large_patch16_224': (1024, 24, 16, 16, 'token'),
-    'vit_large_patch16_384': (1024, 24, 16, 16, 'token'),
-    'vit_large_patch14_224': (1024, 24, 16, 14, 'token'),
-    'vit_huge_patch14_224': (1280, 32, 16, 14, 'token'),
-    'vit_base_patch16_gap_224': (768, 12, 16, 16, 'avg'),
-    'vit_huge_patch14_gap_224': (1280, 32, 16, 14, 'avg'),
-    'vit_huge_patch16_gap_448': (1280, 32, 16, 16, 'avg'),
-    'vit_base_patch16_siglip_gap_224': (768, 12, 12, 16, 'avg'),
-    'vit_base_patch16_siglip_gap_256': (768, 12, 12, 16, 'avg'),
-    'vit_base_patch16_siglip_gap_384': (768, 12, 12, 16, 'avg'),
-    'vit_base_patch16_siglip_gap_512': (768, 12, 12, 16, 'avg'),
-    'vit_large_patch16_siglip_gap_256': (1024, 24, 16, 16, 'avg'),
-    'vit_large_patch16_siglip_gap_384': (1024, 24, 16, 16, 'avg'),
-    'vit_base_patch16_224_miil': (768, 12, 12, 16, 'token'),      # qkv_bias=False
-    'flexivit_small': (384, 12, 6, 16, 'token'),                  # no_embed_class=True (240 px)
-    'flexivit_base': (768, 12, 12, 16, 'token'),
-    'flexivit_large': (1024, 24, 16, 16, 'token'),
-    'vit_base_patch32_plus_256': (896, 12, 14, 32, 'token'),      # layer scale (init_values=1e-5)
-    'vit_base_patch16_plus_240': (896, 12, 14, 16, 'token'),
-    'vit_small_patch16_36x1_224': (384, 36, 6, 16, 'token'),
-    'vit_small_patch14_dinov2': (384, 12, 6, 14, 'token'),
-    'vit_base_patch14_dinov2': (768, 12, 12, 14, 'token'),
-    'vit_large_patch14_dinov2': (1024, 24, 16, 14, 'token'),
-    'deit3_small_patch16_224': (384, 12, 6, 16, 'token'),         # layer scale + no_embed_class
-    'deit3_small_patch16_384': (384, 12, 6, 16, 'token'),
-    'deit3_medium_patch16_224': (512, 12, 8, 16, 'token'),
-    'deit3_base_patch16_224': (768, 12, 12, 16, 'token'),
-    'deit3_base_patch16_384': (768, 12, 12, 16, 'token'),
-    'deit3_large_patch16_224': (1024, 24, 16, 16, 'token'),
-    'deit3_large_patch16_384': (1024, 24, 16, 16, 'token'),
-    'deit3_huge_patch14_224': (1280, 32, 16, 14, 'token'),
-    'vit_small_patch14_reg4_dinov2': (384, 12, 6, 14, 'token'),   # + 4 registers, no_embed_class
-    'vit_base_patch14_reg4_dinov2': (768, 12, 12, 14, 'token'),
-    'vit_large_patch14_reg4_dinov2': (1024, 24, 16, 14, 'token'),
-    'vit_medium_patch16_gap_240': (512, 12, 8, 16, 'avg'),        # qkv_bias=False + layer scale
-    'vit_medium_patch16_gap_256': (512, 12, 8, 16, 'avg'),
-    'vit_medium_patch16_gap_384': (512, 12, 8, 16, 'avg'),
-    'vit_betwixt_patch16_gap_256': (640, 12, 10, 16, 'avg'),
-    'vit_giant_patch16_gap_224': (1408, 40, 16, 16, 'avg'),       # mlp_ratio 48/11 (the MLP width is read)
-    'vit_base_patch16_reg4_gap_256': (768, 12, 12, 16, 'avg'),    # registers + fc_norm (timm's avg default)
-    'vit_little_patch16_reg4_gap_256': (320, 14, 5, 16, 'avg'),   # ... + layer scale
-    'vit_medium_patch16_reg1_gap_256': (512, 12, 8, 16, 'avg'),
-    'vit_medium_patch16_reg4_gap_256': (512, 12, 8, 16, 'avg'),
-    'vit_mediumd_patch16_reg4_gap_256': (512, 20, 8, 16, 'avg'),
-    'vit_mediumd_patch16_reg4_gap_384': (512, 20, 8, 16, 'avg'),
-    'vit_betwixt_patch16_reg1_gap_256': (640, 12, 10, 16, 'avg'),
-    'vit_betwixt_patch16_reg4_gap_256': (640, 12, 10, 16, 'avg'),
-    'vit_betwixt_patch16_reg4_gap_384': (640, 12, 10, 16, 'avg'),
+    'vit_tiny_patch16_224': (192, 12, 3, 16, 'token', 'gelu'),
+    'vit_tiny_patch16_384': (192, 12, 3, 16, 'token', 'gelu'),
+    'vit_small_patch32_224': (384, 12, 6, 32, 'token', 'gelu'),
+    'vit_small_patch32_384': (384, 12, 6, 32, 'token', 'gelu'),
+    'vit_small_patch16_224': (384, 12, 6, 16, 'token', 'gelu'),
+    'vit_small_patch16_384': (384, 12, 6, 16, 'token', 'gelu'),
+    'vit_small_patch8_224': (384, 12, 6, 8, 'token', 'gelu'),
+    'vit_base_patch32_224': (768, 12, 12, 32, 'token', 'gelu'),
+    'vit_base_patch32_384': (768, 12, 12, 32, 'token', 'gelu'),
+    'vit_base_patch16_224': (768, 12, 12, 16, 'token', 'gelu'),
+    'vit_base_patch16_384': (768, 12, 12, 16, 'token', 'gelu'),
+    'vit_base_patch8_224': (768, 12, 12, 8, 'token', 'gelu'),
+    'vit_large_patch32_224': (1024, 24, 16, 32, 'token', 'gelu'),
+    'vit_large_patch32_384': (1024, 24, 16, 32, 'token', 'gelu'),
+    'vit_large_patch16_224': (1024, 24, 16, 16, 'token', 'gelu'),
+    'vit_large_patch16_384': (1024, 24, 16, 16, 'token', 'gelu'),
+    'vit_large_patch14_224': (1024, 24, 16, 14, 'token', 'gelu'),
+    'vit_huge_patch14_224': (1280, 32, 16, 14, 'token', 'gelu'),
+    'vit_base_patch16_gap_224': (768, 12, 16, 16, 'avg', 'gelu'),
+    'vit_huge_patch14_gap_224': (1280, 32, 16, 14, 'avg', 'gelu'),
+    'vit_huge_patch16_gap_448': (1280, 32, 16, 16, 'avg', 'gelu'),
+    'vit_base_patch16_siglip_gap_224': (768, 12, 12, 16, 'avg', 'gelu'),
+    'vit_base_patch16_siglip_gap_256': (768, 12, 12, 16, 'avg', 'gelu'),
+    'vit_base_patch16_siglip_gap_384': (768, 12, 12, 16, 'avg', 'gelu'),
+    'vit_base_patch16_siglip_gap_512': (768, 12, 12, 16, 'avg', 'gelu'),
+    'vit_large_patch16_siglip_gap_256': (1024, 24, 16, 16, 'avg', 'gelu'),
+    'vit_large_patch16_siglip_gap_384': (1024, 24, 16, 16, 'avg', 'gelu'),
+    'vit_base_patch16_224_miil': (768, 12, 12, 16, 'token', 'gelu'),      # qkv_bias=False
+    'flexivit_small': (384, 12, 6, 16, 'token', 'gelu'),                  # no_embed_class=True (240 px)
+    'flexivit_base': (768, 12, 12, 16, 'token', 'gelu'),
+    'flexivit_large': (1024, 24, 16, 16, 'token', 'gelu'),
+    'vit_base_patch32_plus_256': (896, 12, 14, 32, 'token', 'gelu'),      # layer scale (init_values=1e-5)
+    'vit_base_patch16_plus_240': (896, 12, 14, 16, 'token', 'gelu'),
+    'vit_small_patch16_36x1_224': (384, 36, 6, 16, 'token', 'gelu'),
+    'vit_small_patch14_dinov2': (384, 12, 6, 14, 'token', 'gelu'),
+    'vit_base_patch14_dinov2': (768, 12, 12, 14, 'token', 'gelu'),
+    'vit_large_patch14_dinov2': (1024, 24, 16, 14, 'token', 'gelu'),
+    'deit3_small_patch16_224': (384, 12, 6, 16, 'token', 'gelu'),         # layer scale + no_embed_class
+    'deit3_small_patch16_384': (384, 12, 6, 16, 'token', 'gelu'),
+    'deit3_medium_patch16_224': (512, 12, 8, 16, 'token', 'gelu'),
+    'deit3_base_patch16_224': (768, 12, 12, 16, 'token', 'gelu'),
+    'deit3_base_patch16_384': (768, 12, 12, 16, 'token', 'gelu'),
+    'deit3_large_patch16_224': (1024, 24, 16, 16, 'token', 'gelu'),
+    'deit3_large_patch16_384': (1024, 24, 16, 16, 'token', 'gelu'),
+    'deit3_huge_patch14_224': (1280, 32, 16, 14, 'token', 'gelu'),
+    'vit_small_patch14_reg4_dinov2': (384, 12, 6, 14, 'token', 'gelu'),   # + 4 registers, no_embed_class
+    'vit_base_patch14_reg4_dinov2': (768, 12, 12, 14, 'token', 'gelu'),
+    'vit_large_patch14_reg4_dinov2': (1024, 24, 16, 14, 'token', 'gelu'),
+    'vit_medium_patch16_gap_240': (512, 12, 8, 16, 'avg', 'gelu'),        # qkv_bias=False + layer scale
+    'vit_medium_patch16_gap_256': (512, 12, 8, 16, 'avg', 'gelu'),
+    'vit_medium_patch16_gap_384': (512, 12, 8, 16, 'avg', 'gelu'),
+    'vit_betwixt_patch16_gap_256': (640, 12, 10, 16, 'avg', 'gelu'),
+    'vit_giant_patch16_gap_224': (1408, 40, 16, 16, 'avg', 'gelu'),  # mlp_ratio 48/11 (the MLP width is read)
+    'vit_base_patch16_reg4_gap_256': (768, 12, 12, 16, 'avg', 'gelu'),  # registers + fc_norm (timm's default)
+    'vit_little_patch16_reg4_gap_256': (320, 14, 5, 16, 'avg', 'gelu'),   # ... + layer scale
+    'vit_medium_patch16_reg1_gap_256': (512, 12, 8, 16, 'avg', 'gelu'),
+    'vit_medium_patch16_reg4_gap_256': (512, 12, 8, 16, 'avg', 'gelu'),
+    'vit_mediumd_patch16_reg4_gap_256': (512, 20, 8, 16, 'avg', 'gelu'),
+    'vit_mediumd_patch16_reg4_gap_384': (512, 20, 8, 16, 'avg', 'gelu'),
+    'vit_betwixt_patch16_reg1_gap_256': (640, 12, 10, 16, 'avg', 'gelu'),
+    'vit_betwixt_patch16_reg4_gap_256': (640, 12, 10, 16, 'avg', 'gelu'),
+    'vit_betwixt_patch16_reg4_gap_384': (640, 12, 10, 16, 'avg', 'gelu'),
+    'vit_base_patch16_siglip_224': (768, 12, 12, 16, 'map', 'gelu'),  # SigLIP image towers
+    'vit_base_patch16_siglip_256': (768, 12, 12, 16, 'map', 'gelu'),
+    'vit_base_patch16_siglip_384': (768, 12, 12, 16, 'map', 'gelu'),
+    'vit_base_patch16_siglip_512': (768, 12, 12, 16, 'map', 'gelu'),
+    'vit_base_patch32_siglip_256': (768, 12, 12, 32, 'map', 'gelu_tanh'),
+    'vit_large_patch16_siglip_256': (1024, 24, 16, 16, 'map', 'gelu'),
+    'vit_large_patch16_siglip_384': (1024, 24, 16, 16, 'map', 'gelu'),
+    'vit_large_patch16_siglip_512': (1024, 24, 16, 16, 'map', 'gelu_tanh'),
+    'vit_so400m_patch14_siglip_224': (1152, 27, 16, 14, 'map', 'gelu'),  # mlp_ratio 3.7362
+    'vit_so400m_patch14_siglip_378': (1152, 27, 16, 14, 'map', 'gelu'),
+    'vit_so400m_patch14_siglip_384': (1152, 27, 16, 14, 'map', 'gelu'),
+    'vit_so400m_patch16_siglip_256': (1152, 27, 16, 16, 'map', 'gelu_tanh'),
+    'vit_so400m_patch16_siglip_384': (1152, 27, 16, 16, 'map', 'gelu_tanh'),
+    'vit_so400m_patch16_siglip_512': (1152, 27, 16, 16, 'map', 'gelu_tanh'),
+    'vit_giantopt_patch16_siglip_256': (1536, 40, 16, 16, 'map', 'gelu_tanh'),
+    'vit_giantopt_patch16_siglip_384': (1536, 40, 16, 16, 'map', 'gelu_tanh'),
+    'vit_base_patch32_siglip_gap_256': (768, 12, 12, 32, 'avg', 'gelu_tanh'),
+    'vit_large_patch16_siglip_gap_512': (1024, 24, 16, 16, 'avg', 'gelu_tanh'),
+    'vit_so400m_patch14_siglip_gap_224': (1152, 27, 16, 14, 'avg', 'gelu'),
+    'vit_so400m_patch14_siglip_gap_378': (1152, 27, 16, 14, 'avg', 'gelu'),
+    'vit_so400m_patch14_siglip_gap_384': (1152, 27, 16, 14, 'avg', 'gelu'),
+    'vit_so400m_patch14_siglip_gap_448': (1152, 27, 16, 14, 'avg', 'gelu'),
+    'vit_so400m_patch14_siglip_gap_896': (1152, 27, 16, 14, 'avg', 'gelu'),
+    'vit_so400m_patch16_siglip_gap_256': (1152, 27, 16, 16, 'avg', 'gelu_tanh'),
+    'vit_so400m_patch16_siglip_gap_384': (1152, 27, 16, 16, 'avg', 'gelu_tanh'),
+    'vit_so400m_patch16_siglip_gap_512': (1152, 27, 16, 16, 'avg', 'gelu_tanh'),
+    'vit_giantopt_patch16_siglip_gap_256': (1536, 40, 16, 16, 'avg', 'gelu_tanh'),
+    'vit_giantopt_patch16_siglip_gap_384': (1536, 40, 16, 16, 'avg', 'gelu_tanh'),
+    'deit_tiny_patch16_224': (192, 12, 3, 16, 'token', 'gelu'),
+    'deit_small_patch16_224': (384, 12, 6, 16, 'token', 'gelu'),
+    'deit_base_patch16_224': (768, 12, 12, 16, 'token', 'gelu'),
+    'deit_base_patch16_384': (768, 12, 12, 16, 'token', 'gelu'),
+    'deit_tiny_distilled_patch16_224': (192, 12, 3, 16, 'token', 'gelu'),   # + distillation token
+    'deit_small_distilled_patch16_224': (384, 12, 6, 16, 'token', 'gelu'),
+    'deit_base_distilled_patch16_224': (768, 12, 12, 16, 'token', 'gelu'),
+    'deit_base_distilled_patch16_384': (768, 12, 12, 16, 'token', 'gelu'),
 }
-POOLS = ('token', 'avg')
+
+POOLS = ('token', 'avg', 'map')
 
 
 def timm_arch(name: str) -> dict[str, Any]:
@@ -451,13 +587,13 @@ def timm_arch(name: str) -> dict[str, Any]:
     if base not in TIMM_ARCHS:
         raise CheckpointError(f'timm architecture {name!r} is not one vit_jax loads exactly '
                               '(vit-convert --list-archs lists those it does)')
-    width, depth, heads, patch, pool = TIMM_ARCHS[base]
-    return dict(name=base, width=width, depth=depth, num_heads=heads, patch=patch, pool=pool)
+    width, depth, heads, patch, pool, act = TIMM_ARCHS[base]
+    return dict(name=base, width=width, depth=depth, num_heads=heads, patch=patch, pool=pool, act=act)
 
 
 def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None,
-                pool: str | None, arch_name: str | None) -> tuple[int, str]:
-    """(heads, pooling) of a timm ViT state dict: from our export's metadata, the architecture name
+                pool: str | None, arch_name: str | None) -> tuple[int, str, bool]:
+    """(heads, pooling, tanh GELU) of a timm ViT state dict: from our export's metadata, the architecture name
     (given, or the `architecture` of the config.json timm saves beside its weights), or stated by
     the caller; never assumed. Checked against the weights."""
     if arch_name is None:
@@ -470,8 +606,15 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
         patch = int(np.shape(sd['patch_embed.proj.weight'])[-1]) if width else None
         found = dict(width=width, depth=depth, patch=patch)
-        if 'cls_token' not in sd:   # with a class token, either pooling is possible
+        if 'attn_pool.latent' in sd:
+            found['pool'] = 'map'
+        elif 'cls_token' not in sd:   # with a class token, either pooling is possible
             found['pool'] = 'avg'
+        distilled = 'distilled' in stated['name']
+        if distilled != ('dist_token' in sd):
+            raise CheckpointError(f'{path}: the weights have {"a" if "dist_token" in sd else "no"} '
+                                  f'distillation token but timm architecture {stated["name"]} has '
+                                  f'{"one" if distilled else "none"}')
         for key, value in found.items():
             if value != stated[key]:
                 raise CheckpointError(f'{path}: the weights have {key} {value} but timm architecture '
@@ -482,18 +625,28 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         raise CheckpointError(f'{path}: --num-heads {num_heads} but timm architecture {stated["name"]} '
                               f'has {stated["num_heads"]} heads')
     classifier = meta.get(META_PREFIX + 'classifier')
-    pool = pool or stated.get('pool') or {'token': 'token', 'gap': 'avg'}.get(classifier)
+    in_weights = 'map' if 'attn_pool.latent' in sd else None   # the only pooling with weights of its own
+    if pool and in_weights and pool != in_weights:
+        raise CheckpointError(f'{path}: --pool {pool} but the weights have an attention-pooling head '
+                              '(attn_pool)')
+    pool = (pool or in_weights or stated.get('pool')
+            or {'token': 'token', 'gap': 'avg', 'map': 'map'}.get(classifier))
     if pool is not None and pool not in POOLS:
         raise CheckpointError(f'{path}: pooling {pool!r} is not one of {", ".join(POOLS)}')
     missing = [what for what, value in (('the number of attention heads (--num-heads N)', heads),
-                                        ('the pooling (--pool token|avg)', pool)) if value is None]
+                                        ('the pooling (--pool token|avg|map)', pool)) if value is None]
     if missing:
         raise CheckpointError(f'{path}: timm state dicts record neither {" nor ".join(missing)}; give the '
                               'timm architecture (--arch NAME, e.g. vit_base_patch16_224; '
                               'vit-convert --list-archs) or state them')
     if pool == 'token' and 'cls_token' not in sd:
         raise CheckpointError(f'{path}: token pooling but the weights have no cls_token')
-    return heads, pool
+    if pool == 'map' and not in_weights:
+        raise CheckpointError(f'{path}: attention pooling but the weights have no attn_pool')
+    # The GELU form: our export's metadata, else the stated architecture, else timm's default (exact).
+    gelu = meta.get(META_PREFIX + 'gelu_approximate')
+    approx = gelu == 'true' if gelu is not None else stated.get('act') == 'gelu_tanh'
+    return heads, pool, approx
 
 
 def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
@@ -503,12 +656,11 @@ def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
     if 'stem.proj.weight' in sd:
         return read_timm_mixer(path, sd, meta)
-    heads, pool = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
+    heads, pool, approx = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
     canonical = _rename(sd, _TIMM_NAMES, path)
     params = _linen_from_canonical(canonical, heads, path)
     eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
-    approx = meta.get(META_PREFIX + 'gelu_approximate', 'false') == 'true'
-    classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap'}[pool]
+    classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
     config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, classifier=classifier,
                                source=path)
     return config, params
@@ -598,10 +750,21 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     if config.get('resnet') is not None:
         raise CheckpointError(f'{target} export supports plain ViTs only (this is a hybrid R+ViT); '
                               'use --to npz')
-    if 'pre_logits' in params:
-        raise CheckpointError(f'{target} has no pre_logits (representation) layer, and re-heading keeps it; '
-                              'use --to npz')
+    if arch.model_field(config, 'posemb') != 'learn':
+        raise CheckpointError(f'{target} has no fixed sin-cos position embedding; use --to npz')
+    if 'pre_logits' in params and fmt == 'timm':
+        raise CheckpointError('timm has no pre_logits (representation) layer (timm removed it); use --to '
+                              'npz, or --to hf --num-classes 0 (a ViTModel whose pooler is pre_logits)')
     if fmt == 'hf':
+        if 'pre_logits' in params and 'head' in params:
+            raise CheckpointError(
+                'Hugging Face ViT has no model with both a pooler (the pre_logits layer) and a classifier; '
+                '--num-classes 0 exports the ViTModel with its pooler (as HF publishes the ImageNet-21k '
+                'ViTs), or use --to npz')
+        if 'dist' in params:
+            raise CheckpointError("Hugging Face ViT has no distillation token (DeiT's); use --to timm or npz")
+        if 'MAPHead_0' in params:
+            raise CheckpointError('Hugging Face ViT has no attention-pooling head; use --to timm or npz')
         if 'LayerScale_0' in params.get('Transformer', {}).get('encoderblock_0', {}):
             raise CheckpointError('Hugging Face ViT has no layer scale; use --to timm or npz')
         if 'reg' in params:
@@ -611,11 +774,11 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
                                   'use --to timm or npz')
         if 'cls' not in params or config.classifier != 'token':
             raise CheckpointError("Hugging Face ViT needs classifier='token'; use --to npz or timm")
-        if 'head' not in params:
+        if 'head' not in params and 'pre_logits' not in params:
             raise CheckpointError('Hugging Face ViTForImageClassification needs a head; pass --num-classes N')
         if len(set(config.patches.size)) != 1:
             raise CheckpointError(f'Hugging Face ViT needs square patches, got {tuple(config.patches.size)}')
-    if config.classifier not in ('token', 'gap'):
+    if config.classifier not in ('token', 'gap', 'map'):
         raise CheckpointError(f'classifier={config.classifier!r} cannot be exported to {target}')
 
 
@@ -652,9 +815,12 @@ def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
 
 
 def hf_files_bytes(params: Mapping[str, Any], config: Any) -> dict[str, bytes]:
-    """{'config.json', 'model.safetensors'} of a Hugging Face ViTForImageClassification directory."""
+    """{'config.json', 'model.safetensors'} of a Hugging Face ViTForImageClassification directory, or
+    of a ViTModel whose pooler is the pre_logits layer (a model with pre_logits and no head)."""
     check_exportable(params, config, 'hf')
     sd = _to_source_names(_canonical_from_linen(params, qkv=False), _HF_EXPORT)
+    if 'pre_logits' in params:   # ViTModel: its own names have no `vit.` prefix
+        sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
     return {'config.json': json.dumps(_hf_config(params, config), indent=2).encode(),
             'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'})}
 
@@ -664,8 +830,13 @@ def _hf_config(params: Mapping[str, Any], config: Any) -> dict:
     classes = arch.num_classes(params)
     t = config.transformer
     eps, approx = arch.numerics(config)
+    pooler = {}
+    if 'pre_logits' in params:
+        pooler = {'pooler_act': 'tanh',
+                  'pooler_output_size': int(np.shape(params['pre_logits']['kernel'])[1])}
     return {
-        'architectures': ['ViTForImageClassification'], 'model_type': 'vit',
+        'architectures': ['ViTModel' if pooler else 'ViTForImageClassification'], 'model_type': 'vit',
+        **pooler,
         'hidden_size': int(config.hidden_size), 'num_hidden_layers': int(t.num_layers),
         'num_attention_heads': int(t.num_heads), 'intermediate_size': int(t.mlp_dim),
         'hidden_act': 'gelu_pytorch_tanh' if approx else 'gelu', 'layer_norm_eps': eps,

@@ -43,6 +43,7 @@ class Checkpoint:
     path: str                              # the local path or URL that was read
     class_names: list[str] | None = None   # a vit-train workdir's
     eval_pp: dict | None = None            # a vit-train workdir's eval pp (crop, eval_crop, resize)
+    image_size: int | None = None          # stated by the caller (a sin-cos position embedding has none)
 
 
 def _kind(path: str) -> str:
@@ -105,7 +106,7 @@ def _lit_config(source: str, path: str, params: dict, model_name: str | None, te
 
 def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
          timm_arch: str | None = None, model_name: str | None = None, text_heads: int | None = None,
-         max_len: int | None = None) -> Checkpoint:
+         max_len: int | None = None, image_size: int | None = None) -> Checkpoint:
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
     `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
@@ -113,8 +114,10 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     the config.json timm saves beside its weights names the architecture). A LiT `.npz` takes the
     config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
     its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither);
-    the ViT `model_name` is `load_model`'s. Raises CheckpointError (one line) on unreadable or
-    inconsistent files, FileNotFoundError or DownloadError when there is nothing to read.
+    the ViT `model_name` is `load_model`'s. `image_size`: the input size of a model with a fixed
+    sin-cos position embedding (big_vision's `posemb='sincos2d'`, which records none); for other
+    models it must be the one their position embedding records. Raises CheckpointError (one line)
+    on unreadable or inconsistent files, FileNotFoundError or DownloadError when there is nothing to read.
     """
     path = hub.resolve(str(source))
     kind = _kind(path)
@@ -122,11 +125,17 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
         found = _from_workdir(path)
     elif kind == 'npz':
         flat = npz.read(path)
+        if npz.is_siglip(flat):
+            warnings.warn(f'{path}: a two-tower SigLIP model; reading its image tower only (its head, if '
+                          'any, projects into the image-text embedding space)', stacklevel=2)
+            flat = npz.image_tower(flat)
         params = npz.normalize(flat, path)
         if npz.is_lit(flat):
             config = _lit_config(source, path, params, model_name, text_heads, max_len)
         else:
             config = arch.infer_config(params, source=path)
+            if npz.is_big_vision(flat) and 'posembed_input' not in params.get('Transformer', {'': 0}):
+                config.posemb = 'sincos2d'   # big_vision's only position embedding without parameters
         found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
         found = Checkpoint(*foreign.read_hf(path), 'hf', path)
@@ -138,6 +147,13 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
         found = Checkpoint(config, params, fmt, path)
     arch.check_params(found.params, found.model_config, source=path)
     arch.check_values(found.params, source=path)
+    if image_size is not None and family(found.model_config) == 'ViT':
+        if arch.model_field(found.model_config, 'posemb') == 'learn':
+            recorded = arch.image_size(found.params, found.model_config)
+            if image_size != recorded:
+                raise CheckpointError(f'{path}: --image-size {image_size}, but the position embedding is '
+                                      f'for {recorded}-pixel images')
+        found.image_size = image_size
     return found
 
 
@@ -195,8 +211,8 @@ class LoadedModel:
         return self.image_size // self.stride
 
 
-def from_params(model_config: Any, params: Any, source: str, class_names: list[str] | None = None
-                ) -> LoadedModel:
+def from_params(model_config: Any, params: Any, source: str, class_names: list[str] | None = None,
+                image_size: int | None = None) -> LoadedModel:
     """The inference module for `params` (head size, pre-logits and class token read from them)."""
     params = dict(params)
     if set(params) == {'params'}:   # Flax variables
@@ -206,8 +222,10 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
     num_classes = arch.num_classes(params) or None
     config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
     if family(config) == 'ViT':
-        if 'posembed_input' not in params.get('Transformer', {}):
+        fixed = arch.model_field(config, 'posemb') == 'sincos2d'
+        if not fixed and 'posembed_input' not in params.get('Transformer', {}):
             raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
+        config['distillation_token'] = 'dist' in params
         # A named config (--model) may differ from the file in its pre-logits layer or class token.
         config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
                                          if 'pre_logits' in params else None)
@@ -217,7 +235,7 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
             config['classifier'] = 'map' if 'MAPHead_0' in params else 'gap'
     model = build_model(config, num_classes, inference=True)
     try:
-        size = arch.image_size(params, config)
+        size = image_size or arch.image_size(params, config)
     except CheckpointError as e:
         raise CheckpointError(f'{source}: {e}') from None
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -243,7 +261,7 @@ def load_model(source: str, model_name: str | None = None, **facts: Any) -> Load
         named = get_config(model_name)
         named.layer_norm_eps, named.gelu_approximate = arch.numerics(model_config)
         model_config = named
-    loaded = from_params(model_config, found.params, str(source), found.class_names)
+    loaded = from_params(model_config, found.params, str(source), found.class_names, found.image_size)
     pp = found.eval_pp or {}
     if pp.get('eval_crop') == 'center' and pp.get('resize'):
         loaded.crop_fraction = float(pp['crop']) / float(pp['resize'])

@@ -151,6 +151,18 @@ def is_lit(keys: Any) -> bool:
     return 't' in keys and any(k.startswith('img/') for k in keys) and any(k.startswith('txt/') for k in keys)
 
 
+def is_siglip(keys: Any) -> bool:
+    """Whether flat npz keys are a big_vision SigLIP model's: image-text towers and the learned bias `b`
+    of the sigmoid loss."""
+    return is_lit(keys) and 'b' in strip_prefix(dict.fromkeys(keys))
+
+
+def image_tower(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The `img/` tower of an image-text model's flat keys, as a big_vision file of its own."""
+    return {'params/' + k.removeprefix('img/'): v for k, v in strip_prefix(flat).items()
+            if k.startswith('img/')}
+
+
 def normalize(flat: Mapping[str, np.ndarray], source: str = 'checkpoint') -> dict:
     """A flat checkpoint dict in any published layout -> the per-block Linen tree."""
     tree = trees.unflatten(strip_prefix(flat), source=source)

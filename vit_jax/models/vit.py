@@ -34,6 +34,7 @@ CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 # (tests/test_models.py); where the attention weights are returned or attention dropout is active,
 # every setting computes the formula, since the fused kernels have neither.
 ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
+POSEMBS = ('learn', 'sincos2d')
 
 
 class DropPath(nn.Module):
@@ -268,6 +269,19 @@ class Encoder(nn.Module):
         return x, weights
 
 
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> Array:
+    """big_vision's fixed 2-D sin-cos position embedding [1, h*w, width] (`posemb_sincos_2d`): a
+    quarter of the channels each sin(x), cos(x), sin(y), cos(y) at geometric frequencies."""
+    if width % 4:
+        raise ValueError(f'the sin-cos position embedding needs a width divisible by 4, got {width}')
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y = np.einsum('m,d->md', y.flatten(), omega)
+    x = np.einsum('m,d->md', x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return jnp.asarray(pe, jnp.float32)[None]
+
+
 class AddPositionEmbs(nn.Module):
     """Adds learned position embeddings [1, tokens, D], initialised normal(0.02)."""
 
@@ -307,6 +321,14 @@ class VisionTransformer(nn.Module):
     # LayerNorm after the pooling (`fc_norm`) instead of before it (`Transformer/encoder_norm`), as
     # timm's fc_norm (its default for average pooling).
     fc_norm: bool = False
+    # DeiT's distillation token (timm `dist_token`, `head_dist`): `dist` [1, 1, D] after the class
+    # token, its own head `head_dist`; the logits are the mean of the two heads (timm's inference, and
+    # its training unless `distilled_training`). Needs classifier='token'.
+    distillation_token: bool = False
+    # 'learn': learned position embeddings (`Transformer/posembed_input`), as the original;
+    # 'sincos2d': big_vision's fixed 2-D sin-cos embedding of the patch grid (no parameters; the
+    # class token gets none), added before the class token is prepended, as big_vision does.
+    posemb: str = 'learn'
     # Beyond the original; the defaults keep its numerics.
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -324,8 +346,8 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patch tokens: the class token (if any), then the registers."""
-        return int(self.has_class_token) + self.num_registers
+        """Tokens before the patch tokens: the class token (if any), the distillation token, the registers."""
+        return int(self.has_class_token) + int(self.distillation_token) + self.num_registers
 
     @property
     def patch_stride(self) -> tuple[int, int]:
@@ -347,6 +369,12 @@ class VisionTransformer(nn.Module):
             raise ValueError(f'patches.size is missing (patches={self.patches!r})')
         if self.classifier in ('token', 'token_unpooled') and not self.has_class_token:
             raise ValueError(f'classifier={self.classifier!r} needs a class token (class_token=False)')
+        if self.distillation_token and (self.classifier != 'token' or self.representation_size is not None
+                                        or self.transformer is None):
+            raise ValueError("distillation_token needs classifier='token', a transformer and no "
+                             'representation_size (DeiT)')
+        if self.posemb not in POSEMBS:
+            raise ValueError(f'posemb={self.posemb!r} is unknown; expected one of {POSEMBS}')
         if self.transformer is not None:
             heads = _field(self.transformer, 'num_heads')
             for key in ('num_heads', 'num_layers', 'mlp_dim'):
@@ -386,24 +414,30 @@ class VisionTransformer(nn.Module):
         if self.transformer is not None:
             n, h, w, c = x.shape
             x = jnp.reshape(x, [n, h * w, c])
+            transformer = dict(self.transformer)
+            if self.posemb == 'sincos2d':
+                x = x + posemb_sincos_2d(h, w, c).astype(x.dtype)
+                transformer['add_position_embedding'] = False
+            prefix = []   # class token, distillation token, registers: in this order
             if self.has_class_token:
-                cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
-                x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
+                prefix.append(self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype))
+            if self.distillation_token:
+                prefix.append(self.param('dist', nn.initializers.normal(0.02), (1, 1, c), self.param_dtype))
             if self.num_registers:
-                reg = self.param('reg', nn.initializers.normal(1e-6), (1, self.num_registers, c),
-                                 self.param_dtype)
-                cls = x.shape[1] - h * w   # the registers come after the class token
-                regs = jnp.tile(reg, [n, 1, 1]).astype(x.dtype)
-                x = jnp.concatenate([x[:, :cls], regs, x[:, cls:]], axis=1)
+                prefix.append(self.param('reg', nn.initializers.normal(1e-6), (1, self.num_registers, c),
+                                         self.param_dtype))
+            if prefix:
+                x = jnp.concatenate([jnp.tile(p, [n, 1, 1]).astype(x.dtype) for p in prefix] + [x], axis=1)
             x, weights = Encoder(
-                **self.transformer, layer_norm_eps=self.layer_norm_eps,
+                **transformer, layer_norm_eps=self.layer_norm_eps,
                 gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
                 remat=self.remat, scan_layers=self.scan_layers, final_norm=not self.fc_norm,
                 dtype=self.dtype, param_dtype=self.param_dtype, name='Transformer',
             )(x, train=train, return_attention=return_attention)
 
+        distilled = None
         if self.classifier == 'token':
-            x = x[:, 0]
+            x, distilled = x[:, 0], (x[:, 1] if self.distillation_token else None)
         elif self.classifier == 'gap':
             tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # nor class token nor registers
             x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
@@ -422,9 +456,15 @@ class VisionTransformer(nn.Module):
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                  param_dtype=self.param_dtype, name='pre_logits')(x))
         if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                         bias_init=nn.initializers.constant(self.head_bias_init),
-                         dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+            head = lambda name: nn.Dense(  # noqa: E731
+                self.num_classes, kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.constant(self.head_bias_init),
+                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            x = head('head')(x)
+            if distilled is not None:
+                x = (x + head('head_dist')(distilled)) / 2
+        elif distilled is not None:   # features: the mean of the two tokens, as timm's pre_logits
+            x = (x + distilled) / 2
         x = x.astype(jnp.float32)
         return (x, weights) if return_attention else x
 
