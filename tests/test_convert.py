@@ -181,6 +181,10 @@ def test_big_vision_sincos_position_embedding(tmp_path):
         loader.load_model(str(tmp_path / 'bv.npz'))
     loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
     assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
+    from vit_jax import analysis   # the paper's position-similarity figure, of the fixed table
+    doc = analysis.analyze(loaded, [], str(tmp_path / 'figures'))
+    np.testing.assert_allclose(np.asarray(doc['position_embedding_similarity'])[1, 2],
+                               analysis.position_embedding_similarity(table, 0)[1, 2], atol=1e-3)
     assert _rel_err(np.asarray(loaded.model.apply({'params': loaded.params}, IMAGES, train=False)),
                     reference, 'big_vision sin-cos npz') <= 1e-5
     # npz export keeps big_vision's layout (an original-layout file without posembed is damaged);

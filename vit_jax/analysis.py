@@ -38,7 +38,7 @@ from vit_jax import cli, paths, preprocessing
 from vit_jax.checkpoint import loader
 from vit_jax.errors import ConfigError, UserError
 from vit_jax.images import find_images
-from vit_jax.models import MlpMixer
+from vit_jax.models import MlpMixer, posemb_sincos_2d
 
 # --- The numbers ----------------------------------------------------------------------------
 
@@ -299,8 +299,11 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
     crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
 
     if has_attention(loaded):
-        pe = params['Transformer']['posembed_input']['pos_embedding']
-        sim = position_embedding_similarity(pe, p)
+        if loaded.model.posemb == 'sincos2d':   # fixed: big_vision's sin-cos table of this grid
+            pe = np.asarray(posemb_sincos_2d(g, g, loaded.model.hidden_size))
+            sim = position_embedding_similarity(pe, 0)
+        else:
+            sim = position_embedding_similarity(params['Transformer']['posembed_input']['pos_embedding'], p)
         figures['position_embedding_similarity'] = plot_position_similarity(
             sim, paths.join(output_dir, 'position_embedding_similarity.png'))
         doc['position_embedding_similarity'] = _rounded(sim)

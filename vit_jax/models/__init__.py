@@ -18,6 +18,7 @@ from vit_jax.models.vit import (
     VisionTransformer,
     blocks_to_scan,
     num_params,
+    posemb_sincos_2d,
     scan_to_blocks,
 )
 
@@ -25,5 +26,5 @@ __all__ = [
     'MODEL_CONFIGS', 'AddPositionEmbs', 'BertModel', 'Encoder', 'Encoder1DBlock', 'LitModel', 'MlpBlock',
     'MlpMixer', 'TextTransformer', 'VisionTransformer', 'blocks_to_scan', 'build_model', 'complete_config',
     'family', 'get_config',
-    'get_model', 'num_params', 'scan_to_blocks',
+    'get_model', 'num_params', 'posemb_sincos_2d', 'scan_to_blocks',
 ]
