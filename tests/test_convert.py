@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.faults import full_disk
-from vit_jax import checkpoint, convert, trees
+from vit_jax import analysis, checkpoint, convert, trees
 from vit_jax.checkpoint import CheckpointError, adapt, arch, foreign, loader
 from vit_jax.models import VisionTransformer, get_config, get_model, num_params
 
@@ -181,7 +181,7 @@ def test_big_vision_sincos_position_embedding(tmp_path):
         loader.load_model(str(tmp_path / 'bv.npz'))
     loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
     assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
-    from vit_jax import analysis   # the paper's position-similarity figure, of the fixed table
+    # the paper's position-similarity figure, of the fixed table
     doc = analysis.analyze(loaded, [], str(tmp_path / 'figures'))
     np.testing.assert_allclose(np.asarray(doc['position_embedding_similarity'])[1, 2],
                                analysis.position_embedding_similarity(table, 0)[1, 2], atol=1e-3)
