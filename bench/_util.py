@@ -81,12 +81,31 @@ def median_ratio(slow: list[float], fast: list[float]) -> float:
     return float(np.median(np.asarray(slow) / np.asarray(fast)))
 
 
-def matmul_peak(dtype=jnp.float32, n: int = 2048) -> float:
-    """FLOP/s of a square jitted matmul: the practical peak that MFU is measured against."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    seconds = time_call(lambda: f(a, a).block_until_ready(), min_time=1.0)
-    return 2 * n**3 / seconds
+def gemm_rates(shapes: list[tuple[int, int, int]], dtype: str, *, torch: bool = True,
+               rounds: int = 3) -> dict[tuple[int, int, int], dict[str, float]]:
+    """FLOP/s of [m, k] @ [k, n] matmuls for each (m, k, n) in `shapes`, jitted XLA and (with
+    `torch`) PyTorch's `linear` on all cores, in paired, order-rotated rounds
+    (medians): the ceiling each framework's GEMMs set on this machine. Returns shape ->
+    {'xla': FLOP/s[, 'torch': FLOP/s]}."""
+    fns, flops = {}, {}
+    matmul = jax.jit(lambda a, b: a @ b)
+    if torch:
+        import torch as pt
+        pt.set_num_threads(os.cpu_count())
+    for m, k, n in shapes:
+        flops[m, k, n] = 2 * m * k * n
+        a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+        fns[('xla', m, k, n)] = lambda a=a, b=b: matmul(a, b).block_until_ready()
+        if torch:   # as nn.Linear computes it (torch.mm in bfloat16 takes a reference kernel, ~10x slower)
+            ta, tw = pt.ones((m, k), dtype=getattr(pt, dtype)), pt.ones((n, k), dtype=getattr(pt, dtype))
+            fns[('torch', m, k, n)] = lambda ta=ta, tw=tw: pt.nn.functional.linear(ta, tw)
+    for fn in fns.values():   # compile and warm up
+        fn()
+    seconds = paired_rounds(fns, rounds=rounds, calls=3)
+    rates: dict[tuple[int, int, int], dict[str, float]] = {}
+    for (framework, *shape), per_round in seconds.items():
+        rates.setdefault(tuple(shape), {})[framework] = flops[tuple(shape)] / float(np.median(per_round))
+    return rates
 
 
 def vit_flops(image_size: int, patch: int, hidden: int, mlp: int, layers: int,

@@ -7,17 +7,22 @@ One run measures, for each model / dtype / batch size, in paired, order-rotated 
 - train step: vit-train's own step (`vit_jax.train.make_train_step` with `vit_jax.optim.make_optimizer`:
   SGD momentum 0.9, bfloat16 accumulator, clipping at 1, warm-up + cosine, softmax cross-entropy) and
   the same recipe in PyTorch (SGD momentum 0.9, clip_grad_norm_ 1, the same schedule);
-then the FLOPs of the compiled executables (cost analysis, beside the analytic count) and the
-model FLOP utilisation against a matmul peak measured in the same run. Prints a table and writes
-bench/results/throughput.json.
+then the FLOPs of the compiled executables (cost analysis, beside the analytic count), and the
+GEMM rates of XLA and PyTorch on this machine, paired, for a 2048² matmul and the model's own three
+largest matmuls (q/k/v projection, MLP in, MLP out, at batch x tokens rows): the ceiling each
+framework's GEMMs set. MFU is each framework's model FLOP/s over its best GEMM rate.
+`--variant FIELD=VALUE` also times our model with one model field changed (a lever, e.g.
+remat=True), in the same paired rounds. Prints tables and writes bench/results/throughput.json.
 
     python -m bench.throughput                                     # B/16 @ 8; f32 + bf16
     python -m bench.throughput --models Ti_16,S_16,B_16 --batch-sizes 8 --rounds 7
+    python -m bench.throughput --variant remat=True --no-torch
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import os
 
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench._util import (
-    matmul_peak,
+    gemm_rates,
     median_ratio,
     paired_rounds,
     print_table,
@@ -40,32 +45,37 @@ NUM_CLASSES = 1000
 IMAGE_SIZE = 224
 
 
-def jax_fns(name: str, dtype, batch: int):
-    """(our forward, original-formula forward, our train step, forward FLOPs, train FLOPs)."""
+def jax_fns(name: str, dtype, batch: int, variant: dict | None = None):
+    """({'ours', 'original'[, 'variant']} forwards, {'ours'[, 'variant']} train steps, forward FLOPs,
+    train FLOPs): our default model, the original formula (`attention_impl='einsum'`), and our
+    model with the `variant` fields changed."""
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (batch, IMAGE_SIZE, IMAGE_SIZE, 3)), jnp.float32)
     labels = jax.nn.one_hot(np.arange(batch) % NUM_CLASSES, NUM_CLASSES)
-    fused = get_model(name, num_classes=NUM_CLASSES, dtype=dtype)
-    formula = get_model(name, num_classes=NUM_CLASSES, dtype=dtype, attention_impl='einsum')
-    params = jax.jit(lambda: fused.init(jax.random.PRNGKey(0), x[:1], train=False))()['params']
-    forwards = {}
-    for key, model in (('ours', fused), ('original', formula)):
+    models = {'ours': get_model(name, num_classes=NUM_CLASSES, dtype=dtype),
+              'original': get_model(name, num_classes=NUM_CLASSES, dtype=dtype, attention_impl='einsum')}
+    if variant:
+        models['variant'] = get_model(name, num_classes=NUM_CLASSES, dtype=dtype, **variant)
+    params = jax.jit(lambda: models['ours'].init(jax.random.PRNGKey(0), x[:1], train=False))()['params']
+    forwards, compiled = {}, {}
+    for key, model in models.items():
         apply = jax.jit(lambda p, x, m=model: m.apply({'params': p}, x, train=False))
-        compiled = apply.lower(params, x).compile()
-        forwards[key] = (lambda c=compiled: c(params, x).block_until_ready(), compiled)
-    train_params = jax.tree_util.tree_map(jnp.copy, params)
-    step, init_state, _ = vit_train_step(fused, train_params, batch=batch)
-    state = init_state(train_params)
+        compiled[key] = apply.lower(params, x).compile()
+        forwards[key] = lambda c=compiled[key]: c(params, x).block_until_ready()
     batch_data = {'image': x, 'label': labels}
-    train_c = step.lower(state, batch_data).compile()
-    holder = {'state': state}
+    trains = {}
+    for key in ('ours', 'variant') if variant else ('ours',):
+        train_params = jax.tree_util.tree_map(jnp.copy, params)
+        step, init_state, _ = vit_train_step(models[key], train_params, batch=batch)
+        holder = {'state': init_state(train_params)}
+        compiled[f'{key} train'] = step.lower(holder['state'], batch_data).compile()
 
-    def run_train():
-        holder['state'], out = train_c(holder['state'], batch_data)
-        out['loss'].block_until_ready()
+        def run_train(c=compiled[f'{key} train'], holder=holder):
+            holder['state'], out = c(holder['state'], batch_data)
+            out['loss'].block_until_ready()
+        trains[key] = run_train
 
     flops = lambda c: c.cost_analysis()['flops'] / batch  # noqa: E731
-    return (forwards['ours'][0], forwards['original'][0], run_train, flops(forwards['ours'][1]),
-            flops(train_c))
+    return forwards, trains, flops(compiled['ours']), flops(compiled['ours train'])
 
 
 def torch_fns(name: str, dtype: str, batch: int, total_steps: int = 10_000, warmup: int = 100):
@@ -109,6 +119,19 @@ def torch_fns(name: str, dtype: str, batch: int, total_steps: int = 10_000, warm
     return run_forward, run_train
 
 
+def gemms_of(name: str, dtype: str, batch: int, torch: bool) -> tuple[list[dict], float, float | None]:
+    """(rows, best XLA FLOP/s, best PyTorch FLOP/s): the GEMM rates of a 2048² matmul and of the
+    model's q/k/v projection, MLP in and MLP out at batch x tokens rows."""
+    c = get_config(name)
+    m, d, mlp = batch * ((IMAGE_SIZE // c.patches.size[0]) ** 2 + 1), c.hidden_size, c.transformer.mlp_dim
+    rates = gemm_rates([(2048, 2048, 2048), (m, d, 3 * d), (m, d, mlp), (m, mlp, d)], dtype, torch=torch)
+    rows = [{'model': name, 'dtype': dtype, 'batch': batch, 'GEMM m x k x n': 'x'.join(map(str, shape)),
+             'XLA GFLOP/s': rate['xla'] / 1e9, 'torch GFLOP/s': rate['torch'] / 1e9 if torch else None,
+             'XLA/torch': rate['xla'] / rate['torch'] if torch else None} for shape, rate in rates.items()]
+    best = lambda key: max(r[key] for r in rates.values()) if torch or key == 'xla' else None  # noqa: E731
+    return rows, best('xla'), best('torch')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', default='B_16')
@@ -118,11 +141,12 @@ def main() -> None:
     parser.add_argument('--calls', type=int, default=3, help='calls per function per round (median)')
     parser.add_argument('--no-train', action='store_true')
     parser.add_argument('--no-torch', action='store_true')
+    parser.add_argument('--variant', action='append', default=[], metavar='FIELD=VALUE',
+                        help='also time our model with this model field changed (Python literal values)')
     args = parser.parse_args()
+    variant = {k: ast.literal_eval(v) for k, v in (item.split('=', 1) for item in args.variant)}
 
-    # The peak drifts on a shared machine: measured before and after the models, the best counts.
-    peaks = {dt: matmul_peak(getattr(jnp, dt)) for dt in args.dtypes.split(',')}
-    rows = []
+    rows, gemms = [], []
     for short in args.models.split(','):
         name = f'ViT-{short}'
         c = get_config(name)
@@ -130,9 +154,7 @@ def main() -> None:
                              c.transformer.num_layers, NUM_CLASSES)
         for dt in args.dtypes.split(','):
             for batch in map(int, args.batch_sizes.split(',')):
-                fwd, original, train, fwd_flops, train_flops = jax_fns(name, getattr(jnp, dt), batch)
-                inference = {'ours': fwd, 'original': original}
-                training = {'ours': train}
+                inference, training, fwd_flops, train_flops = jax_fns(name, getattr(jnp, dt), batch, variant)
                 if not args.no_torch:
                     t_fwd, t_train = torch_fns(name, dt, batch)
                     inference['torch'], training['torch'] = t_fwd, t_train
@@ -148,20 +170,29 @@ def main() -> None:
                            '_flops': flops * batch / ours, 'rounds': args.rounds}
                     if 'torch' in seconds:
                         row['torch img/s'] = batch / float(np.median(seconds['torch']))
+                        row['_torch_flops'] = flops * row['torch img/s']   # the same model FLOPs
                         row['ours/torch'] = median_ratio(seconds['torch'], seconds['ours'])
                     if 'original' in seconds:
                         row['ours/original'] = median_ratio(seconds['original'], seconds['ours'])
+                    if 'variant' in seconds:
+                        row['variant/ours'] = median_ratio(seconds['ours'], seconds['variant'])
                     rows.append(row)
                     print_table([row], [k for k in row if not k.startswith('_')], )
-    peaks = {dt: max(peak, matmul_peak(getattr(jnp, dt))) for dt, peak in peaks.items()}
-    print('matmul peak (GFLOP/s), best of before/after:', {k: round(v / 1e9, 1) for k, v in peaks.items()})
-    for row in rows:
-        row['MFU'] = row.pop('_flops') / peaks[row['dtype']]
+                rows_here = [r for r in rows if (r['model'], r['dtype'], r['batch']) == (name, dt, batch)]
+                found, peak, torch_peak = gemms_of(name, dt, batch, torch=not args.no_torch)
+                gemms += found
+                for row in rows_here:   # each framework's model FLOP/s over its own best GEMM rate
+                    row['MFU'] = row.pop('_flops') / peak
+                    if '_torch_flops' in row:
+                        row['torch MFU'] = row.pop('_torch_flops') / torch_peak
+    print()
+    print_table(gemms, list(gemms[0]))
     print()
     columns = ['model', 'dtype', 'batch', 'mode', 'img/s', 'torch img/s', 'ours/torch', 'ours/original',
-               'GFLOP/img', 'analytic GFLOP/img', 'MFU']
+               'variant/ours', 'GFLOP/img', 'analytic GFLOP/img', 'MFU', 'torch MFU']
     print_table(rows, columns)
-    path = write_results('throughput', rows, matmul_peak_flops=peaks, rounds=args.rounds, calls=args.calls)
+    path = write_results('throughput', rows, gemms=gemms, variant=args.variant, rounds=args.rounds,
+                         calls=args.calls)
     print(f'wrote {path}')
 
 
