@@ -99,9 +99,7 @@ def gemm_rates(shapes: list[tuple[int, int, int]], dtype: str, *, torch: bool = 
         if torch:   # as nn.Linear computes it (torch.mm in bfloat16 takes a reference kernel, ~10x slower)
             ta, tw = pt.ones((m, k), dtype=getattr(pt, dtype)), pt.ones((n, k), dtype=getattr(pt, dtype))
             fns[('torch', m, k, n)] = lambda ta=ta, tw=tw: pt.nn.functional.linear(ta, tw)
-    for fn in fns.values():   # compile and warm up
-        fn()
-    seconds = paired_rounds(fns, rounds=rounds, calls=3)
+    seconds = paired_rounds(fns, rounds=rounds, calls=3)   # which compiles and warms each up first
     rates: dict[tuple[int, int, int], dict[str, float]] = {}
     for (framework, *shape), per_round in seconds.items():
         rates.setdefault(tuple(shape), {})[framework] = flops[tuple(shape)] / float(np.median(per_round))

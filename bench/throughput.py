@@ -119,17 +119,22 @@ def torch_fns(name: str, dtype: str, batch: int, total_steps: int = 10_000, warm
     return run_forward, run_train
 
 
+def tokens(config) -> int:
+    """Tokens per image of a ViT config at IMAGE_SIZE: the patches and the class token."""
+    return (IMAGE_SIZE // config.patches.size[0]) ** 2 + 1
+
+
 def gemms_of(name: str, dtype: str, batch: int, torch: bool) -> tuple[list[dict], float, float | None]:
-    """(rows, best XLA FLOP/s, best PyTorch FLOP/s): the GEMM rates of a 2048² matmul and of the
-    model's q/k/v projection, MLP in and MLP out at batch x tokens rows."""
+    """(rows, best XLA FLOP/s, best PyTorch FLOP/s or None): the GEMM rates of a 2048² matmul and of
+    the model's q/k/v projection, MLP in and MLP out at batch x tokens rows."""
     c = get_config(name)
-    m, d, mlp = batch * ((IMAGE_SIZE // c.patches.size[0]) ** 2 + 1), c.hidden_size, c.transformer.mlp_dim
+    m, d, mlp = batch * tokens(c), c.hidden_size, c.transformer.mlp_dim
     rates = gemm_rates([(2048, 2048, 2048), (m, d, 3 * d), (m, d, mlp), (m, mlp, d)], dtype, torch=torch)
     rows = [{'model': name, 'dtype': dtype, 'batch': batch, 'GEMM m x k x n': 'x'.join(map(str, shape)),
              'XLA GFLOP/s': rate['xla'] / 1e9, 'torch GFLOP/s': rate['torch'] / 1e9 if torch else None,
              'XLA/torch': rate['xla'] / rate['torch'] if torch else None} for shape, rate in rates.items()]
-    best = lambda key: max(r[key] for r in rates.values()) if torch or key == 'xla' else None  # noqa: E731
-    return rows, best('xla'), best('torch')
+    torch_peak = max(r['torch'] for r in rates.values()) if torch else None
+    return rows, max(r['xla'] for r in rates.values()), torch_peak
 
 
 def main() -> None:
@@ -161,6 +166,7 @@ def main() -> None:
                 modes = [('inference', inference, fwd_flops)]
                 if not args.no_train:
                     modes.append(('train', training, train_flops))
+                here = []   # this model / dtype / batch's rows
                 for mode, fns, flops in modes:
                     seconds = paired_rounds(fns, rounds=args.rounds, calls=args.calls)
                     ours = float(np.median(seconds['ours']))
@@ -176,12 +182,12 @@ def main() -> None:
                         row['ours/original'] = median_ratio(seconds['original'], seconds['ours'])
                     if 'variant' in seconds:
                         row['variant/ours'] = median_ratio(seconds['ours'], seconds['variant'])
-                    rows.append(row)
+                    here.append(row)
                     print_table([row], [k for k in row if not k.startswith('_')], )
-                rows_here = [r for r in rows if (r['model'], r['dtype'], r['batch']) == (name, dt, batch)]
                 found, peak, torch_peak = gemms_of(name, dt, batch, torch=not args.no_torch)
                 gemms += found
-                for row in rows_here:   # each framework's model FLOP/s over its own best GEMM rate
+                rows += here
+                for row in here:   # each framework's model FLOP/s over its own best GEMM rate
                     row['MFU'] = row.pop('_flops') / peak
                     if '_torch_flops' in row:
                         row['torch MFU'] = row.pop('_torch_flops') / torch_peak

@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench._util import paired_rounds, print_table, write_results
+from bench.throughput import tokens
 from vit_jax.models import get_config
-
-IMAGE_SIZE = 224
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
     c = get_config(f'ViT-{args.model}')
-    b, t = args.batch, (IMAGE_SIZE // c.patches.size[0]) ** 2 + 1
+    b, t = args.batch, tokens(c)
     d, m, h = c.hidden_size, c.transformer.mlp_dim, c.transformer.num_heads
     rs = np.random.RandomState(0)
     x = rs.normal(size=(b, t, d)).astype(np.float32)
@@ -83,18 +82,18 @@ def main() -> None:
         fns[('xla', name)] = lambda f=jitted, j1=j1, j2=j2: f(j1, j2).block_until_ready()
         fns[('torch', name)] = lambda tf=tf, t1_=t1_, t2_=t2_: tf(t1_, t2_)
         flops[name] = 2 * b * t * d * m
-    jx = jnp.asarray(x)
+    jx, compiled = jnp.asarray(x), {}
     for name, f, params, torch_fn, n_flops in (
             ('MLP forward + backward', mlp, (w1, w2), torch_mlp, 3 * 2 * 2 * b * t * d * m),
             ('attention forward + backward', attention, (wqkv,), torch_attention,
              3 * (2 * b * t * d * 3 * d + 2 * 2 * b * t * t * d))):
-        grad = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) ** 2), argnums=(0, 1)))
         params = tuple(map(jnp.asarray, params))
-        fns[('xla', name)] = lambda g=grad, p=params: jax.block_until_ready(g(p, jx))
+        compiled[name] = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) ** 2), argnums=(0, 1))).lower(
+            params, jx).compile()
+        fns[('xla', name)] = lambda g=compiled[name], p=params: jax.block_until_ready(g(p, jx))
         fns[('torch', name)] = torch_fn
         flops[name] = n_flops
-    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(mlp(p, x) ** 2), argnums=(0, 1))).lower(
-        (jnp.asarray(w1), jnp.asarray(w2)), jx).compile().as_text()
+    hlo = compiled['MLP forward + backward'].as_text()
     entry = hlo[hlo.index('\nENTRY'):]   # the top-level instructions (fusions named for what they hold)
     lowered = {'YNNPACK dots': len(re.findall(r'= \S+ fusion\(.*"__ynn_fusion"', entry)),
                'Eigen dots': len(re.findall(r'= \S+ dot\(', entry)),
