@@ -4,7 +4,7 @@
 # held-out digit images with the saved model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh cpu
 export TF_CPP_MIN_LOG_LEVEL=2
 workdir="${WORKDIR:-workdirs/digits}"
 .venv/bin/vit-train --config=configs/digits.py --workdir="$workdir" "$@"

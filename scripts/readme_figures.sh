@@ -3,7 +3,7 @@
 # Trains the demo into workdirs/digits first if it is not there, then writes docs/*.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh cpu
 export TF_CPP_MIN_LOG_LEVEL=2
 workdir="${WORKDIR:-workdirs/digits}"
 if [ ! -f "$workdir/model.npz" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs vit_jax with the given extras into it.
-# Sourced by scripts/demo.sh and scripts/test.sh; needs only python3.11 + pip.
+# Sourced by scripts/demo.sh and scripts/test.sh; needs only python3.11 + pip. pip's own output
+# goes to .venv/install.log, shown only if the install fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 extras="${1:-}"
@@ -8,17 +9,27 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=".venv/.installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+log=.venv/install.log
+pip_install() {
+  if ! .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "setup_env.sh: error: pip install $* failed (full log: $log)" >&2
+    exit 1
+  fi
+}
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "Installing vit_jax${extras:+[$extras]} into .venv (once; a few minutes; log: $log)"
+  : >"$log"
+  pip_install --upgrade pip
   # torch first, pinned: the CPU build; a plain `torch` would pull CUDA packages.
-  if [[ "$extras" == *torch* ]]; then .venv/bin/python -m pip install -q torch==2.13.0; fi
-  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  if [[ "$extras" == *torch* ]]; then pip_install torch==2.13.0; fi
+  pip_install -c constraints.txt -e ".${extras:+[$extras]}"
   # The tests check vit_jax.preprocess against the original's tokenizers (tensorflow_text). Its
   # wheel requires the full `tensorflow` package, which would sit beside tensorflow-cpu: install it
   # without dependencies, at the installed TensorFlow's version.
   if [[ "$extras" == *test* ]]; then
     tf_minor=$(.venv/bin/python -c 'import importlib.metadata as m; print(".".join(m.version("tensorflow-cpu").split(".")[:2]))')
-    .venv/bin/python -m pip install -q --no-deps "tensorflow-text==${tf_minor}.*"
+    pip_install --no-deps "tensorflow-text==${tf_minor}.*"
   fi
   touch "$stamp"
 fi

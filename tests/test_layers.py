@@ -15,7 +15,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     ('models.__main__', 5),          # `python -m vit_jax.models` prints the model table
     ('errors', 0), ('paths', 0), ('trees', 0), ('config_util', 0), ('cli', 0), ('labels', 0),
-    ('images', 0), ('archives', 0), ('configs', 0), ('', 0),
+    ('images', 0), ('archives', 0), ('tflib', 0), ('configs', 0), ('', 0),
     ('models', 1), ('optim', 1), ('sharding', 1), ('metrics', 1),
     ('checkpoint', 2), ('serving', 2), ('test_utils', 2),
     ('preprocessing', 3), ('augment', 3), ('input_pipeline', 3), ('preprocess', 3),

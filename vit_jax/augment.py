@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from vit_jax.tflib import tf
 
 FILL = 128
 MAX_LEVEL = 10.0

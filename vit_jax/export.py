@@ -105,7 +105,7 @@ def export_model(loaded: Any, path: str, *, bake_params: bool = True,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.export', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='vit-export', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_checkpoint_args(parser)
     parser.add_argument('--output', required=True, help='file to write (e.g. model.vitx)')

@@ -18,6 +18,7 @@ import glob
 import io
 import os
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 from vit_jax import paths
 from vit_jax.errors import DataError
@@ -124,7 +125,6 @@ def to_png(data: bytes, source: str) -> bytes:
 
 def check_image(path: str) -> str | None:
     """None if `path` is a readable image of a supported format, else why not (Pillow, JPEGs at 1/8)."""
-    from PIL import Image
     if path.lower().endswith(PIL_ONLY_EXTENSIONS):
         try:
             to_png(paths.read_bytes(path), path)
@@ -132,11 +132,27 @@ def check_image(path: str) -> str | None:
             return str(e).removeprefix(f'{path}: ')
         return None
     try:
-        with paths.open_read(path) as f, Image.open(f) as im:
-            if im.format not in TF_FORMATS and not path.lower().endswith(PIL_ONLY_EXTENSIONS):
+        with paths.open_read(path) as f:
+            return _problem(f)
+    except OSError as e:
+        return f'{type(e).__name__}: {e}'
+
+
+def check_encoded(data: bytes) -> str | None:
+    """`check_image` of the bytes of `encoded_bytes`: None if TensorFlow decodes them whole, else why not."""
+    return _problem(io.BytesIO(data))
+
+
+def _problem(f: BinaryIO) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(f) as im:
+            if im.format not in TF_FORMATS:
                 return f'unsupported format {im.format}'
             im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
             im.load()
+    except UnidentifiedImageError:   # its message names the file object
+        return f'not an image of a supported format ({", ".join(IMAGE_EXTENSIONS)})'
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
         return f'{type(e).__name__}: {e}'
     return None

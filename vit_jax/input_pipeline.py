@@ -49,14 +49,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import tensorflow as tf
 
-from vit_jax import augment, config_util, images, labels, paths, preprocessing, sharding
+from vit_jax import augment, config_util, images, labels, paths, preprocessing, sharding, tflib
 from vit_jax.errors import ConfigError, DataError
 from vit_jax.preprocessing import Preprocessing
+from vit_jax.tflib import graph_function, tf
 
 logger = logging.getLogger(__name__)
-AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_SEED = 0  # fixed: the train/eval split of folders, CSVs and digits never depends on config.seed
 EVAL_DIR_NAMES = ('val', 'validation', 'test')
 # Files a manual-download tfds data set needs in its manual directory.
@@ -172,7 +171,7 @@ def digits_splits(holdout: float
 
 def _tfds_builder(config: Any, name: str):
     """The tfds builder, prepared (downloading where tfds can; manual data sets say what to fetch)."""
-    import tensorflow_datasets as tfds
+    tfds = tflib.load('tensorflow_datasets')
     data_dir = _get(config, 'tfds_data_dir')
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -207,7 +206,7 @@ def _readable_names(name: str, names: tuple[str, ...]) -> tuple[str, ...]:
 def _tfds_source(builder, split: str, process_index: int, process_count: int, shuffle_buffer: int
                  ) -> _Source:
     """Shard `process_index` of `split` (tfds.even_splits); epochs through a seeded shuffle buffer."""
-    import tensorflow_datasets as tfds
+    tfds = tflib.load('tensorflow_datasets')
 
     def read(sub_split):
         ds = builder.as_dataset(split=sub_split, shuffle_files=False,
@@ -467,14 +466,17 @@ def _train_dataset(source: _Source, pp: Preprocessing, batch_size: int, seed: in
         image, label = record
         return preprocessing.preprocess_train(image, label, key, pp)
 
-    ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(graph_function(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     if mix['mixup_alpha'] > 0 or mix['cutmix_alpha'] > 0:
         batch_base = tf.random.experimental.stateless_fold_in(base, -1)
+
+        def mixed(batch, s):
+            return augment.mix_batch(batch, tf.random.experimental.stateless_fold_in(batch_base, s), **mix)
+
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(step, 2 ** 62)).map(
-            lambda b, s: augment.mix_batch(b, tf.random.experimental.stateless_fold_in(batch_base, s), **mix),
-            num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+            graph_function(mixed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _eval_dataset(source: _Source, pp: Preprocessing, batch_size: int, process_count: int
@@ -487,12 +489,14 @@ def _eval_dataset(source: _Source, pp: Preprocessing, batch_size: int, process_c
         ex = preprocessing.preprocess_eval(record, label, pp)
         return {**ex, 'mask': tf.constant(1.0, tf.float32)}
 
-    ds = source.in_order().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = source.in_order().map(graph_function(example), num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
     padding = tf.data.Dataset.from_tensors({
         'image': tf.zeros([pp.crop, pp.crop, 3], tf.float32),
         'label': tf.zeros([pp.num_classes], tf.float32),
         'mask': tf.constant(0.0, tf.float32)}).repeat(pad)
-    return ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE), num_batches
+    ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE), num_batches
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,8 +573,8 @@ def eval_examples(config: Any, split: str = 'test', indices: np.ndarray | None =
         keep_t = tf.constant(keep)
         ds = ds.enumerate().filter(lambda i, example: keep_t[i])
         ds = ds.map(lambda j, record: record).take(int(keep.sum()))   # stop reading after the last one
-    ds = ds.map(lambda r, y: (preprocessing.eval_image(r, pp), y), num_parallel_calls=AUTOTUNE,
-                deterministic=True).prefetch(AUTOTUNE)
+    ds = ds.map(graph_function(lambda r, y: (preprocessing.eval_image(r, pp), y)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
     return ((image, int(label)) for image, label in ds.as_numpy_iterator())
 
 

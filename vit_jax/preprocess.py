@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import sentencepiece
-import tensorflow as tf
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from vit_jax import paths
 from vit_jax.errors import DataError
+from vit_jax.tflib import tf
 
 TOKENIZERS = ('bert', 'sentencepiece')
 MAX_BYTES_PER_WORD = 100   # tensorflow_text's WordpieceTokenizer default: longer words are [UNK]

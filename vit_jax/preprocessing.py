@@ -18,24 +18,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from vit_jax import augment, config_util, images
 from vit_jax.errors import ConfigError, DataError
+from vit_jax.tflib import tf
 
 TRAIN_CROPS = ('inception', 'random', 'resize')
 EVAL_CROPS = ('resize', 'center')
-
-# These run inside tf.data maps; their Python control flow depends only on static settings, so
-# AutoGraph (which rewrites Python into graph ops, via temporary files) has nothing to convert.
-_graph_only = tf.autograph.experimental.do_not_convert
-
-# TensorFlow is only the input pipeline: keep it off any accelerator JAX is using.
-try:
-    tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # TensorFlow was already initialised elsewhere; leave it as it is
-    pass
-
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
@@ -92,7 +81,6 @@ def for_inference(size: int, crop_fraction: float | None = None) -> Preprocessin
 # Decoding and crops
 
 
-@_graph_only
 def decode(image: tf.Tensor) -> tf.Tensor:
     """Encoded bytes (JPEG/PNG/GIF/BMP/WebP) or a uint8 [H, W, C] array -> uint8 [H, W, 3]."""
     if image.dtype == tf.string:
@@ -120,7 +108,6 @@ def _inception_box(shape: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Ten
     return begin, size
 
 
-@_graph_only
 def inception_crop(image: tf.Tensor, seed: tf.Tensor, crop: int) -> tf.Tensor:
     """The original's train crop: a random box (`_inception_box`) resized bilinearly to crop x crop.
 
@@ -144,7 +131,6 @@ def inception_crop(image: tf.Tensor, seed: tf.Tensor, crop: int) -> tf.Tensor:
     return tf.image.resize(box, [crop, crop], method='bilinear')
 
 
-@_graph_only
 def preprocess_train(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, pp: Preprocessing
                      ) -> dict[str, tf.Tensor]:
     """Image (encoded bytes or uint8 array) + int label -> training example, deterministic in `seed`."""
@@ -164,7 +150,6 @@ def preprocess_train(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, pp: Pr
     return {'image': normalize(image), 'label': one_hot(label, pp.num_classes, pp.label_smoothing)}
 
 
-@_graph_only
 def eval_image(image: tf.Tensor, pp: Preprocessing) -> tf.Tensor:
     """Image (encoded or uint8) -> float32 [crop, crop, 3] in [-1, 1]: bilinear resize, or resize +
     center crop."""
@@ -178,7 +163,6 @@ def eval_image(image: tf.Tensor, pp: Preprocessing) -> tf.Tensor:
     return normalize(image)
 
 
-@_graph_only
 def preprocess_eval(image: tf.Tensor, label: tf.Tensor, pp: Preprocessing) -> dict[str, tf.Tensor]:
     """Image + int label -> eval example."""
     return {'image': eval_image(image, pp), 'label': one_hot(label, pp.num_classes, 0.0)}
@@ -201,11 +185,12 @@ def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor]) 
     """An image file -> float32 model input: the eval preprocessing `pp` ([crop, crop, 3]), or `pp`
     applied to the decoded uint8 image (e.g. LiT's `vit_jax.preprocess.PreprocessImages.preprocess_tf`);
     DataError if unreadable."""
-    data = tf.constant(images.encoded_bytes(path))
-    try:
-        return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-        raise DataError(f'{path}: unreadable image ({e.message.splitlines()[0]})') from None
+    data = images.encoded_bytes(path)
+    problem = images.check_encoded(data)   # as training checks its files: TensorFlow takes a truncated PNG
+    if problem:
+        raise DataError(f'{path}: unreadable image ({problem})')
+    data = tf.constant(data)
+    return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
 
 
 def image_batches(files: Iterable[str], size: int, batch_size: int, crop_fraction: float | None = None,
@@ -224,7 +209,7 @@ def image_batches(files: Iterable[str], size: int, batch_size: int, crop_fractio
         except (OSError, DataError) as e:
             if on_error is None:
                 raise
-            on_error(path, ' '.join(str(e).split()))
+            on_error(path, ' '.join(str(e).removeprefix(f'{path}: ').split()))
         if len(names) == batch_size:
             yield names, np.stack(batch)
             names, batch = [], []

@@ -209,8 +209,9 @@ class Checkpoints:
     def __init__(self, workdir: str, keep: int, *, read_only: bool = False):
         from orbax.checkpoint import checkpoint_managers as cm
         self.workdir = workdir
-        if read_only:
-            options = ocp.CheckpointManagerOptions(read_only=True, step_prefix=STEP_PREFIX)
+        if read_only:   # save_interval_steps and create as Orbax sets them for read_only, unannounced
+            options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False,
+                                                   step_prefix=STEP_PREFIX)
         else:
             policy = cm.AnyPreservationPolicy([
                 cm.LatestN(n=keep),
@@ -220,7 +221,14 @@ class Checkpoints:
                 preservation_policy=policy, enable_async_checkpointing=True, create=True,
                 step_prefix=STEP_PREFIX, cleanup_tmp_directories=True)
         directory = workdir if paths.is_remote(workdir) else os.path.abspath(workdir)
-        self.manager = ocp.CheckpointManager(directory, options=options, item_names=('state', 'data'))
+        absl_logger = logging.getLogger('absl')
+        level = absl_logger.level
+        if read_only:   # Orbax announces a read-only manager ("Given directory is read only") as a warning
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self.manager = ocp.CheckpointManager(directory, options=options, item_names=('state', 'data'))
+        finally:
+            absl_logger.setLevel(level)
 
     def path(self, step: int) -> str:
         return paths.join(self.workdir, f'{STEP_PREFIX}_{step}')
