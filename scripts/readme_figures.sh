@@ -9,7 +9,7 @@ workdir="${WORKDIR:-workdirs/digits}"
 if [ ! -f "$workdir/model.npz" ]; then
   .venv/bin/vit-train --config=configs/digits.py --workdir="$workdir" --config.progress_bar=False
 fi
-.venv/bin/python scripts/digits_samples.py "$workdir/samples" 8
+.venv/bin/python scripts/digits_samples.py "$workdir/samples" 10
 out="$(mktemp -d)"
 .venv/bin/vit-analyze --checkpoint "$workdir" --image "$(ls "$workdir"/samples/digit_3_heldout_*.png | head -1)" \
   --output-dir "$out"

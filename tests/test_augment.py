@@ -35,6 +35,7 @@ def test_known_op_values():
     np.testing.assert_array_equal(augment.translate_x(row, 1.0).numpy()[0, :, 0], [128, 0, 3, 6])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('magnitude', [0, 10, 20])
 def test_randaugment_in_range_and_deterministic(magnitude):
     fn = tf.function(lambda im, s: augment.randaugment(im, s, 2, magnitude))
@@ -87,6 +88,7 @@ def test_mixup_prob_zero_leaves_batch_alone():
     np.testing.assert_array_equal(out['label'].numpy(), batch['label'].numpy())
 
 
+@pytest.mark.slow
 def test_pipeline_with_all_augmentations_is_in_range_and_resumable():
     from vit_jax import input_pipeline as ip
     from vit_jax.configs import common

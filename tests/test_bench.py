@@ -24,6 +24,7 @@ def test_paired_rounds_rotate_the_order_and_gemm_rates_report_both_frameworks():
     assert all(r > 0 for r in rates[16, 8, 4].values())
 
 
+@pytest.mark.slow
 def test_xla_flag_sweep_child_times_the_forward_and_the_train_step(capsys, monkeypatch):
     from bench import throughput, xla_flags
 

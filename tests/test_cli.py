@@ -47,7 +47,7 @@ def _env(onednn: str) -> dict:
     return dict(env, TF_ENABLE_ONEDNN_OPTS=onednn, JAX_PLATFORMS='cpu')
 
 
-def _run_all(commands: list[list[str]], onednn: str = '1', cwd: str = ROOT) -> list[subprocess.CompletedProcess]:
+def _run_all(commands: list[list[str]], onednn: str = '1', cwd: str = ROOT) -> list:
     with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
         return list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True, env=_env(onednn),
                                                       cwd=cwd, timeout=300), commands))
@@ -58,12 +58,11 @@ def test_every_console_script_is_quiet_for_help_and_user_errors(tmp_path):
     assert sorted(USER_ERRORS) == scripts     # a new command gets its user error here
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'image.png')
     (tmp_path / 'labels.txt').write_text('a\nb\n')
-    subst = {'WORKDIR': str(tmp_path / 'wd'), 'IMAGE': str(tmp_path / 'image.png'), 'OUT': str(tmp_path / 'out'),
-             'OUT.npz': str(tmp_path / 'out.npz'), 'OUT.zip': str(tmp_path / 'out.zip'),
-             'LABELS': str(tmp_path / 'labels.txt')}
+    subst = {'--workdir=WORKDIR': f'--workdir={tmp_path / "wd"}', 'IMAGE': str(tmp_path / 'image.png'),
+             'OUT': str(tmp_path / 'out'), 'OUT.npz': str(tmp_path / 'out.npz'),
+             'OUT.zip': str(tmp_path / 'out.zip'), 'LABELS': str(tmp_path / 'labels.txt')}
     helps = [[os.path.join(BIN, s), '--help'] for s in scripts]
-    errors = [[os.path.join(BIN, s), *(a.replace('WORKDIR', subst['WORKDIR']) if a.startswith('--workdir') else
-                                       subst.get(a, a) for a in USER_ERRORS[s][0])] for s in scripts]
+    errors = [[os.path.join(BIN, s), *(subst.get(a, a) for a in USER_ERRORS[s][0])] for s in scripts]
     results = _run_all(helps + errors)
     for script, proc in zip(scripts, results[:len(scripts)], strict=True):
         assert (proc.returncode, proc.stderr) == (0, ''), f'{script} --help: {proc.stderr[-2000:]}'
@@ -73,6 +72,7 @@ def test_every_console_script_is_quiet_for_help_and_user_errors(tmp_path):
         assert proc.stderr.splitlines() == [f'{script}: error: {USER_ERRORS[script][1]}'], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('onednn', ['0', '1'])
 def test_decoding_with_tensorflow_prints_only_the_skipped_file(tmp_path, onednn):
     model = get_model('testing', num_classes=3)
@@ -80,10 +80,32 @@ def test_decoding_with_tensorflow_prints_only_the_skipped_file(tmp_path, onednn)
     checkpoint.save(params, tmp_path / 'tiny.npz')
     Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(tmp_path / 'good.png')
     (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n not a PNG after all')
-    (proc,) = _run_all([[os.path.join(BIN, 'vit-predict'), str(tmp_path / 'good.png'), str(tmp_path / 'bad.png'),
-                         '--checkpoint', str(tmp_path / 'tiny.npz'), '--image-size', '32']], onednn)
+    good, bad = str(tmp_path / 'good.png'), str(tmp_path / 'bad.png')
+    command = [os.path.join(BIN, 'vit-predict'), good, bad, '--checkpoint', str(tmp_path / 'tiny.npz'),
+               '--image-size', '32']
+    (proc,) = _run_all([command], onednn)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines()[0] == str(tmp_path / 'good.png')
-    assert proc.stderr.splitlines() == [f'skipped {tmp_path / "bad.png"}: unreadable image (not an image of a '
-                                        'supported format (.jpg, .jpeg, .png, .gif, .bmp, .webp, .tif, .tiff, '
-                                        '.ppm))'], proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == good
+    assert proc.stderr.splitlines() == [f'skipped {bad}: unreadable image (not an image of a supported '
+                                        'format (.jpg, .jpeg, .png, .gif, .bmp, .webp, .tif, .tiff, .ppm))']
+
+
+def test_without_tensorflow_every_command_starts_and_reading_an_image_says_what_to_install(tmp_path):
+    """Colab and GPU hosts bring their own TensorFlow; the base install has none (it is an extra)."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'image.png')
+    code = '\n'.join([
+        'import sys',
+        "sys.modules['tensorflow'] = None   # as if not installed",
+        'import vit_jax.main, vit_jax.predict, vit_jax.analysis, vit_jax.convert, vit_jax.export',
+        'import vit_jax.fewshot, vit_jax.zeroshot',
+        'from vit_jax import errors, preprocessing',
+        'try:',
+        "    preprocessing.load_image('image.png', preprocessing.for_inference(16))",
+        'except errors.UserError as e:',
+        '    print(e)'])
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env('1'),
+                          timeout=120, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, ''), proc.stderr[-2000:]
+    assert proc.stdout.strip() == ("TensorFlow is not installed; vit_jax reads images and data sets with it: "
+                                   "pip install 'vit_jax[cpu]' (or [cuda12], [cuda13], [tpu]; on Colab it is "
+                                   "there already)")

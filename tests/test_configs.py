@@ -55,6 +55,7 @@ def test_every_config_file_is_covered():
     assert files - LIBRARY_MODULES - {'__init__'} == set(VARIANTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,arg', CASES, ids=[f'{n}:{a}' for n, a in CASES])
 def test_config_builds_model_and_optimizer(name, arg):
     config = _load(name, arg)

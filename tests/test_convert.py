@@ -405,6 +405,7 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
         loader.load(tmp_path / 'gap.safetensors')
 
 
+@pytest.mark.slow
 def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     """timm's qkv_bias=False (vit_base_patch16_224_miil) and no_embed_class=True (flexivit_*) load
     exactly as zero q/k/v biases and a zero class-token slot; layer scale (DeiT-3, DINOv2) as the

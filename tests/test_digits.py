@@ -4,12 +4,15 @@ preprocessing value is in the config, none depends on the data set's name)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import main, metrics
+from vit_jax import main, metrics, predict
+from vit_jax.checkpoint import loader
 from vit_jax.configs.common import DATASET_PRESETS
 from vit_jax.input_pipeline import digits_splits
 
@@ -40,6 +43,19 @@ def test_digits_end_to_end_reaches_95_percent(builtin, capsys):
     saved = json.loads((workdir / 'config.json').read_text())
     assert saved['dataset_info']['num_classes'] == 10 and saved['model']['hidden_size'] == 64
     assert saved['pp']['flip'] is False and saved['model']['layer_norm_eps'] == 1e-6   # every value shown
+
+
+@pytest.mark.slow
+def test_the_demo_classifies_its_ten_samples_right(builtin, tmp_path):
+    """What scripts/demo.sh shows after training: vit-predict on scripts/digits_samples.py's images."""
+    workdir, _ = builtin
+    subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'digits_samples.py'), str(tmp_path)],
+                   check=True)
+    files = sorted(str(p) for p in tmp_path.glob('digit_*_heldout_*.png'))
+    doc = predict.predict_files(loader.load_model(str(workdir)), files, k=1)
+    got = [(os.path.basename(r['path'])[6], r['predictions'][0]['label']) for r in doc['results']]
+    assert got == [(str(d), str(d)) for d in range(10)]
+    assert min(r['predictions'][0]['probability'] for r in doc['results']) > 0.95   # not borderline
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ def live():
     return model, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bake_params', [True, False])
 def test_exported_matches_live_model_for_two_batch_sizes(live, tmp_path, bake_params):
     model, params = live
@@ -47,6 +48,7 @@ def test_exported_matches_live_model_for_two_batch_sizes(live, tmp_path, bake_pa
         served(np.zeros((2, 64, 64, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_cli_export_then_serve_without_model_code(live, tmp_path):
     model, params = live
     checkpoint.save(params, str(tmp_path / 'm.npz'))

@@ -242,6 +242,7 @@ def _tiny_params():
      "'head/kernel' holds 1 NaN/Inf values"),
     (lambda k: np.full_like(k, np.inf), "'head/kernel' holds 30 NaN/Inf values"),
 ])
+@pytest.mark.slow
 def test_non_finite_or_non_real_weights_are_refused(tmp_path, change, message):
     flat = trees.flatten(_tiny_params())
     flat['head/kernel'] = change(flat['head/kernel'])

@@ -101,6 +101,7 @@ def test_eval_covers_every_example_once():
 # --- tfds (mocked: offline)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,num_classes', [('cifar10', 10), ('oxford_flowers102', 102)])
 def test_tfds_mock_shapes_eval_coverage_and_determinism(name, num_classes, tmp_path):
     import tensorflow_datasets as tfds

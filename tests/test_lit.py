@@ -86,6 +86,7 @@ def bert_vocab(tmp_path_factory):
 
 # --- Towers -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bert_tower_matches_transformers_bert():
     """flaxformer's BertEncoder numerics, checked against an independent BERT (transformers, PyTorch)
     with the same weights: post-LayerNorm, eps 1e-12, tanh GELU, padding keys masked."""
@@ -135,6 +136,7 @@ def test_bert_tower_matches_transformers_bert():
     np.testing.assert_allclose(ztxt, z / np.linalg.norm(z, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('text_model', ['bert', 'text_transformer'])
 def test_lit_outputs(text_model):
     config = tiny_config(text_model)
@@ -280,6 +282,7 @@ def _save_public(params, path):
         assert 't' in f.files and any(k.startswith('img/Transformer/encoderblock_0/') for k in f.files)
 
 
+@pytest.mark.slow
 def test_text_transformer_npz_loads_with_nothing_stated(sp_model, tmp_path):
     config = tiny_config('text_transformer')
     _, params = init(config)
@@ -295,6 +298,7 @@ def test_text_transformer_npz_loads_with_nothing_stated(sp_model, tmp_path):
         loader.load_model(str(tmp_path / 'tiny.npz'))
 
 
+@pytest.mark.slow
 def test_bert_npz_needs_heads_and_length(tmp_path):
     config = tiny_config('bert')
     _, params = init(config)

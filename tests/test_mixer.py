@@ -172,6 +172,7 @@ def test_timm_mixer_layout_matches_a_torch_forward_and_round_trips(tmp_path):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
 
 
+@pytest.mark.slow
 def test_a_mixer_trains_with_the_same_loop_and_predicts(tmp_path):
     config = config_util.load_file(os.path.join(ROOT, 'configs', 'digits.py'))
     config.model_type = 'Mixer'
@@ -192,6 +193,7 @@ def test_a_mixer_trains_with_the_same_loop_and_predicts(tmp_path):
         train.train_and_evaluate(config, str(tmp_path / 'other'))
 
 
+@pytest.mark.slow
 def test_analyze_draws_the_stem_filters_and_refuses_attention_figures_in_one_line(tmp_path):
     model = get_model('Mixer-B_16', num_classes=5, **{**TINY, 'patches': {'size': (4, 4)}})
     checkpoint.save(_random_params(model), tmp_path / 'mixer.npz')

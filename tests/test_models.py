@@ -55,6 +55,7 @@ def _randomize(params, seed=1):
         tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(PARAM_COUNTS))
 def test_parameter_count_matches_the_public_checkpoints(name):
     model = get_model(name, num_classes=1000)
@@ -98,6 +99,7 @@ def test_b16_parameter_tree_has_the_original_names_and_shapes():
     assert 'Transformer/encoderblock_12/LayerNorm_0/scale' not in flat
 
 
+@pytest.mark.slow
 def test_hybrid_stem_names_and_forward():
     model = get_model('R26+ViT-S_32', num_classes=5, **{'transformer.num_layers': 1})
     x = _images(size=64)
@@ -118,6 +120,7 @@ def test_hybrid_stem_names_and_forward():
     ('token', None, (2, 7)), ('gap', None, (2, 7)), ('token', 12, (2, 7)),
     ('unpooled', None, (2, 16, 7)), ('token_unpooled', None, (2, 17, 7)),
 ])
+@pytest.mark.slow
 def test_output_shape_per_classifier(classifier, rep, shape):
     model = _tiny(classifier=classifier, representation_size=rep)
     x = _images()
@@ -192,6 +195,7 @@ def _reference_vit(params, images, patch, heads):
     return x @ p['head']['kernel'] + p['head']['bias']
 
 
+@pytest.mark.slow
 def test_logits_match_an_independent_numpy_reference():
     model = _tiny()
     x = _images()
@@ -201,6 +205,7 @@ def test_logits_match_an_independent_numpy_reference():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier', ['token', 'gap', 'unpooled', 'token_unpooled'])
 @pytest.mark.parametrize('dtype', [None, 'bfloat16'])
 @pytest.mark.parametrize('impl', ['xla', 'auto'])
@@ -245,6 +250,7 @@ def test_scan_layout_gives_the_same_outputs_after_converting_parameters():
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_outputs_and_gradients():
     x = _images()
     params = _randomize(_init(_tiny(), x)['params'])

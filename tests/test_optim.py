@@ -113,6 +113,7 @@ def test_sgd_bfloat16_momentum_accumulator():
         optim.make_optimizer(bad, params)
 
 
+@pytest.mark.slow
 def test_accumulated_gradient_equals_large_batch():
     model = get_model('testing', num_classes=5, **{'transformer.dropout_rate': 0.0})
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']

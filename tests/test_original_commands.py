@@ -51,6 +51,7 @@ def _run(argv, workdir):
         return main.main(['vit-train', f'--workdir={workdir}', *argv])
 
 
+@pytest.mark.slow
 def test_vit_b16_cifar10(tmp_path):
     # python -m vit_jax.main --workdir=/tmp/vit-$(date +%s) \
     #     --config=$(pwd)/vit_jax/configs/vit.py:b16,cifar10 \
@@ -63,6 +64,7 @@ def test_vit_b16_cifar10(tmp_path):
     assert result['step'] == 2 and (tmp_path / 'wd' / 'checkpoint_2').is_dir()
 
 
+@pytest.mark.slow
 def test_mixer_base16_cifar10(tmp_path):
     # python -m vit_jax.main --workdir=/tmp/vit-$(date +%s) \
     #     --config=$(pwd)/vit_jax/configs/mixer_base16_cifar10.py \
@@ -74,6 +76,7 @@ def test_mixer_base16_cifar10(tmp_path):
     assert result['step'] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('chosen', ['R_Ti_16', 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0'])
 def test_augreg_r_ti_16(tmp_path, chosen):
     # python -m vit_jax.main --workdir=/tmp/vit-$(date +%s) \

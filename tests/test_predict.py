@@ -80,6 +80,7 @@ def test_known_answers_from_python(setup):
     assert [s['path'] for s in doc['skipped']] == [str(root / 'images' / 'broken.png')]
 
 
+@pytest.mark.slow
 def test_cli_json_schema_and_corrupt_image(setup):
     root, ckpt = setup
     proc = subprocess.run(

@@ -56,6 +56,7 @@ def _steps(workdir, key='train_loss'):
     return [r['step'] for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if key in r]
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigterm_and_after_a_crash(tmp_path):
     full = train.train_and_evaluate(_tiny_config(), str(tmp_path / 'full'))
     assert full['step'] == 6 and not full['preempted']
@@ -104,6 +105,7 @@ def _damage(checkpoint_dir):
     assert damaged
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     workdir = str(tmp_path)
     train.train_and_evaluate(_tiny_config(checkpoint_every=2, total_steps=4), workdir)
@@ -118,6 +120,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     assert _steps(workdir) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     workdir = tmp_path / 'wd'
     workdir.mkdir()
@@ -142,6 +145,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, cap
         train.train_and_evaluate(_tiny_config(total_steps=3), str(workdir))
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_pretrained_params_with_a_zero_head(tmp_path):
     train.train_and_evaluate(_tiny_config(total_steps=3, checkpoint_every=0), str(tmp_path / 'pre'))
     pretrained = _npz(tmp_path / 'pre' / 'model.npz')
@@ -164,6 +168,7 @@ def test_fine_tuning_starts_from_pretrained_params_with_a_zero_head(tmp_path):
                                   pretrained['embedding/kernel'])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     workdir = str(tmp_path / 'wd')
     train.train_and_evaluate(_tiny_config(total_steps=3, base_lr=0.0), workdir)
@@ -205,6 +210,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and 'returned dict, not an ml_collections.ConfigDict' in err
 
 
+@pytest.mark.slow
 def test_cli_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     """A catalogue name with an empty cache and no network: the URL and what to do, no traceback."""
     monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
@@ -223,6 +229,7 @@ def _vit_train(args, command=(sys.executable, '-m', 'vit_jax.main')):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_75_then_the_same_command_resumes(tmp_path):
     args = [f'--workdir={tmp_path}', '--config.total_steps=100000', '--config.checkpoint_every=0']
     proc = _vit_train(args)
@@ -242,6 +249,7 @@ def test_sigterm_saves_and_exits_75_then_the_same_command_resumes(tmp_path):
     assert f'steps {step} -> {step + 2}' in out and (tmp_path / 'model.npz').exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_workdir_and_keeps_what_was_written(tmp_path):
     """Writes beyond 3 kB fail (RLIMIT_FSIZE: what a full disk does to a write) inside Orbax's
     background save threads: one line naming the workdir and the reason, no traceback, exit 2."""
@@ -255,6 +263,7 @@ def test_a_full_disk_is_one_line_naming_the_workdir_and_keeps_what_was_written(t
     assert saved['total_steps'] == 4 and not (tmp_path / 'LOCK').exists()
 
 
+@pytest.mark.slow
 def test_fewshot_probe_is_logged_during_training(tmp_path):
     config = _tiny_config(total_steps=4, eval_every=2, checkpoint_every=0)
     config.fewshot.update(dict(dataset='digits', shots=(1, 5), max_eval=200))
@@ -265,6 +274,7 @@ def test_fewshot_probe_is_logged_during_training(tmp_path):
         assert 0.1 < r['fewshot/5shot'] <= 1.0 and 0.0 <= r['fewshot/1shot'] <= 1.0
 
 
+@pytest.mark.slow
 def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path):
     workdir = str(tmp_path)
     train.train_and_evaluate(_tiny_config(total_steps=3, checkpoint_every=0), workdir)

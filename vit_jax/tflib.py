@@ -39,10 +39,10 @@ _lock = threading.Lock()
 
 def load(name: str = 'tensorflow') -> types.ModuleType:
     """`import name` (tensorflow, tensorflow_datasets, ...) with TensorFlow's start-up banners dropped."""
-    if name in sys.modules:
+    if sys.modules.get(name) is not None:
         return sys.modules[name]
     with _lock:
-        if name == 'tensorflow' or 'tensorflow' not in sys.modules:
+        if name == 'tensorflow' or sys.modules.get('tensorflow') is None:
             try:
                 _import_quietly('tensorflow')
             except ModuleNotFoundError as e:
@@ -60,7 +60,7 @@ def load(name: str = 'tensorflow') -> types.ModuleType:
 
 
 def _import_quietly(name: str) -> types.ModuleType:
-    if name in sys.modules:
+    if sys.modules.get(name) is not None:
         return sys.modules[name]
     sys.stderr.flush()
     saved = os.dup(2)
