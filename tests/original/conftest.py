@@ -27,7 +27,7 @@ _MOCKS_TENSORFLOW_TEXT = ('test_sentencepiece_tokenizer', 'test_pp_sentencepiece
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__.endswith('train_test') or item.name == 'test_load_pretrained':
-            item.add_marker(pytest.mark.slow)   # end-to-end fine-tuning, ViT-B/16-size files: not the fast tier
+            item.add_marker(pytest.mark.slow)   # end-to-end fine-tuning, ViT-B/16 files: not the fast tier
         if item.module.__name__.endswith('preprocess_test') and item.name in _MOCKS_TENSORFLOW_TEXT:
             item.add_marker(pytest.mark.xfail(strict=True, reason='mocks tensorflow_text, which '
                                               'vit_jax.preprocess does not call (see tests/test_lit.py)'))
