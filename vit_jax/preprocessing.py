@@ -14,6 +14,7 @@ file gives the same model input wherever it is read.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from vit_jax.tflib import tf
 
 TRAIN_CROPS = ('inception', 'random', 'resize')
 EVAL_CROPS = ('resize', 'center')
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
@@ -186,11 +188,16 @@ def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor]) 
     applied to the decoded uint8 image (e.g. LiT's `vit_jax.preprocess.PreprocessImages.preprocess_tf`);
     DataError if unreadable."""
     data = images.encoded_bytes(path)
-    problem = images.check_encoded(data)   # as training checks its files: TensorFlow takes a truncated PNG
+    # Checked as training checks its files, before TensorFlow, whose C++ logs a failed decode to stderr.
+    problem = images.check_encoded(data)
     if problem:
         raise DataError(f'{path}: unreadable image ({problem})')
     data = tf.constant(data)
-    return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
+    try:
+        return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+        reason = re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:.*$', '', e.message.splitlines()[0])   # no TF internals
+        raise DataError(f'{path}: unreadable image ({reason})') from None
 
 
 def image_batches(files: Iterable[str], size: int, batch_size: int, crop_fraction: float | None = None,
