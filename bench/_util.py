@@ -117,6 +117,18 @@ def vit_flops(image_size: int, patch: int, hidden: int, mlp: int, layers: int,
     return embed + layers * block + 2 * hidden * num_classes
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has AVX-512 (XLA's CPU code, and so results in the last
+    bits, differ by instruction set)."""
+    try:
+        info = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.split(':', 1)[1].strip() for line in info.splitlines() if line.startswith('model name')]
+    name = names[0] if names else platform.machine()
+    return f'{name}, {"with" if " avx512f" in info else "without"} AVX-512'
+
+
 def machine() -> dict:
     devices = jax.devices()
     return {
@@ -124,7 +136,7 @@ def machine() -> dict:
         'platform': devices[0].platform,
         'device': devices[0].device_kind,
         'num_devices': len(devices),
-        'cpu': platform.processor() or platform.machine(),
+        'cpu': cpu_model(),
         'cores': os.cpu_count(),
         'jax': jax.__version__,
         'xla_flags': os.environ.get('XLA_FLAGS', ''),

@@ -67,7 +67,8 @@ def _tiny_inputs(work: str) -> list[str]:
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
     checkpoint.save(params, os.path.join(work, 'tiny.npz'))
     Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(os.path.join(work, 'image.png'))
-    return [os.path.join(work, 'image.png'), '--checkpoint', os.path.join(work, 'tiny.npz'), '--image-size', '32']
+    image, weights = os.path.join(work, 'image.png'), os.path.join(work, 'tiny.npz')
+    return [image, '--checkpoint', weights, '--image-size', '32']
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                for tree, root in trees.items()}
         seconds = paired_rounds(fns, rounds=args.rounds, calls=1)
     rows = []
-    print(f'{"command":<22}' + ''.join(f'{t + " s":>12}' for t in trees) + ('   baseline / this' if args.baseline
-                                                                            else ''))
+    ratio_header = '   baseline / this' if args.baseline else ''
+    print(f'{"command":<22}' + ''.join(f'{t + " s":>12}' for t in trees) + ratio_header)
     for name in commands:
         row = {'command': name, **{f'{t}_s': float(np.median(seconds[t, name])) for t in trees}}
         if args.baseline:
