@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from vit_jax import checkpoint, trees
+from vit_jax import checkpoint, paths, trees
 from vit_jax.checkpoint import CheckpointError
 from vit_jax.models import get_config, get_model
 
@@ -192,6 +192,18 @@ def test_save_is_atomic(tmp_path, tiny):
     with pytest.raises(CheckpointError, match="'bad/x' is not a numeric array"):
         checkpoint.save({'bad': {'x': object()}}, tmp_path / 'a.npz')
     assert (tmp_path / 'a.npz').read_bytes() == before and os.listdir(tmp_path) == ['a.npz']
+
+
+def test_written_files_are_readable_as_the_umask_allows(tmp_path, tiny):
+    """A teammate or a TensorBoard server running as another user reads what vit_jax writes."""
+    old = os.umask(0o022)
+    try:
+        checkpoint.save(tiny[1], tmp_path / 'a.npz')
+        paths.write_dir_atomic(tmp_path / 'd', {'x.json': '{}'})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / 'a.npz').st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / 'd' / 'x.json').st_mode & 0o777 == 0o644
 
 
 # --- Fine-tuning adaptation ----------------------------------------------------------------

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import BinaryIO
@@ -159,7 +158,9 @@ def write_atomic(p: PathLike, data: bytes | str) -> str:
     directory = os.path.dirname(os.path.abspath(target))
     with _naming(target):
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(target), suffix='.tmp')
+        tmp = os.path.join(directory, f'.{os.path.basename(target)}.{uuid.uuid4().hex[:12]}.tmp')
+        # Permissions as the user's umask allows, like any file they write (mkstemp would give 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, 'wb') as f:
                 f.write(data)
