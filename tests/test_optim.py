@@ -43,7 +43,7 @@ def test_schedule_rejects_bad_config():
     with pytest.raises(ConfigError, match='decay_type'):
         optim.create_learning_rate_schedule(100, 0.1, 'exp')
     # warmup_steps >= total_steps is allowed, as in the original (its 500-step presets do it):
-    # the rate only warms up, and stays finite (vit_jax.resolve logs a warning).
+    # the rate only warms up, and stays finite (vit_jax.optim logs a warning).
     lr = optim.create_learning_rate_schedule(100, 0.1, 'cosine', warmup_steps=100)
     values = np.array([lr(s) for s in (0, 50, 99, 100)])
     assert np.all(np.isfinite(values))

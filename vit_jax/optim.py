@@ -12,6 +12,7 @@ before the moments). So AdamW is optimizer='adam' with weight_decay > 0 (decoupl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +23,8 @@ import optax
 
 from vit_jax.config_util import get
 from vit_jax.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Schedule = Callable[[Any], jnp.ndarray]
 OPTIMIZERS = ('sgd', 'adam')
@@ -55,6 +58,10 @@ def create_learning_rate_schedule(total_steps: int, base: float, decay_type: str
 
 
 def schedule_from_config(config: Any) -> Schedule:
+    warmup, total = int(get(config, 'warmup_steps')), int(get(config, 'total_steps'))
+    if warmup >= total and get(config, 'decay_type') != 'constant':   # once per optimizer built
+        logger.warning('warmup_steps=%d >= total_steps=%d: the learning rate only warms up and never decays',
+                       warmup, total)
     return create_learning_rate_schedule(
         total_steps=int(get(config, 'total_steps')), base=float(get(config, 'base_lr')),
         decay_type=get(config, 'decay_type'), warmup_steps=int(get(config, 'warmup_steps')),

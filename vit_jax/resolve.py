@@ -12,7 +12,6 @@ uses is visible and overridable.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import ml_collections
@@ -22,7 +21,6 @@ from vit_jax.checkpoint import hub
 from vit_jax.configs import common, inference_time
 from vit_jax.errors import ConfigError
 
-logger = logging.getLogger(__name__)
 # trainer -> its defaults (every field it reads).
 TRAINERS = {'train': common.get_config, 'inference_time': inference_time.get_config}
 LOSSES = ('softmax_xent', 'sigmoid_xent')
@@ -134,9 +132,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.model_type != described:
         raise ConfigError(f'config.model_type={config.model_type!r} but config.model describes a {described} '
                           f'model ({config.model.get("model_name")!r}); set --config.model_type={described}')
-    if config.warmup_steps >= config.total_steps and config.decay_type != 'constant':
-        logger.warning('warmup_steps=%d >= total_steps=%d: the learning rate only warms up and never decays',
-                       config.warmup_steps, config.total_steps)
     if config.model_or_filename:
         hub.check_augreg_name(str(config.model_or_filename))
     patch = max(models.build_model(config.model, None, inference=True).patch_stride)
