@@ -22,6 +22,7 @@ import os
 import sys
 
 import jax
+import yaml
 from absl import flags
 from ml_collections import config_flags
 
@@ -85,6 +86,14 @@ def parse(argv: list[str]) -> tuple[object, str]:
     return resolve.validate(holder.value), os.path.expanduser(workdir) if '://' not in workdir else workdir
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """The printed config: plain YAML as config.json holds it (no `!!python/tuple` tags), lists inline."""
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence('tag:yaml.org,2002:seq', value, flow_style=True))
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parses the command line, prints the resolved config and trains; returns the final metrics."""
     argv = list(sys.argv if argv is None else argv)
@@ -97,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     config, workdir = parse(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
     if jax.process_index() == 0:
-        print(f'Config:\n{config}', flush=True)
+        text = yaml.dump(config_util.to_dict(config), Dumper=_ConfigDumper, sort_keys=True)
+        print(f'Config:\n{text}', flush=True)
     if config.trainer == 'inference_time':
         return inference_time.inference_time(config, workdir)
     return train.train_and_evaluate(config, workdir)
