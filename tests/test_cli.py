@@ -4,6 +4,7 @@ here as TensorFlow does by itself on Intel CPUs with AVX-512), for --help, a use
 that decodes images with TensorFlow."""
 
 import concurrent.futures
+import importlib
 import importlib.metadata
 import os
 import subprocess
@@ -109,3 +110,16 @@ def test_without_tensorflow_every_command_starts_and_reading_an_image_says_what_
     assert proc.stdout.strip() == ("TensorFlow is not installed; vit_jax reads images and data sets with it: "
                                    "pip install 'vit_jax[cpu]' (or [cuda12], [cuda13], [tpu]; on Colab it is "
                                    "there already)")
+
+
+@pytest.mark.parametrize('module', ['analysis', 'convert', 'export', 'fewshot', 'predict', 'zeroshot'])
+def test_every_option_has_help_and_none_is_abbreviated(module):
+    """`--image` is not silently `--image-size`; every flag says what it does (and its default)."""
+    parser = importlib.import_module(f'vit_jax.{module}')._parser()
+    assert parser.allow_abbrev is False
+    for action in parser._actions:
+        assert action.help, f'vit_jax.{module}: {action.option_strings or action.dest} has no help'
+    if module == 'predict':   # before: --image taken as --image-size, "invalid int value: 'y.png'"
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--checkpoint', 'x.npz', '--image', 'y.png'])
+        assert parser.parse_args(['--checkpoint', 'x.npz', '--image-size', '32', 'y.png']).image_size == 32

@@ -356,13 +356,12 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vit-analyze', description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser('vit-analyze', __doc__.split('\n\n')[0])
     cli.add_checkpoint_args(parser)
     parser.add_argument('--image', action='append', default=[],
                         help='image file, folder or glob (repeatable); needed for the attention figures')
     parser.add_argument('--output-dir', required=True, help='where the PNGs and analysis.json go')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass')
     parser.add_argument('--max-figure-images', type=int, default=4,
                         help='how many images the rollout figure shows (all are averaged)')
     parser.add_argument('--crop-fraction', type=float, default=None,

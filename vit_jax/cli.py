@@ -80,6 +80,24 @@ def run_cli(prog: str, main: Callable[[], int | None], *, background_threads: bo
         return EXIT_BAD_INPUT
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        unset = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        if action.option_strings and not unset and '%(default)' not in text and 'default:' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
+def argument_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every vit_jax CLI: no abbreviated options (`--image` is not `--image-size`),
+    defaults shown in --help."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                                   formatter_class=_HelpFormatter)
+
+
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     """--checkpoint / --model, shared by the CLIs that load a model through the one loader."""
     parser.add_argument('--checkpoint', required=True,

@@ -101,12 +101,11 @@ def list_archs() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='vit-convert',
-        description='Convert a ViT checkpoint between the original/AugReg/big_vision .npz, timm and '
-                    'Hugging Face formats (the source format is detected).',
-        epilog='SRC may also be a public checkpoint name (downloaded once and cached):\n' + hub.list_names(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(
+        'vit-convert',
+        'Convert a ViT checkpoint between the original/AugReg/big_vision .npz, timm and Hugging Face '
+        'formats (the source format is detected).',
+        epilog='SRC may also be a public checkpoint name (downloaded once and cached):\n' + hub.list_names())
     parser.add_argument('src', metavar='SRC', help='.npz, .safetensors, .pth/.bin, HF directory, or name')
     parser.add_argument('dst', metavar='DST', help='output .npz / .safetensors file or HF directory')
     parser.add_argument('--to', choices=EXPORT_FORMATS, default=None,

@@ -105,8 +105,7 @@ def export_model(loaded: Any, path: str, *, bake_params: bool = True,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vit-export', description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser('vit-export', __doc__.split('\n\n')[0])
     cli.add_checkpoint_args(parser)
     parser.add_argument('--output', required=True, help='file to write (e.g. model.vitx)')
     parser.add_argument('--platforms', nargs='+', default=None, choices=PLATFORMS, metavar='PLATFORM',

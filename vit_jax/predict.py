@@ -104,15 +104,14 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
 # --- CLI ------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vit-predict', description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser('vit-predict', __doc__.split('\n\n')[0])
     parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or globs')
     cli.add_checkpoint_args(parser)
     parser.add_argument('--labels', default=None,
                         help='imagenet2012 | imagenet21k | a text file with one label per line '
                              '(default: the workdir class names, or the list matching the head size)')
     parser.add_argument('--top-k', type=int, default=5, help='how many classes to show per image')
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
     parser.add_argument('--crop-fraction', type=float, default=None,
                         help='resize to image_size / fraction, then take the central image_size crop '
                              '(default: what a training workdir used, else resize the whole image, '

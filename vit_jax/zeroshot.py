@@ -205,8 +205,7 @@ def read_templates(value: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vit-zeroshot', description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser('vit-zeroshot', __doc__.split('\n\n')[0])
     parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or globs')
     parser.add_argument('--checkpoint', required=True,
                         help='LiT catalogue name (LiT-B16B, LiT-B16B_2, LiT-L16L, LiT-L16S, LiT-L16Ti), '
@@ -230,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='resize the shorter side and take the central square (default: resize the '
                              'whole image, as the LiT Colab)')
     parser.add_argument('--top-k', type=int, default=5, help='how many labels to show per image')
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
     return parser
 
