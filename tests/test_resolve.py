@@ -67,6 +67,11 @@ def test_every_printed_value_can_be_overridden_on_the_command_line(tmp_path):
         main.parse(['vit-train', f'--config={DIGITS}', f'--workdir={tmp_path}', '--config.pp.flipp=False'])
     with pytest.raises(ConfigError, match='unknown argument'):
         main.parse(['vit-train', f'--config={DIGITS}', f'--workdir={tmp_path}', '--steps=3'])
+    # `--config.x VALUE` as absl flags allow (a negative number is a value; a lone boolean stays one)
+    spaced, _ = main.parse(['vit-train', '--config', DIGITS, '--workdir', str(tmp_path),
+                            '--config.total_steps', '7', '--config.pp.flip', '--config.mesh.data', '-1',
+                            '--config.seed', '3'])
+    assert (spaced.total_steps, spaced.pp.flip, spaced.mesh.data, spaced.seed) == (7, True, -1, 3)
 
 
 def test_config_files_load_without_path_tricks(tmp_path):

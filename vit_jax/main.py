@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import sys
 
 import jax
@@ -49,18 +50,22 @@ def parse(argv: list[str]) -> tuple[object, str]:
     """(resolved config, workdir) from a vit-train command line; ConfigError on bad input."""
     spec = workdir = None
     rest = [argv[0]]
-    args = iter(argv[1:])
-    for arg in args:
+    args = list(argv[1:])
+    while args:
+        arg = args.pop(0)
         name, eq, value = arg.partition('=')
         if name in ('--config', '-config', '--workdir', '-workdir') and not eq:
-            value = next(args, None)
-            if value is None:
+            if not args:
                 raise ConfigError(f'{name} needs a value')
+            value = args.pop(0)
         if name in ('--config', '-config'):
             spec = value
         elif name in ('--workdir', '-workdir'):
             workdir = value
         elif arg.startswith(('--config.', '-config.')):
+            # `--config.x VALUE` as absl takes it; a lone `--config.flag` (a boolean) stays as it is
+            if not eq and args and not re.match(r'-(?!\d)', args[0]):
+                arg = f'{arg}={args.pop(0)}'
             rest.append(arg)
         else:
             raise ConfigError(f'unknown argument {arg!r} (expected --config=FILE[:ARG], --workdir=DIR and '
