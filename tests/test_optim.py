@@ -127,7 +127,7 @@ def test_accumulated_gradient_equals_large_batch():
         return -jnp.mean(jnp.sum(b['label'] * jax.nn.log_softmax(logits), -1)), None
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    one = optim.accumulate_gradient(grad_fn, params, batch, jax.random.PRNGKey(3), 1)
+    one = jax.jit(lambda p, b: optim.accumulate_gradient(grad_fn, p, b, jax.random.PRNGKey(3), 1))(params, batch)
     accumulate4 = jax.jit(lambda p, b: optim.accumulate_gradient(grad_fn, p, b, jax.random.PRNGKey(3), 4))
     four = accumulate4(params, batch)
     np.testing.assert_allclose(one.loss, four.loss, rtol=1e-6)
