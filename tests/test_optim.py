@@ -127,9 +127,9 @@ def test_accumulated_gradient_equals_large_batch():
         return -jnp.mean(jnp.sum(b['label'] * jax.nn.log_softmax(logits), -1)), None
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    one = jax.jit(lambda p, b: optim.accumulate_gradient(grad_fn, p, b, jax.random.PRNGKey(3), 1))(params, batch)
-    accumulate4 = jax.jit(lambda p, b: optim.accumulate_gradient(grad_fn, p, b, jax.random.PRNGKey(3), 4))
-    four = accumulate4(params, batch)
+    accumulate = jax.jit(lambda p, b, n: optim.accumulate_gradient(grad_fn, p, b, jax.random.PRNGKey(3), n),
+                         static_argnums=2)
+    one, four = accumulate(params, batch, 1), accumulate(params, batch, 4)
     np.testing.assert_allclose(one.loss, four.loss, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(one.grads), jax.tree_util.tree_leaves(four.grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
