@@ -62,8 +62,13 @@ def load(name: str = 'tensorflow') -> types.ModuleType:
 def _import_quietly(name: str) -> types.ModuleType:
     if sys.modules.get(name) is not None:
         return sys.modules[name]
+    if sys.stderr is None:   # no stderr to keep clean (pythonw, a closed stream)
+        return importlib.import_module(name)
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:   # file descriptor 2 is closed: nothing reaches a terminal anyway
+        return importlib.import_module(name)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
