@@ -636,6 +636,40 @@ def test_original_numerics_survive_hf_export(tmp_path):
     assert _rel_err(_hf_logits(back), ours, 'original numerics -> HF export') <= TOLERANCE
 
 
+def test_hf_export_runs_in_the_transformers_pipeline_with_its_labels(tmp_path):
+    """`transformers.pipeline('image-classification', model=export)` as is: our class names, our
+    preprocessing ((x - 127.5) / 127.5 at the model's size), our probabilities; and vit-predict reads
+    the names back."""
+    from PIL import Image
+
+    from vit_jax import predict
+    transformers = _transformers()
+    model = get_model('testing', num_classes=5, **TINY)
+    params = _random_params(model, seed=4)
+    names = ['cat', 'dog', 'bird', 'fish', 'frog']
+    convert.export(params, arch.infer_config(params), str(tmp_path / 'hf'), format='hf', class_names=names)
+    pixels = np.random.default_rng(5).integers(0, 256, (32, 32, 3), np.uint8)   # the model's size: no resize
+    Image.fromarray(pixels).save(tmp_path / 'x.png')
+    pipe = transformers.pipeline('image-classification', model=str(tmp_path / 'hf'))
+    theirs = pipe(Image.open(tmp_path / 'x.png').convert('RGB'), top_k=5)
+    ours = predict.predict_files(loader.load_model(str(tmp_path / 'hf')), [str(tmp_path / 'x.png')], k=5)
+    ours = ours['results'][0]['predictions']
+    assert [t['label'] for t in theirs] == [o['label'] for o in ours]
+    assert {o['label'] for o in ours} == set(names)
+    np.testing.assert_allclose([t['score'] for t in theirs], [o['probability'] for o in ours], atol=1e-5)
+    # A vit-train workdir that evaluated with a center crop exports that crop.
+    crop = foreign.hf_preprocessor(32, {'crop': 32, 'eval_crop': 'center', 'resize': 36})
+    assert (crop['image_processor_type'], crop['size'], crop['crop_size']) == (
+        'DeiTImageProcessor', {'height': 36, 'width': 36}, {'height': 32, 'width': 32})
+    # ... and reading such an export back applies it (what the file records about itself).
+    convert.export(params, arch.infer_config(params), str(tmp_path / 'crop'), format='hf',
+                   eval_pp={'crop': 32, 'eval_crop': 'center', 'resize': 36})
+    assert loader.load_model(str(tmp_path / 'crop')).crop_fraction == 32 / 36
+    with pytest.raises(CheckpointError, match='3 class names for a 5-class head'):
+        convert.export(params, arch.infer_config(params), str(tmp_path / 'bad'), format='hf',
+                       class_names=names[:3])
+
+
 # --- Errors: one line, nothing written --------------------------------------------------------
 
 class _Evil:

@@ -29,11 +29,14 @@ from vit_jax.models import family, num_params, scan_to_blocks
 EXPORT_FORMATS = ('npz', 'timm', 'hf')
 
 
-def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str = 'npz') -> str:  # noqa: A002
+def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str = 'npz',  # noqa: A002
+           class_names: Sequence[str] | None = None, eval_pp: Mapping[str, Any] | None = None) -> str:
     """Writes `params` as npz (a file), timm safetensors (a file) or a Hugging Face directory.
 
     The destination is complete or untouched (a directory is swapped in whole). timm has
     LayerNorm eps 1e-6 and exact GELU built in: exporting a model with other numerics warns.
+    A Hugging Face directory gets `class_names` as its labels and the eval preprocessing
+    (`eval_pp` of a vit-train workdir, else a whole-image resize) as its image processor.
     """
     if format not in EXPORT_FORMATS:
         raise CheckpointError(f'unknown export format {format!r}; expected one of {EXPORT_FORMATS}')
@@ -55,7 +58,7 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
         return paths.write_atomic(dst, foreign.timm_bytes(params, model_config))
     if paths.exists(dst) and not paths.is_dir(dst):
         raise CheckpointError(f'{dst}: exists and is not a directory (Hugging Face export writes one)')
-    return paths.write_dir_atomic(dst, foreign.hf_files_bytes(params, model_config))
+    return paths.write_dir_atomic(dst, foreign.hf_files_bytes(params, model_config, class_names, eval_pp))
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -147,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     to = args.to or _default_format(args.dst)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        export(params, config, args.dst, format=to)
+        # A replaced head has no class names; the source's eval preprocessing still applies.
+        names = found.class_names if args.num_classes is None else None
+        export(params, config, args.dst, format=to, class_names=names, eval_pp=found.eval_pp)
     for warning in caught:
         print(f'note: {warning.message}')
     print(f'wrote: {loader.FORMAT_NAMES.get(to, to)} -> {args.dst}')

@@ -814,20 +814,76 @@ def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
     return _safetensors_bytes(sd, meta)
 
 
-def hf_files_bytes(params: Mapping[str, Any], config: Any) -> dict[str, bytes]:
-    """{'config.json', 'model.safetensors'} of a Hugging Face ViTForImageClassification directory, or
-    of a ViTModel whose pooler is the pre_logits layer (a model with pre_logits and no head)."""
+def hf_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None,
+                   eval_pp: Mapping[str, Any] | None = None) -> dict[str, bytes]:
+    """The files of a Hugging Face ViTForImageClassification directory, or of a ViTModel whose pooler
+    is the pre_logits layer (a model with pre_logits and no head): config.json (with `class_names` as
+    id2label), model.safetensors, and preprocessor_config.json (`hf_preprocessor`), so that
+    `transformers.pipeline('image-classification', model=directory)` runs it as vit-predict does."""
     check_exportable(params, config, 'hf')
     sd = _to_source_names(_canonical_from_linen(params, qkv=False), _HF_EXPORT)
     if 'pre_logits' in params:   # ViTModel: its own names have no `vit.` prefix
         sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
-    return {'config.json': json.dumps(_hf_config(params, config), indent=2).encode(),
-            'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'})}
+    preprocessor = hf_preprocessor(arch.image_size(params, config), eval_pp)
+    return {'config.json': json.dumps(_hf_config(params, config, class_names), indent=2).encode(),
+            'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'}),
+            'preprocessor_config.json': json.dumps(preprocessor, indent=2).encode()}
 
 
-def _hf_config(params: Mapping[str, Any], config: Any) -> dict:
+def hf_preprocessor(image_size: int, eval_pp: Mapping[str, Any] | None = None) -> dict:
+    """vit_jax's eval preprocessing as a transformers image processor: a bilinear resize of the
+    whole image to `image_size` (ViTImageProcessor), or, for a vit-train workdir that evaluated with
+    a center crop (`eval_pp`), a resize to pp.resize and the central crop (DeiTImageProcessor); then
+    (x / 255 - 0.5) / 0.5 = (x - 127.5) / 127.5. (PIL's resize, which transformers uses, smooths when
+    it shrinks and TensorFlow's does not: pixels differ slightly when an image is resized down.)"""
+    common = {'do_resize': True, 'resample': 2, 'do_rescale': True, 'rescale_factor': 1 / 255,
+              'do_normalize': True, 'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5]}
+    if eval_pp and eval_pp.get('eval_crop') == 'center' and eval_pp.get('resize'):
+        resize = int(eval_pp['resize'])
+        return {'image_processor_type': 'DeiTImageProcessor', **common,
+                'size': {'height': resize, 'width': resize}, 'do_center_crop': True,
+                'crop_size': {'height': image_size, 'width': image_size}}
+    return {'image_processor_type': 'ViTImageProcessor', **common,
+            'size': {'height': image_size, 'width': image_size}}
+
+
+def hf_eval_pp(path: str) -> dict | None:
+    """The center crop of an HF directory's preprocessor_config.json (as `hf_preprocessor` writes it,
+    DeiT's): {'crop', 'eval_crop': 'center', 'resize'} in a vit-train workdir's terms; None without
+    one (a whole-image resize)."""
+    config_path, _ = hf_files(path)
+    processor_path = paths.join(paths.parent(config_path), 'preprocessor_config.json')
+    processor = _json(processor_path) if paths.is_file(processor_path) else {}
+    size, crop = processor.get('size') or {}, processor.get('crop_size') or {}
+    if not (processor.get('do_center_crop') and processor.get('do_resize', True)):
+        return None
+    square = size.get('height') and size.get('height') == size.get('width')
+    if not (square and crop.get('height') == crop.get('width')):
+        warnings.warn(f'{processor_path}: its center crop of a {size} resize is not one vit_jax '
+                      'preprocessing expresses; vit_jax resizes whole images to the model size instead',
+                      stacklevel=2)
+        return None
+    return {'crop': int(crop['height']), 'eval_crop': 'center', 'resize': int(size['height'])}
+
+
+def hf_class_names(path: str) -> list[str] | None:
+    """The class names of an HF directory's config.json (`id2label`), None where it has only
+    transformers' placeholders (LABEL_0, ...) or none."""
+    config_path, _ = hf_files(path)
+    id2label = _json(config_path).get('id2label') or {}
+    try:
+        names = [str(id2label[str(i)]) for i in range(len(id2label))]
+    except KeyError:
+        raise CheckpointError(f'{config_path}: id2label keys are not 0..{len(id2label) - 1}') from None
+    return None if names == [f'LABEL_{i}' for i in range(len(names))] or not names else names
+
+
+def _hf_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None) -> dict:
     patch = tuple(config.patches.size)
     classes = arch.num_classes(params)
+    names = [f'LABEL_{i}' for i in range(classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != classes:
+        raise CheckpointError(f'{len(names)} class names for a {classes}-class head')
     t = config.transformer
     eps, approx = arch.numerics(config)
     pooler = {}
@@ -844,6 +900,6 @@ def _hf_config(params: Mapping[str, Any], config: Any) -> dict:
         'attention_probs_dropout_prob': float(t.get('attention_dropout_rate', 0.0)),
         'initializer_range': 0.02, 'image_size': arch.image_size(params, config), 'patch_size': int(patch[0]),
         'num_channels': 3, 'qkv_bias': True, 'encoder_stride': int(patch[0]),
-        'id2label': {str(i): f'LABEL_{i}' for i in range(classes)},
-        'label2id': {f'LABEL_{i}': i for i in range(classes)}, 'torch_dtype': 'float32'}
+        'id2label': {str(i): name for i, name in enumerate(names)},
+        'label2id': {name: i for i, name in enumerate(names)}, 'torch_dtype': 'float32'}
 

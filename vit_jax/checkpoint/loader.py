@@ -41,8 +41,8 @@ class Checkpoint:
     params: dict
     format: str                            # a FORMAT_NAMES key
     path: str                              # the local path or URL that was read
-    class_names: list[str] | None = None   # a vit-train workdir's
-    eval_pp: dict | None = None            # a vit-train workdir's eval pp (crop, eval_crop, resize)
+    class_names: list[str] | None = None   # a vit-train workdir's, an HF config.json's id2label
+    eval_pp: dict | None = None            # eval pp (crop, eval_crop, resize): a workdir's, an HF center crop
     image_size: int | None = None          # stated by the caller (a sin-cos position embedding has none)
 
 
@@ -138,13 +138,16 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
                 config.posemb = 'sincos2d'   # big_vision's only position embedding without parameters
         found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
-        found = Checkpoint(*foreign.read_hf(path), 'hf', path)
+        found = Checkpoint(*foreign.read_hf(path), 'hf', path, foreign.hf_class_names(path),
+                           foreign.hf_eval_pp(path))
     else:
         sd, meta = foreign.read_weights(path)
         fmt = foreign.weights_format(path, list(sd))
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
                           else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
-        found = Checkpoint(config, params, fmt, path)
+        hf = fmt == 'hf'
+        found = Checkpoint(config, params, fmt, path, foreign.hf_class_names(path) if hf else None,
+                           foreign.hf_eval_pp(path) if hf else None)
     arch.check_params(found.params, found.model_config, source=path)
     arch.check_values(found.params, source=path)
     if image_size is not None and family(found.model_config) == 'ViT':
