@@ -412,12 +412,14 @@ def test_eval_examples_of_a_folder_follow_split_labels(image_folder):
     cfg = _config(str(image_folder), pp=dict(crop=16, holdout=0.2))
     for split, count in (('train', 25), ('test', 6)):   # broken.jpg skipped, extra.tif read
         labels = ip.split_labels(cfg, split)
-        examples = list(ip.eval_examples(cfg, split))
-        assert len(examples) == len(labels) == count
+        sized = ip.eval_examples(cfg, split)
+        examples = list(sized)
+        assert len(examples) == len(labels) == len(sized) == count   # known before reading (progress bars)
         images = np.stack([im for im, _ in examples])
         assert images.shape == (count, 16, 16, 3) and images.dtype == np.float32
         np.testing.assert_array_equal([y for _, y in examples], labels)
         np.testing.assert_array_equal(labels, _label_from_pixels({'image': images}))
+    assert len(ip.eval_examples(cfg, 'train', indices=[7, 2, 20])) == 3
     some = list(ip.eval_examples(cfg, 'train', indices=[7, 2, 20]))
     np.testing.assert_array_equal([y for _, y in some], ip.split_labels(cfg, 'train')[[2, 7, 20]])
     with pytest.raises(DataError, match='index 99 is out of range'):

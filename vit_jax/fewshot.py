@@ -208,8 +208,10 @@ def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any,
     """(features, labels) of up to `limit` (image, label) examples, embedded batch by batch."""
     from tqdm import tqdm
     feats, labels, batch = [], [], []
+    bounds = [n for n in (len(examples) if hasattr(examples, '__len__') else None, limit) if n is not None]
+    total = min(bounds, default=None)   # the bar counts what will be embedded
     for image, label in tqdm(itertools.islice(examples, limit), desc='embedding', unit='img',
-                             file=sys.stderr, leave=False, total=limit):
+                             file=sys.stderr, leave=False, total=total):
         batch.append(image)
         labels.append(label)
         if len(batch) == batch_size:

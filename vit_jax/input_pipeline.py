@@ -552,8 +552,24 @@ def split_labels(config: Any, split: str = 'test') -> np.ndarray:
     return np.fromiter(source.in_order().map(lambda r, y: y).as_numpy_iterator(), np.int64)
 
 
-def eval_examples(config: Any, split: str = 'test', indices: np.ndarray | None = None
-                  ) -> Iterator[tuple[np.ndarray, int]]:
+@dataclasses.dataclass
+class Examples:
+    """An iterator of `eval_examples` that knows how many it yields (`len`), for progress bars."""
+
+    iterator: Iterator[tuple[np.ndarray, int]]
+    count: int
+
+    def __iter__(self) -> Examples:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, int]:
+        return next(self.iterator)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def eval_examples(config: Any, split: str = 'test', indices: np.ndarray | None = None) -> Examples:
     """`(image float32 [crop, crop, 3] in [-1, 1], label)` of a split, eval-preprocessed, in stored order.
 
     Any source (tfds name, folder, CSV, digits) and its preprocessing as in `get_datasets`, on one
@@ -575,7 +591,9 @@ def eval_examples(config: Any, split: str = 'test', indices: np.ndarray | None =
         ds = ds.map(lambda j, record: record).take(int(keep.sum()))   # stop reading after the last one
     ds = ds.map(graph_function(lambda r, y: (preprocessing.eval_image(r, pp), y)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    return ((image, int(label)) for image, label in ds.as_numpy_iterator())
+    count = source.num_examples if indices is None else int(keep.sum())
+    return Examples(((image, int(label)) for image, label in ds.as_numpy_iterator()), count)
+
 
 
 def get_datasets(config: Any, *, batch_sharding: jax.sharding.NamedSharding | None = None,
