@@ -275,15 +275,18 @@ def test_fewshot_probe_is_logged_during_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path):
+def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path, caplog):
     workdir = str(tmp_path)
     train.train_and_evaluate(_tiny_config(total_steps=3, checkpoint_every=0), workdir)
     npz = _npz(tmp_path / 'model.npz')
     assert json.loads((tmp_path / 'config.json').read_text())['model_npz_step'] == 3
     # Resumed with more steps and preempted at step 4: model.npz (step 3) is now older.
-    result = train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir,
-                                      hooks=[_sigterm_at(4)])
+    with caplog.at_level(logging.WARNING, logger='vit_jax.train'):
+        result = train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir,
+                                          hooks=[_sigterm_at(4)])
     assert result['step'] == 4 and result['preempted']
+    changed = [r.getMessage() for r in caplog.records if 'differs from its config.json' in r.getMessage()]
+    assert len(changed) == 1 and changed[0].endswith(': total_steps 3 -> 6'), changed   # said, named, once
     flat = trees.flatten(workdir_lib.load_trained(workdir)[1])
     assert flat.keys() == npz.keys()
     assert any(not np.array_equal(flat[k], npz[k]) for k in npz)  # the step-4 checkpoint, not model.npz

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from vit_jax import config_util, fewshot, input_pipeline, optim, paths, resolve, sharding
+from vit_jax import config_util, fewshot, input_pipeline, optim, paths, resolve, sharding, trees
 from vit_jax import metrics as metrics_lib
 from vit_jax.checkpoint import adapt, hub, npz
 from vit_jax.checkpoint import workdir as workdir_lib
@@ -247,6 +247,17 @@ def make_setup(config: Any, model: VisionTransformer, mesh: Any, image_size: int
     return Setup(abstract_state, shardings, tx, lr_fn, init_state)
 
 
+def _warn_changed(previous: dict, config: dict, workdir: str, step: int) -> None:
+    """A resumed run whose config differs from the workdir's config.json (a new learning rate, more
+    steps, ...) is allowed, and said in one warning that names every changed field."""
+    before, now = trees.flatten(previous, '.'), trees.flatten(config, '.')
+    changed = [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now.keys())
+               if k != 'model_npz_step' and before.get(k) != now.get(k)]
+    if changed:
+        logger.warning('Resuming %s from step %d with a config that differs from its config.json: %s',
+                       workdir, step, '; '.join(changed))
+
+
 def init_or_restore(config: Any, setup: Setup, checkpoints: workdir_lib.Checkpoints, train_iter: Any
                     ) -> tuple[dict, int | None]:
     """(state, restored step or None): the newest intact checkpoint (with the data position), else
@@ -343,6 +354,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
         start_step = int(jax.device_get(state['step']))
         saved = dict(config_util.to_dict(config), dataset_info=_dataset_info(info))
         if is_chief:
+            if restored_step is not None and paths.exists(workdir_lib.file(workdir, workdir_lib.CONFIG)):
+                _warn_changed(workdir_lib.read_config(workdir), saved, workdir, restored_step)
             if paths.exists(workdir_lib.file(workdir, workdir_lib.MODEL)):   # a finished earlier run's
                 previous = workdir_lib.read_config(workdir).get('model_npz_step')
                 if previous is not None:
