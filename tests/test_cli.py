@@ -123,3 +123,24 @@ def test_every_option_has_help_and_none_is_abbreviated(module):
         with pytest.raises(SystemExit):
             parser.parse_args(['--checkpoint', 'x.npz', '--image', 'y.png'])
         assert parser.parse_args(['--checkpoint', 'x.npz', '--image-size', '32', 'y.png']).image_size == 32
+
+
+def test_bad_numbers_and_non_utf8_text_files_are_one_line_errors(tmp_path):
+    """Counts and sizes are checked where they are parsed (`--text-heads 0` was a ZeroDivisionError,
+    `--image-size -1` reported as pp.crop); a label file saved as UTF-16 (Notepad) is read."""
+    from vit_jax import cli, labels, paths
+    from vit_jax.errors import DataError
+
+    parser = cli.argument_parser('vit-test', 'test')
+    parser.add_argument('--n', type=cli.positive_int)
+    for bad in ('0', '-1', 'x'):
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--n', bad])
+    assert parser.parse_args(['--n', '3']).n == 3
+    (tmp_path / 'utf16.txt').write_text('chat\nchien\n', encoding='utf-16')
+    (tmp_path / 'bom.txt').write_text('chat\nchien\n', encoding='utf-8-sig')
+    for name in ('utf16.txt', 'bom.txt'):
+        assert labels.load_labels(str(tmp_path / name)) == ['chat', 'chien']
+    (tmp_path / 'latin1.txt').write_bytes('café\n'.encode('latin-1'))
+    with pytest.raises(DataError, match=r'latin1.txt: not UTF-8 text \(byte 3\); save it as UTF-8'):
+        paths.read_text(tmp_path / 'latin1.txt')

@@ -361,8 +361,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--image', action='append', default=[],
                         help='image file, folder or glob (repeatable); needed for the attention figures')
     parser.add_argument('--output-dir', required=True, help='where the PNGs and analysis.json go')
-    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass')
-    parser.add_argument('--max-figure-images', type=int, default=4,
+    parser.add_argument('--batch-size', type=cli.positive_int, default=16, help='images per forward pass')
+    parser.add_argument('--max-figure-images', type=cli.positive_int, default=4,
                         help='how many images the rollout figure shows (all are averaged)')
     parser.add_argument('--crop-fraction', type=float, default=None,
                         help='resize to image_size / fraction, then take the central image_size crop '

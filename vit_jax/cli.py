@@ -91,6 +91,18 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes (--batch-size, --image-size, --num-heads, ...): an int >= 1,
+    else the usual one-line usage error naming the flag (not a traceback from deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
+    return value
+
+
 def argument_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """The parser of every vit_jax CLI: no abbreviated options (`--image` is not `--image-size`),
     defaults shown in --help."""
@@ -114,9 +126,9 @@ def add_timm_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', default=None, metavar='TIMM_NAME',
                         help='timm architecture of a timm state dict (e.g. vit_base_patch16_224; '
                              'vit-convert --list-archs)')
-    parser.add_argument('--num-heads', type=int, default=None,
+    parser.add_argument('--num-heads', type=positive_int, default=None,
                         help='attention heads of a timm state dict (timm files do not record them)')
-    parser.add_argument('--image-size', type=int, default=None, metavar='N',
+    parser.add_argument('--image-size', type=positive_int, default=None, metavar='N',
                         help='input size of a model with a fixed sin-cos position embedding (big_vision), '
                              'which records none')
     parser.add_argument('--pool', choices=('token', 'avg', 'map'), default=None,

@@ -235,14 +235,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--manual-dir', default=None, help='tfds manual download directory')
     parser.add_argument('--train-split', default=None, help='tfds split [the data set preset, else train]')
     parser.add_argument('--test-split', default=None, help='tfds split [the data set preset, else test]')
-    parser.add_argument('--shots', type=int, nargs='+', default=list(SHOTS), help='examples per class')
-    parser.add_argument('--max-train', type=int, default=None,
+    parser.add_argument('--shots', type=cli.positive_int, nargs='+', default=list(SHOTS),
+                        help='examples per class')
+    parser.add_argument('--max-train', type=cli.positive_int, default=None,
                         help='draw the support set from the first this many training examples only')
-    parser.add_argument('--max-test', type=int, default=10000, help='evaluate on at most this many')
+    parser.add_argument('--max-test', type=cli.positive_int, default=10000,
+                        help='evaluate on at most this many')
     parser.add_argument('--l2-reg', type=float, default=L2_REG,
                         help='ridge regularisation of the closed-form least squares')
     parser.add_argument('--seed', type=int, default=0, help='of the support set sample')
-    parser.add_argument('--batch-size', type=int, default=64, help='images per forward pass')
+    parser.add_argument('--batch-size', type=cli.positive_int, default=64, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print {shots: accuracy} as JSON')
     return parser
 

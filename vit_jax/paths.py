@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
+from vit_jax.errors import DataError
+
 os.environ.setdefault('EPATH_USE_TF', 'false')   # before epath picks a backend for gs:// paths
 
 import fsspec  # noqa: E402
@@ -114,8 +116,18 @@ def read_bytes(p: PathLike) -> bytes:
 
 
 def read_text(p: PathLike) -> str:
-    with _naming(p):
-        return path(p).read_text(encoding='utf-8')
+    """A text file: UTF-8, or UTF-16 / UTF-8 with a byte-order mark (what Windows editors save);
+    DataError naming the file otherwise."""
+    data = read_bytes(p)
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), 'utf-8')
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise DataError(f'{os.fspath(p)}: not {encoding.upper()} text (byte {e.start}); save it as UTF-8'
+                        ) from None
+
+
+_BOMS = ((b'\xef\xbb\xbf', 'utf-8-sig'), (b'\xff\xfe', 'utf-16'), (b'\xfe\xff', 'utf-16'))
 
 
 def open_read(p: PathLike) -> BinaryIO:

@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--labels', default=None,
                         help='imagenet2012 | imagenet21k | a text file with one label per line '
                              '(default: the workdir class names, or the list matching the head size)')
-    parser.add_argument('--top-k', type=int, default=5, help='how many classes to show per image')
-    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
+    parser.add_argument('--top-k', type=cli.positive_int, default=5,
+                        help='how many classes to show per image')
+    parser.add_argument('--batch-size', type=cli.positive_int, default=32, help='images per forward pass')
     parser.add_argument('--crop-fraction', type=float, default=None,
                         help='resize to image_size / fraction, then take the central image_size crop '
                              '(default: what a training workdir used, else resize the whole image, '

@@ -221,15 +221,15 @@ def _parser() -> argparse.ArgumentParser:
                              "else the named model's public one)")
     parser.add_argument('--model', default=None, metavar='NAME',
                         help='the LiT architecture by name, for a file not named after it')
-    parser.add_argument('--text-heads', type=int, default=None,
+    parser.add_argument('--text-heads', type=cli.positive_int, default=None,
                         help='attention heads of a BERT text tower (not recorded in the weights)')
-    parser.add_argument('--max-len', type=int, default=None,
+    parser.add_argument('--max-len', type=cli.positive_int, default=None,
                         help='tokens per text of a BERT text tower (not recorded; the LiT models use 16)')
     parser.add_argument('--crop', action='store_true',
                         help='resize the shorter side and take the central square (default: resize the '
                              'whole image, as the LiT Colab)')
-    parser.add_argument('--top-k', type=int, default=5, help='how many labels to show per image')
-    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
+    parser.add_argument('--top-k', type=cli.positive_int, default=5, help='how many labels to show per image')
+    parser.add_argument('--batch-size', type=cli.positive_int, default=32, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
     return parser
 
