@@ -456,7 +456,7 @@ def test_python_api_matches_the_cli(tiny_lit):
     (['--labels', 'cat,dog', '--templates', 'nosuch'],
      "--templates 'nosuch' is neither lit nor none nor a file"),
     (['--labels', 'cat,dog', '--vocab', 'missing.model'], 'missing.model: no such file'),
-    (['--labels', 'cat,dog', '--top-k', '0'], '--top-k and --batch-size must be >= 1'),
+    (['--labels', 'cat,dog', '--top-k', '0'], 'argument --top-k: expected a positive integer, got 0'),
 ])
 def test_vit_zeroshot_bad_input(tiny_lit, argv, message, capsys, monkeypatch):
     _, _, tmp = tiny_lit

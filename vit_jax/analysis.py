@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike
 
 from vit_jax import cli, paths, preprocessing
 from vit_jax.checkpoint import loader
-from vit_jax.errors import ConfigError, UserError
+from vit_jax.errors import UserError
 from vit_jax.images import find_images
 from vit_jax.models import MlpMixer, posemb_sincos_2d
 
@@ -374,8 +374,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`vit-analyze`; returns 1 when none of the images could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    if args.batch_size < 1 or args.max_figure_images < 1:
-        raise ConfigError('--batch-size and --max-figure-images must be >= 1')
     files = find_images(args.image) if args.image else []
     loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     doc = analyze(loaded, files, args.output_dir, batch_size=args.batch_size,

@@ -103,11 +103,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A command-line mistake is one line, as every other bad input (`--help` shows the usage)."""
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
 def argument_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every vit_jax CLI: no abbreviated options (`--image` is not `--image-size`),
-    defaults shown in --help."""
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
-                                   formatter_class=_HelpFormatter)
+    """The parser of every vit_jax CLI: errors in one line, no abbreviated options (`--image` is not
+    `--image-size`), defaults shown in --help."""
+    return _Parser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                   formatter_class=_HelpFormatter)
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:

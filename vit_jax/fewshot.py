@@ -35,7 +35,7 @@ import numpy as np
 from vit_jax import cli, config_util, input_pipeline
 from vit_jax.checkpoint import loader
 from vit_jax.configs import common
-from vit_jax.errors import ConfigError, DataError
+from vit_jax.errors import DataError
 from vit_jax.models import VisionTransformer
 
 SHOTS = (1, 5, 10, 25)
@@ -252,8 +252,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; user errors raise (ValueError / KeyError / OSError), `run` turns them into exit 2."""
     args = _parser().parse_args(argv)
-    if min(args.shots) < 1:
-        raise ConfigError(f'--shots must be >= 1, got {args.shots}')
     loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     size = loaded.image_size
     dataset = args.dataset or args.folder

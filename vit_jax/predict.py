@@ -28,7 +28,7 @@ from tqdm import tqdm
 from vit_jax import cli, images, labels, preprocessing
 from vit_jax.checkpoint import loader
 from vit_jax.checkpoint.loader import LoadedModel
-from vit_jax.errors import ConfigError, UserError
+from vit_jax.errors import UserError
 
 # --- Inference ------------------------------------------------------------------------------
 
@@ -132,8 +132,6 @@ def format_text(doc: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """`vit-predict`; returns 1 when no image could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        raise ConfigError('--top-k and --batch-size must be >= 1')
     files = images.find_images(args.inputs)
     loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     names = labels.load_labels(args.labels) if args.labels else (

@@ -237,8 +237,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`vit-zeroshot`; returns 1 when no image could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        raise ConfigError('--top-k and --batch-size must be >= 1')
     label_names = read_labels(args.labels)
     templates = read_templates(args.templates)
     files = images.find_images(args.inputs)
