@@ -636,6 +636,7 @@ def test_original_numerics_survive_hf_export(tmp_path):
     assert _rel_err(_hf_logits(back), ours, 'original numerics -> HF export') <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_hf_export_runs_in_the_transformers_pipeline_with_its_labels(tmp_path):
     """`transformers.pipeline('image-classification', model=export)` as is: our class names, our
     preprocessing ((x - 127.5) / 127.5 at the model's size), our probabilities; and vit-predict reads
