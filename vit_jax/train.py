@@ -354,12 +354,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
         start_step = int(jax.device_get(state['step']))
         saved = dict(config_util.to_dict(config), dataset_info=_dataset_info(info))
         if is_chief:
-            if restored_step is not None and paths.exists(workdir_lib.file(workdir, workdir_lib.CONFIG)):
-                _warn_changed(workdir_lib.read_config(workdir), saved, workdir, restored_step)
-            if paths.exists(workdir_lib.file(workdir, workdir_lib.MODEL)):   # a finished earlier run's
-                previous = workdir_lib.read_config(workdir).get('model_npz_step')
-                if previous is not None:
-                    saved['model_npz_step'] = previous
+            in_workdir = lambda name: paths.exists(workdir_lib.file(workdir, name))  # noqa: E731
+            finished = in_workdir(workdir_lib.MODEL)   # an earlier run's model.npz
+            resumed = restored_step is not None and in_workdir(workdir_lib.CONFIG)
+            previous = workdir_lib.read_config(workdir) if finished or resumed else {}
+            if resumed:
+                _warn_changed(previous, saved, workdir, restored_step)
+            if finished and previous.get('model_npz_step') is not None:
+                saved['model_npz_step'] = previous['model_npz_step']
             workdir_lib.write_config(workdir, saved)
 
         batch_sh = sharding.batch_sharding(mesh)

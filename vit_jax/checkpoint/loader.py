@@ -138,16 +138,15 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
                 config.posemb = 'sincos2d'   # big_vision's only position embedding without parameters
         found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
-        found = Checkpoint(*foreign.read_hf(path), 'hf', path, foreign.hf_class_names(path),
-                           foreign.hf_eval_pp(path))
+        found = Checkpoint(*foreign.read_hf(path), 'hf', path)
     else:
         sd, meta = foreign.read_weights(path)
         fmt = foreign.weights_format(path, list(sd))
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
                           else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
-        hf = fmt == 'hf'
-        found = Checkpoint(config, params, fmt, path, foreign.hf_class_names(path) if hf else None,
-                           foreign.hf_eval_pp(path) if hf else None)
+        found = Checkpoint(config, params, fmt, path)
+    if found.format == 'hf':   # what the directory records beside the weights: labels, center crop
+        found.class_names, found.eval_pp = foreign.hf_class_names(path), foreign.hf_eval_pp(path)
     arch.check_params(found.params, found.model_config, source=path)
     arch.check_values(found.params, source=path)
     if image_size is not None and family(found.model_config) == 'ViT':
