@@ -377,6 +377,49 @@ def test_corrupt_exports_are_one_line_naming_the_file(exported, tmp_path, replac
     assert '\n' not in str(e.value)
 
 
+def _metadata(**change):
+    return json.dumps(dict({'format_version': 1, 'image_size': 8, 'num_classes': 3}, **change)).encode()
+
+
+def _params_npz(exported, change):
+    with zipfile.ZipFile(exported) as z, np.load(io.BytesIO(z.read(serving.PARAMS))) as f:
+        flat = {k: f[k] for k in f.files}
+    change(flat)
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    return buffer.getvalue()
+
+
+def _nan_head(flat):
+    flat['head/bias'] = np.full_like(flat['head/bias'], np.nan)
+
+
+@pytest.mark.parametrize('replace,message', [
+    (lambda e: {serving.METADATA: _metadata(num_classes=5)}, 'num_classes=5, but model.stablehlo gives 3 logits'),
+    (lambda e: {serving.METADATA: _metadata(num_classes='3')}, "num_classes='3' is not a positive integer"),
+    (lambda e: {serving.METADATA: _metadata(class_names=['a', 'b'])}, 'class_names has 2 names for 3 logits'),
+    (lambda e: {serving.METADATA: _metadata(image_size=16)},
+     r'image_size=16, but model.stablehlo takes images \[batch, 8, 8, 3\]'),
+    (lambda e: {serving.PARAMS: None}, 'takes its parameters as an argument, but the file has no params.npz'),
+    (lambda e: {serving.PARAMS: _params_npz(e, lambda f: f.pop('head/bias'))},
+     "params.npz: does not match model.stablehlo's parameters \\(missing head/bias\\)"),
+    (lambda e: {serving.PARAMS: _params_npz(e, lambda f: f.update(extra=np.zeros(2, np.float32)))},
+     'params.npz: does not match .*unexpected extra'),
+    (lambda e: {serving.PARAMS: _params_npz(e, lambda f: f.update({'head/bias': np.zeros(4, np.float32)}))},
+     r'params.npz: head/bias is float32\[4\], but model.stablehlo takes float32\[3\]'),
+    (lambda e: {serving.PARAMS: _params_npz(e, lambda f: f.update({'head/bias': np.zeros(3, np.float16)}))},
+     r'params.npz: head/bias is float16\[3\]'),
+    (lambda e: {serving.PARAMS: _params_npz(e, _nan_head)}, 'params.npz: head/bias has non-finite values'),
+], ids=['num_classes', 'num_classes_type', 'class_names', 'image_size', 'no_params', 'missing_param',
+        'extra_param', 'param_shape', 'param_dtype', 'nan_param'])
+def test_exports_that_contradict_themselves_are_refused_at_load(exported, tmp_path, replace, message):
+    path = str(tmp_path / 'bad.vitx')
+    _rewrite(exported, path, replace(exported))
+    with pytest.raises(CheckpointError, match=f'^{path}.*{message}') as e:
+        serving.load_exported(path)
+    assert '\n' not in str(e.value)
+
+
 def test_export_zip_bomb_is_refused_in_bounded_time_and_memory(exported, tmp_path):
     path = str(tmp_path / 'bomb.vitx')
     _zip_bomb(path, serving.MODULE, archives.INFLATE_FLOOR + (64 << 20))   # model.stablehlo: zeros
