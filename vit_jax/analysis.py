@@ -37,7 +37,7 @@ from numpy.typing import ArrayLike
 from vit_jax import cli, paths, preprocessing
 from vit_jax.checkpoint import loader
 from vit_jax.errors import UserError
-from vit_jax.images import find_images
+from vit_jax.images import MAX_PIXELS, find_images
 from vit_jax.models import MlpMixer, posemb_sincos_2d
 
 # --- The numbers ----------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def _rounded(x: Any, digits: int = 5) -> Any:
 
 def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: str, *,
             batch_size: int = 16, max_figure_images: int = 4, crop_fraction: float | None = None,
-            progress: bool = False) -> dict:
+            progress: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
     """Writes the figures and `analysis.json` to `output_dir`; returns that JSON document.
 
     An MLP-Mixer has no attention and no position embeddings: it gets the patch-embedding figure
@@ -324,7 +324,7 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
             print(f'skipped {path}: {message}', file=sys.stderr)
 
         batches = preprocessing.image_batches(image_paths, loaded.image_size, batch_size, crop_fraction,
-                                              on_error)
+                                              on_error, max_pixels=max_pixels)
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, total=-(-len(image_paths) // batch_size), unit='batch', file=sys.stderr)
@@ -368,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='resize to image_size / fraction, then take the central image_size crop '
                              '(default: what a training workdir used, else resize the whole image), '
                              'as vit-predict does')
+    cli.add_max_pixels_arg(parser)
     return parser
 
 
@@ -378,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
     doc = analyze(loaded, files, args.output_dir, batch_size=args.batch_size,
                   max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
-                  progress=len(files) > args.batch_size)
+                  progress=len(files) > args.batch_size, max_pixels=args.max_image_pixels)
     for name, path in doc['figures'].items():
         print(f'{name}: {path}')
     print(f'numbers: {paths.join(args.output_dir, "analysis.json")}')

@@ -116,6 +116,13 @@ def argument_parser(prog: str, description: str, epilog: str | None = None) -> a
                    formatter_class=_HelpFormatter)
 
 
+def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    """--max-image-pixels: the decompression-bomb bound of every CLI that reads image files."""
+    from vit_jax import images
+    parser.add_argument('--max-image-pixels', type=positive_int, default=images.MAX_PIXELS, metavar='N',
+                        help='refuse image files that declare more pixels (per frame), before decoding them')
+
+
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     """--checkpoint / --model, shared by the CLIs that load a model through the one loader."""
     parser.add_argument('--checkpoint', required=True,

@@ -246,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0, help='of the support set sample')
     parser.add_argument('--batch-size', type=cli.positive_int, default=64, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print {shots: accuracy} as JSON')
+    cli.add_max_pixels_arg(parser)
     return parser
 
 
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.dataset = dataset
     config.pp.crop = size   # eval preprocessing at the model's resolution: a whole-image resize
     config.pp.eval_crop = 'resize'
+    config.pp.max_image_pixels = args.max_image_pixels
     config.update(dict(tfds_data_dir=args.data_dir, tfds_manual_dir=args.manual_dir))
     for key, value in (('train', args.train_split), ('test', args.test_split)):
         if value:

@@ -10,6 +10,12 @@ clipped); grey, grey+alpha, palette (with or without transparency) and CMYK beco
 dropped (the colour under a transparent pixel is kept, as TensorFlow and Pillow do); animations give
 their first frame; EXIF orientation is not applied (as tf.data / tfds pipelines, so training and
 inference see the same pixels); 32-bit integer and floating-point images are refused.
+
+Decompression bombs: a file that declares more than `max_pixels` pixels (default `MAX_PIXELS`,
+Pillow's own bound, ~9459x9459) is refused from its header, before anything is decoded, on every
+path: `check_image` (training's check of folders/CSVs), `check_encoded` (inference), `to_png`.
+Raise the bound with `--max-image-pixels N` (vit-predict, vit-analyze, vit-zeroshot, vit-fewshot)
+or `pp.max_image_pixels` (vit-train).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -27,6 +35,7 @@ from vit_jax.errors import DataError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff', '.ppm')
 TF_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO', 'WEBP')   # Pillow's names of what tf.io decodes
 PIL_ONLY_EXTENSIONS = ('.tif', '.tiff', '.ppm')
+MAX_PIXELS = 89_478_485   # per image (per frame); PIL.Image.MAX_IMAGE_PIXELS's default: 1 GiB / 4 / 3
 
 
 def is_image_file(name: str) -> bool:
@@ -93,20 +102,50 @@ def _animated_webp(data: bytes) -> bool:
     return data[:4] == b'RIFF' and data[8:16] == b'WEBPVP8X' and len(data) > 20 and bool(data[20] & 0x02)
 
 
-def encoded_bytes(path: str) -> bytes:
+def encoded_bytes(path: str, max_pixels: int = MAX_PIXELS) -> bytes:
     """The bytes that `vit_jax.preprocessing.decode` turns into the image of file `path`."""
     data = paths.read_bytes(path)
     if path.lower().endswith(PIL_ONLY_EXTENSIONS) or _animated_webp(data):
-        return to_png(data, path)
+        return to_png(data, path, max_pixels)
     return data
 
 
-def to_png(data: bytes, source: str) -> bytes:
+class _TooLarge(Exception):
+    """An image that declares more pixels than the bound (its message says how many)."""
+
+
+def _open(f: BinaryIO, max_pixels: int):
+    """`PIL.Image.open` (the header only), refusing more than `max_pixels` pixels before any decoding."""
+    from PIL import Image
+    with warnings.catch_warnings():   # Pillow warns between its bound and twice it: we decide here
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            im = Image.open(f)
+        except Image.DecompressionBombError as e:   # above twice Pillow's own bound
+            found = re.search(r'\((\d+) pixels\)', str(e))
+            pixels = int(found.group(1)) if found else 0
+            if pixels > max_pixels:
+                raise _TooLarge(_too_large(f'{pixels:,} pixels', max_pixels)) from None
+            raise _TooLarge(f'{pixels:,} pixels is above twice PIL.Image.MAX_IMAGE_PIXELS '
+                            f'({Image.MAX_IMAGE_PIXELS:,}); raise that too') from None
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise _TooLarge(_too_large(f'{width}x{height} pixels ({width * height:,})', max_pixels))
+    return im
+
+
+def _too_large(size: str, max_pixels: int) -> str:
+    return (f'declares {size}, more than max_image_pixels={max_pixels:,} (a decompression bomb?); to read '
+            'it, raise the bound (--max-image-pixels N, or pp.max_image_pixels in a training config)')
+
+
+def to_png(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> bytes:
     """An image Pillow reads but TensorFlow does not, re-encoded as (lossless) PNG."""
     import numpy as np
     from PIL import Image
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(io.BytesIO(data), max_pixels) as im:
             im.seek(0)
             if im.mode in ('I', 'F'):
                 kind = '32-bit integer' if im.mode == 'I' else 'floating-point'
@@ -118,41 +157,46 @@ def to_png(data: bytes, source: str) -> bytes:
             im.convert('RGBA' if 'A' in im.getbands() else 'RGB').save(out, format='PNG')
     except DataError:
         raise
+    except _TooLarge as e:
+        raise DataError(f'{source}: {e}') from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
         raise DataError(f'{source}: unreadable image ({type(e).__name__}: {e})') from None
     return out.getvalue()
 
 
-def check_image(path: str) -> str | None:
-    """None if `path` is a readable image of a supported format, else why not (Pillow, JPEGs at 1/8)."""
+def check_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
+    """None if `path` is a readable image of a supported format within `max_pixels`, else why not, as
+    'unreadable image (...)' or 'declares WxH pixels ...' (Pillow, JPEGs at 1/8)."""
     if path.lower().endswith(PIL_ONLY_EXTENSIONS):
         try:
-            to_png(paths.read_bytes(path), path)
+            to_png(paths.read_bytes(path), path, max_pixels)
         except DataError as e:
             return str(e).removeprefix(f'{path}: ')
         return None
     try:
         with paths.open_read(path) as f:
-            return _problem(f)
+            return _problem(f, max_pixels)
     except OSError as e:
-        return f'{type(e).__name__}: {e}'
+        return f'unreadable image ({type(e).__name__}: {e})'
 
 
-def check_encoded(data: bytes) -> str | None:
+def check_encoded(data: bytes, max_pixels: int = MAX_PIXELS) -> str | None:
     """`check_image` of the bytes of `encoded_bytes`: None if TensorFlow decodes them whole, else why not."""
-    return _problem(io.BytesIO(data))
+    return _problem(io.BytesIO(data), max_pixels)
 
 
-def _problem(f: BinaryIO) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+def _problem(f: BinaryIO, max_pixels: int) -> str | None:
+    from PIL import UnidentifiedImageError
     try:
-        with Image.open(f) as im:
+        with _open(f, max_pixels) as im:
             if im.format not in TF_FORMATS:
-                return f'unsupported format {im.format}'
+                return f'unreadable image (unsupported format {im.format})'
             im.draft('RGB', (im.width // 8 + 1, im.height // 8 + 1))
             im.load()
+    except _TooLarge as e:
+        return str(e)
     except UnidentifiedImageError:   # its message names the file object
-        return f'not an image of a supported format ({", ".join(IMAGE_EXTENSIONS)})'
+        return f'unreadable image (not an image of a supported format ({", ".join(IMAGE_EXTENSIONS)}))'
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
-        return f'{type(e).__name__}: {e}'
+        return f'unreadable image ({type(e).__name__}: {e})'
     return None

@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -276,39 +277,42 @@ def _csv_rows(path: str) -> tuple[list[str], list[str], list[str]]:
     return files, names, splits
 
 
-def _encoded(path: np.ndarray) -> bytes:
-    return images.encoded_bytes(os.fsdecode(np.asarray(path).item()))
-
-
-def read_image_file(path: tf.Tensor) -> tf.Tensor:
+def read_image_file(path: tf.Tensor, max_pixels: int = images.MAX_PIXELS) -> tf.Tensor:
     """The encoded bytes of an image file (`vit_jax.images.encoded_bytes`), inside tf.data.
 
     Local files TensorFlow decodes natively are read by tf.io.read_file (no Python); the others,
     and every remote file, through `images.encoded_bytes` (vit_jax.paths).
     """
+
+    def encoded(p: np.ndarray) -> bytes:
+        return images.encoded_bytes(os.fsdecode(np.asarray(p).item()), max_pixels)
+
     native = tf.logical_not(tf.logical_or(
         tf.strings.regex_full_match(tf.strings.lower(path), r'.*\.(tiff?|ppm|webp)'),
         tf.strings.regex_full_match(path, r'[a-z][a-z0-9+.-]*://.*')))
 
     def via_python():
-        data = tf.numpy_function(_encoded, [path], tf.string, stateful=False)
+        data = tf.numpy_function(encoded, [path], tf.string, stateful=False)
         data.set_shape([])
         return data
 
     return tf.cond(native, lambda: tf.io.read_file(path), via_python)
 
 
-def _drop_unreadable(files: list[str], targets: list[int], where: str) -> tuple[list[str], list[int]]:
-    """Checks every file once (threads); skips unreadable ones with ONE warning that names them."""
+def _drop_unreadable(files: list[str], targets: list[int], where: str, max_pixels: int
+                     ) -> tuple[list[str], list[int]]:
+    """Checks every file once (threads); skips unreadable ones (and those of more than `max_pixels`
+    pixels) with ONE warning that names them."""
     from tqdm import tqdm
+    check = functools.partial(images.check_image, max_pixels=max_pixels)
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, 2 * (os.cpu_count() or 1))) as pool:
-        problems = list(tqdm(pool.map(images.check_image, files), total=len(files), desc=f'checking {where}',
+        problems = list(tqdm(pool.map(check, files), total=len(files), desc=f'checking {where}',
                              disable=len(files) < 5000, leave=False))
     bad = [(p, why) for p, why in zip(files, problems, strict=True) if why]
     if bad:
         shown = '; '.join(f'{p} ({why})' for p, why in bad[:20])
         more = f'; and {len(bad) - 20} more' if len(bad) > 20 else ''
-        logger.warning('Skipping %d unreadable image(s) of %d in %s: %s%s', len(bad), len(files), where,
+        logger.warning('Skipping %d image(s) of %d in %s: %s%s', len(bad), len(files), where,
                        shown, more)
     keep = [i for i, why in enumerate(problems) if not why]
     return [files[i] for i in keep], [targets[i] for i in keep]
@@ -365,10 +369,13 @@ def _file_sources(config: Any, process_index: int, process_count: int
                         'at least 2')
     if eval_files is not None:
         _check_disjoint(files, eval_files, where)
+    max_pixels = int(_get(config, 'pp.max_image_pixels'))
+    if max_pixels < 1:
+        raise ConfigError(f'pp.max_image_pixels={max_pixels}: expected a positive number of pixels')
     if _get(config, 'pp.check_images'):
-        files, targets = _drop_unreadable(files, targets, where)
+        files, targets = _drop_unreadable(files, targets, where, max_pixels)
         if eval_files is not None:
-            eval_files, eval_targets = _drop_unreadable(eval_files, eval_targets, where)
+            eval_files, eval_targets = _drop_unreadable(eval_files, eval_targets, where, max_pixels)
     if eval_files is None:
         train_idx, eval_idx = _stratified_split(np.asarray(targets), holdout)
         eval_files, eval_targets = [files[i] for i in eval_idx], [targets[i] for i in eval_idx]
@@ -380,9 +387,11 @@ def _file_sources(config: Any, process_index: int, process_count: int
     if missing and paths.is_dir(where):
         raise DataError(f'class {names[missing[0]]!r} of {where} has no readable training images')
 
+    read = functools.partial(read_image_file, max_pixels=max_pixels)
+
     def source(p, y):
         return _indexed_source(np.asarray(p, dtype=object).astype(bytes), np.asarray(y), process_index,
-                               process_count, read=read_image_file)
+                               process_count, read=read)
     return source(files, targets), source(eval_files, eval_targets), names
 
 

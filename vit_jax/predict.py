@@ -83,7 +83,7 @@ def score_files(paths: Sequence[str], batches: Callable[[Callable[[str, str], No
 
 def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batch_size: int = 32,
                   crop_fraction: float | None = None, class_names: Sequence[str] | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, max_pixels: int = images.MAX_PIXELS) -> dict:
     """Classifies `paths`; returns the `--json` document: {results: [...], skipped: [...], ...}."""
     if loaded.num_classes is None:
         raise UserError(f'{loaded.source}: the checkpoint has no classification head')
@@ -95,7 +95,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
         raise UserError(f'{len(names)} labels for a {loaded.num_classes}-class head')
     crop_fraction = crop_fraction if crop_fraction is not None else loaded.crop_fraction
     batches = functools.partial(preprocessing.image_batches, paths, loaded.image_size, batch_size,
-                                crop_fraction)
+                                crop_fraction, max_pixels=max_pixels)
     results, skipped = score_files(paths, batches, make_predict_fn(loaded, batch_size), k, names, progress)
     return {'checkpoint': loaded.source, 'image_size': loaded.image_size,
             'num_classes': loaded.num_classes, 'results': results, 'skipped': skipped}
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                              '(default: what a training workdir used, else resize the whole image, '
                              'as the original evaluation)')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
+    cli.add_max_pixels_arg(parser)
     return parser
 
 
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded.class_names or labels.default_labels(loaded.num_classes))
     doc = predict_files(loaded, files, k=args.top_k, batch_size=args.batch_size,
                         crop_fraction=args.crop_fraction, class_names=names,
-                        progress=len(files) > args.batch_size)   # on stderr
+                        progress=len(files) > args.batch_size,   # on stderr
+                        max_pixels=args.max_image_pixels)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     if not doc['results']:
         print('vit-predict: error: none of the images could be read', file=sys.stderr)

@@ -183,15 +183,16 @@ def one_hot(label: tf.Tensor, num_classes: int, smoothing: float = 0.0) -> tf.Te
     return target
 
 
-def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor]) -> np.ndarray:
+def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor],
+               max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
     """An image file -> float32 model input: the eval preprocessing `pp` ([crop, crop, 3]), or `pp`
     applied to the decoded uint8 image (e.g. LiT's `vit_jax.preprocess.PreprocessImages.preprocess_tf`);
-    DataError if unreadable."""
-    data = images.encoded_bytes(path)
+    DataError if unreadable or larger than `max_pixels` (`vit_jax.images`)."""
+    data = images.encoded_bytes(path, max_pixels)
     # Checked as training checks its files, before TensorFlow, whose C++ logs a failed decode to stderr.
-    problem = images.check_encoded(data)
+    problem = images.check_encoded(data, max_pixels)
     if problem:
-        raise DataError(f'{path}: unreadable image ({problem})')
+        raise DataError(f'{path}: {problem}')
     data = tf.constant(data)
     try:
         return (pp(decode(data)) if callable(pp) else eval_image(data, pp)).numpy()
@@ -201,17 +202,17 @@ def load_image(path: str, pp: Preprocessing | Callable[[tf.Tensor], tf.Tensor]) 
 
 
 def image_batches(files: Iterable[str], size: int, batch_size: int, crop_fraction: float | None = None,
-                  on_error=None, *, prepare: Callable[[tf.Tensor], tf.Tensor] | None = None
-                  ) -> Iterator[tuple[list[str], np.ndarray]]:
+                  on_error=None, *, prepare: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                  max_pixels: int = images.MAX_PIXELS) -> Iterator[tuple[list[str], np.ndarray]]:
     """(files, model inputs) batches for inference (`for_inference` preprocessing, or `prepare` of
-    each decoded uint8 image); unreadable files go to `on_error(path, message)` and are skipped
-    (without `on_error` they raise)."""
+    each decoded uint8 image); unreadable files and files of more than `max_pixels` pixels go to
+    `on_error(path, message)` and are skipped (without `on_error` they raise)."""
     pp = prepare or for_inference(size, crop_fraction)
     names: list[str] = []
     batch: list[np.ndarray] = []
     for path in files:
         try:
-            batch.append(load_image(path, pp))
+            batch.append(load_image(path, pp, max_pixels))
             names.append(path)
         except (OSError, DataError) as e:
             if on_error is None:

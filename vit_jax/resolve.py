@@ -134,10 +134,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                           f'model ({config.model.get("model_name")!r}); set --config.model_type={described}')
     if config.model_or_filename:
         hub.check_augreg_name(str(config.model_or_filename))
-    patch = max(models.build_model(config.model, None, inference=True).patch_stride)
-    if config.pp.crop < patch:
-        raise ConfigError(f'config.pp.crop={config.pp.crop} is smaller than the model\'s '
-                          f'{patch}-pixel patches')
+    models.check_image_size(models.build_model(config.model, None, inference=True), config.pp.crop,
+                            'config.pp.crop', partial_patches=bool(config.pp.partial_patches))
     data = config.mesh.data
     if data != -1 and (isinstance(data, bool) or not isinstance(data, int) or data < 1):
         raise ConfigError(f'config.mesh.data={data!r} must be -1 (all devices) or a positive integer')

@@ -166,13 +166,13 @@ def _vocab_size(params: dict) -> int:
 
 def classify_files(zs: ZeroShot, files: Sequence[str], label_names: Sequence[str], *,
                    templates: Sequence[str] = PROMPTS, k: int = 5, batch_size: int = 32, crop: bool = False,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, max_pixels: int = images.MAX_PIXELS) -> dict:
     """Zero-shot classifies image files; returns the `--json` document {results, skipped, ...}."""
     if len(label_names) < 2:
         raise ConfigError(f'zero-shot classification needs at least 2 labels, got {len(label_names)}')
     label_embeddings = zs.label_embeddings(label_names, templates)
     batches = functools.partial(preprocessing.image_batches, files, zs.image_size, batch_size,
-                                prepare=zs.image_preprocessing(crop).preprocess_tf)
+                                prepare=zs.image_preprocessing(crop).preprocess_tf, max_pixels=max_pixels)
     score = lambda batch: zs.logits(zs.embed_images(batch, batch_size), label_embeddings)  # noqa: E731
     results, skipped = score_files(files, batches, score, k, label_names, progress)
     return {'checkpoint': zs.source, 'image_size': zs.image_size, 'labels': list(label_names),
@@ -231,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--top-k', type=cli.positive_int, default=5, help='how many labels to show per image')
     parser.add_argument('--batch-size', type=cli.positive_int, default=32, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
+    cli.add_max_pixels_arg(parser)
     return parser
 
 
@@ -243,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     zs = load(args.checkpoint, vocab=args.vocab, model_name=args.model, text_heads=args.text_heads,
               max_len=args.max_len)
     doc = classify_files(zs, files, label_names, templates=templates, k=args.top_k,
-                         batch_size=args.batch_size, crop=args.crop, progress=len(files) > args.batch_size)
+                         batch_size=args.batch_size, crop=args.crop, progress=len(files) > args.batch_size,
+                         max_pixels=args.max_image_pixels)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     if not doc['results']:
         print('vit-zeroshot: error: none of the images could be read', file=sys.stderr)

@@ -26,7 +26,15 @@ import ml_collections
 from vit_jax import paths, trees
 from vit_jax.checkpoint import arch, foreign, hub, npz, workdir
 from vit_jax.errors import CheckpointError, ConfigError
-from vit_jax.models import MODEL_CONFIGS, VisionTransformer, build_model, family, get_config, scan_to_blocks
+from vit_jax.models import (
+    MODEL_CONFIGS,
+    VisionTransformer,
+    build_model,
+    check_image_size,
+    family,
+    get_config,
+    scan_to_blocks,
+)
 
 FORMAT_NAMES = {
     'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
@@ -236,6 +244,8 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
             config['classifier'] = 'map' if 'MAPHead_0' in params else 'gap'
     model = build_model(config, num_classes, inference=True)
+    if image_size is not None:   # stated (a sin-cos position embedding); a recorded one tiles
+        check_image_size(model, image_size, '--image-size')
     try:
         size = image_size or arch.image_size(params, config)
     except CheckpointError as e:

@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from vit_jax import images
 from vit_jax.errors import ConfigError
 
 placeholder = ml_collections.config_dict.placeholder
@@ -59,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
         flip=True,              # random horizontal flip in training
         holdout=0.1,            # eval fraction of sources without an eval split (stratified)
         check_images=True,      # decode every folder/CSV image once up front, skip unreadable
+        partial_patches=False,  # True: a crop the patches do not tile loses its last pixels (original)
+        max_image_pixels=images.MAX_PIXELS,   # skip folder/CSV images that declare more (decompression
+                                              # bombs), from their header; needs check_images
     ))
     config.batch = 512
     config.batch_eval = 512

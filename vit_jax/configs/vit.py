@@ -26,6 +26,8 @@ def get_config(model_dataset: str) -> ml_collections.ConfigDict:
                           f'{", ".join(known)}')
     config = common.with_dataset(common.get_config(), dataset)
     config.model = get_model_config()
+    # The original fine-tunes every model at 384 px: ViT-H/14 (h14) sees the top-left 378x378 of it.
+    config.pp.partial_patches = True
     if model == 'b16' and dataset == 'cifar10':
         config.base_lr = 0.01
     return config

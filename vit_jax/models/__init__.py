@@ -9,7 +9,14 @@ and `MODEL_CONFIGS`
 from vit_jax.configs.models import MODEL_CONFIGS
 from vit_jax.models.lit import BertModel, LitModel, TextTransformer
 from vit_jax.models.mixer import MlpMixer
-from vit_jax.models.model_configs import build_model, complete_config, family, get_config, get_model
+from vit_jax.models.model_configs import (
+    build_model,
+    check_image_size,
+    complete_config,
+    family,
+    get_config,
+    get_model,
+)
 from vit_jax.models.vit import (
     AddPositionEmbs,
     Encoder,
@@ -24,7 +31,8 @@ from vit_jax.models.vit import (
 
 __all__ = [
     'MODEL_CONFIGS', 'AddPositionEmbs', 'BertModel', 'Encoder', 'Encoder1DBlock', 'LitModel', 'MlpBlock',
-    'MlpMixer', 'TextTransformer', 'VisionTransformer', 'blocks_to_scan', 'build_model', 'complete_config',
+    'MlpMixer', 'TextTransformer', 'VisionTransformer', 'blocks_to_scan', 'build_model', 'check_image_size',
+    'complete_config',
     'family', 'get_config',
     'get_model', 'num_params', 'posemb_sincos_2d', 'scan_to_blocks',
 ]

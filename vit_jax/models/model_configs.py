@@ -180,3 +180,25 @@ def get_model(name: str, num_classes: int | None = _UNSET, **overrides: Any
     if num_classes is _UNSET:
         num_classes = None if family(config) == 'LiT' else 1000
     return build_model(config, num_classes)
+
+
+def check_image_size(model: Any, size: int, what: str, *, partial_patches: bool = False) -> None:
+    """ConfigError unless `model`'s patches tile `size`-pixel images (`what` names where the size came
+    from). With `partial_patches` a side that is not a multiple of the patch size loses its last
+    pixels, as in the original (its patch embedding is a VALID convolution; e.g. ViT-H/14 at the
+    original configs' 384 px sees the top-left 378x378). A ResNet stem pads its input and a Mixer
+    pads its patches (SAME), so for them only the smallest size matters."""
+    stride = max(model.patch_stride)
+    if size < stride:
+        raise ConfigError(f"{what}={size} is smaller than the model's {stride}-pixel patches")
+    if partial_patches or not isinstance(model, VisionTransformer):
+        return
+    patch = max(model.patches['size'])
+    stem = stride // patch
+    grid = -(-size // stem)    # the ResNet stem's output side (1 without a stem)
+    if grid % patch:
+        lower, upper = grid // patch * stride, (grid // patch + 1) * stride
+        raise ConfigError(f"{what}={size} is not a multiple of the model's {stride}-pixel patches: the last "
+                          f'{grid % patch * stem} pixels of every row and column would be ignored; use '
+                          f'{lower} or {upper}')
+
