@@ -395,7 +395,8 @@ def _nan_head(flat):
 
 
 @pytest.mark.parametrize('replace,message', [
-    (lambda e: {serving.METADATA: _metadata(num_classes=5)}, 'num_classes=5, but model.stablehlo gives 3 logits'),
+    (lambda e: {serving.METADATA: _metadata(num_classes=5)},
+     'num_classes=5, but model.stablehlo gives 3 logits'),
     (lambda e: {serving.METADATA: _metadata(num_classes='3')}, "num_classes='3' is not a positive integer"),
     (lambda e: {serving.METADATA: _metadata(class_names=['a', 'b'])}, 'class_names has 2 names for 3 logits'),
     (lambda e: {serving.METADATA: _metadata(image_size=16)},
@@ -455,3 +456,418 @@ def test_a_programming_error_shows_its_traceback(monkeypatch, tmp_path):
     with pytest.raises(KeyError, match='a bug'):
         main.run(['vit-train', f'--config={ROOT}/configs/digits.py', f'--workdir={tmp_path}/w',
                    '--config.progress_bar=False'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a workdir that a run is still writing
+
+@pytest.fixture
+def rotating_workdir(tmp_path):
+    """A workdir with checkpoints at steps 1 and 2 (the head bias records the step)."""
+    from vit_jax.checkpoint import workdir as wd
+    folder = str(tmp_path / 'run')
+    model = model_configs.get_testing_config().to_dict()
+    model['patches'] = {'size': [4, 4]}
+    os.makedirs(folder)
+    with open(os.path.join(folder, 'config.json'), 'w') as f:
+        json.dump({'model': model, 'pp': {'crop': 8}, 'dataset_info': {'num_classes': 3}}, f)
+    checkpoints = wd.Checkpoints(folder, keep=5)
+    for step in (1, 2):
+        params = _tiny_params()
+        params['head']['bias'] = np.full(3, step, np.float32)
+        checkpoints.save(step, {'params': params}, {}, None)
+        checkpoints.wait()
+    checkpoints.close()
+    return folder
+
+
+def test_a_checkpoint_rotated_away_while_read_gives_the_newest_left(rotating_workdir, monkeypatch):
+    import orbax.checkpoint as ocp
+    restore = ocp.CheckpointManager.restore
+    rotated = []
+
+    def rotate_first(self, step, *a, **kw):   # the writing run deletes the step as it is read
+        if not rotated:
+            rotated.append(step)
+            import shutil
+            shutil.rmtree(os.path.join(rotating_workdir, f'checkpoint_{step}'))
+        return restore(self, step, *a, **kw)
+
+    monkeypatch.setattr(ocp.CheckpointManager, 'restore', rotate_first)
+    loaded = loader.load_model(rotating_workdir)
+    assert rotated == [2]
+    np.testing.assert_array_equal(loaded.params['head']['bias'], 1.0)
+
+
+def test_a_workdir_rotating_on_every_read_is_one_line(rotating_workdir, monkeypatch):
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    def always_gone(self, step, *a, **kw):
+        shutil.rmtree(os.path.join(rotating_workdir, f'checkpoint_{step}'), ignore_errors=True)
+        raise FileNotFoundError(f'Requested directory for restore does not exist at {step}')
+
+    monkeypatch.setattr(ocp.CheckpointManager, 'restore', always_gone)
+    os.makedirs(os.path.join(rotating_workdir, 'checkpoint_3'))   # a third to rotate
+    with pytest.raises(CheckpointError, match='rotated 3 checkpoints away while they were read; try again'):
+        loader.load_model(rotating_workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The battery: what a careless user, a corrupted download and a malicious file do to every CLI.
+# Each case runs the console script's own entry point in this process (the path of the installed
+# script, without its start-up time) and asserts its exit code and its stderr: exactly one line
+# naming the file, flag or value (`prog: error: ...`), or the one line per skipped image.
+
+def _png_bomb(path, side, rows=None):
+    """A PNG declaring side x side black pixels in ~side * side / 1000 bytes (with `rows`, only that
+    many rows of data follow the header: a file that declares more than it holds)."""
+    import struct
+    import zlib
+    comp = zlib.compressobj(9)
+    row = b'\x00' * (1 + side * 3)
+    data = b''.join(comp.compress(row) for _ in range(rows or side)) + comp.flush()
+
+    def chunk(kind, body):
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0))
+                + chunk(b'IDAT', data) + chunk(b'IEND', b''))
+
+
+def _gif_bomb(path):
+    """A GIF whose header declares a 65535 x 65535 screen around a 1 x 1 frame."""
+    Image.new('P', (1, 1)).save(path)
+    with open(path, 'r+b') as f:
+        f.seek(6)
+        f.write(b'\xff\xff\xff\xff')
+
+
+@pytest.fixture(scope='module')
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp('battery')
+    files = {'root': str(root)}
+
+    def put(name, data=None, text=None, encoding='utf-8'):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text is not None:
+            path.write_text(text, encoding=encoding)
+        elif data is not None:
+            path.write_bytes(data)
+        files[name] = str(path)
+        return str(path)
+
+    checkpoint.save(_tiny_params(), put('tiny.npz', b''))
+    put('garbage.npz', RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    Image.fromarray(BASE).save(put('img/ok.png', b''))
+    _png_bomb(put('img/bomb.png', b''), 23000, rows=1)   # the issue's 23000 x 23000
+    _png_bomb(put('img/bomb_100mp.png', b''), 10000)     # a complete one, within twice Pillow's bound
+    _gif_bomb(put('img/bomb.gif', b''))
+    put('img/empty.jpg', b'')
+    put('img/text.png', text='not an image\n')
+    jpeg = io.BytesIO()
+    Image.fromarray(BASE).save(jpeg, format='JPEG')
+    put('img/truncated.jpg', jpeg.getvalue()[:len(jpeg.getvalue()) // 2])
+    Image.fromarray(BASE[..., 0].astype(np.float32)).save(put('img/float.tiff', b''))
+    tiff_bomb = io.BytesIO()
+    Image.new('L', (1, 1)).save(tiff_bomb, format='TIFF')
+    data = bytearray(tiff_bomb.getvalue())   # ImageWidth / ImageLength (LONG) rewritten to 100000
+    for tag in (256, 257):
+        i = data.find(tag.to_bytes(2, 'little') + (4).to_bytes(2, 'little') + (1).to_bytes(4, 'little'))
+        assert i > 0
+        data[i + 8:i + 12] = (100000).to_bytes(4, 'little')
+    put('img/bomb.tiff', bytes(data))
+    put('labels_utf16.txt', text='rouge\nvert\nbleu\n', encoding='utf-16')
+    put('labels_empty.txt', text='\n\n')
+    put('labels_two.txt', text='a\nb\n')
+    put('labels_binary.txt', b'\xff\xfe\x00\xd8' * 3 + b'\x80\x81\xfe')
+    put('templates_empty.txt', text='\n')
+    put('templates_nobrace.txt', text='a photo of a thing\n')
+    put('a_file', text='x')
+    for cls in ('a', 'b'):
+        for i in range(3):
+            Image.fromarray(BASE).save(put(f'data/{cls}/{i}.png', b''))
+    return files
+
+
+def _entry(prog):
+    from vit_jax import analysis, convert, fewshot, predict, zeroshot
+    return {'vit-predict': predict.main, 'vit-analyze': analysis.main, 'vit-zeroshot': zeroshot.main,
+            'vit-fewshot': fewshot.main, 'vit-export': export.main, 'vit-convert': convert.main,
+            'vit-train': lambda argv: main.main(['vit-train', *argv])}[prog]
+
+
+def _run(prog, argv, capsys):
+    """(exit code, stdout, stderr lines) of console script `prog` run in this process."""
+    from vit_jax import cli
+    entry = _entry(prog)
+    try:
+        code = cli.run_cli(prog, lambda: entry(argv))
+    except SystemExit as e:   # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+E, S = 'error', 'skipped'   # one `prog: error: ...` line; the `skipped PATH: ...` lines only
+BATTERY = [
+    # vit-predict: images
+    ('predict-bomb-png', 'vit-predict', '{img/bomb.png} {ok} {ck}', 0, S,
+     r'skipped {img/bomb.png}: declares 529,000,000 pixels, more than max_image_pixels=89,478,485 \(a '
+     r'decompression bomb\?\); to read it, raise the bound \(--max-image-pixels N'),
+    ('predict-bomb-100mp', 'vit-predict', '{img/bomb_100mp.png} {ck}', 1, S,
+     r'skipped {img/bomb_100mp.png}: declares 10000x10000 pixels \(100,000,000\), more than '
+     r'max_image_pixels=89,478,485'),
+    ('predict-bomb-gif', 'vit-predict', '{img/bomb.gif} {ck}', 1, S,
+     r'skipped {img/bomb.gif}: declares 4,294,836,225 pixels'),
+    ('predict-bomb-tiff', 'vit-predict', '{img/bomb.tiff} {ck}', 1, S,
+     r'skipped {img/bomb.tiff}: declares 10,000,000,000 pixels'),
+    ('predict-bound-lowered', 'vit-predict', '{ok} {ck} --max-image-pixels 100', 1, S,
+     r'skipped {ok}: declares 24x20 pixels \(480\), more than max_image_pixels=100'),
+    ('predict-empty-file', 'vit-predict', '{img/empty.jpg} {ck}', 1, S,
+     r'skipped {img/empty.jpg}: unreadable image \(not an image of a supported format'),
+    ('predict-text-as-png', 'vit-predict', '{img/text.png} {ck}', 1, S,
+     r'skipped {img/text.png}: unreadable image'),
+    ('predict-truncated-jpeg', 'vit-predict', '{img/truncated.jpg} {ck}', 1, S,
+     r'skipped {img/truncated.jpg}: unreadable image \(OSError: '),
+    ('predict-float-tiff', 'vit-predict', '{img/float.tiff} {ck}', 1, S,
+     r'skipped {img/float.tiff}: floating-point images \(mode F\) are not supported'),
+    ('predict-no-images', 'vit-predict', '{root}/nothing*.png {ck}', 2, E,
+     r"no images found for '{root}/nothing\*.png'"),
+    # vit-predict: checkpoints, labels, flags
+    ('predict-missing-checkpoint', 'vit-predict', '{ok} --checkpoint {root}/missing.npz', 2, E,
+     r'{root}/missing.npz: no such file'),
+    ('predict-garbage-checkpoint', 'vit-predict', '{ok} --checkpoint {garbage.npz}', 2, E,
+     r'{garbage.npz}'),
+    ('predict-image-as-checkpoint', 'vit-predict', '{ok} --checkpoint {ok}', 2, E,
+     r'{ok}'),
+    ('predict-labels-utf16', 'vit-predict', '{ok} {ck} --labels {labels_utf16.txt}',
+     0, None, None),
+    ('predict-labels-empty', 'vit-predict', '{ok} {ck} --labels {labels_empty.txt}',
+     2, E, r'{labels_empty.txt}: no labels in the file'),
+    ('predict-labels-count', 'vit-predict', '{ok} {ck} --labels {labels_two.txt}',
+     2, E, r'2 labels for a 3-class head'),
+    ('predict-labels-binary', 'vit-predict', '{ok} {ck} --labels {labels_binary.txt}',
+     2, E, r'{labels_binary.txt}'),
+    ('predict-labels-missing', 'vit-predict', '{ok} {ck} --labels nosuch', 2, E,
+     r"labels 'nosuch': neither a file nor one of"),
+    ('predict-image-size-mismatch', 'vit-predict', '{ok} {ck} --image-size 12', 2, E,
+     r'--image-size 12, but the position embedding is for 8-pixel images'),
+    ('predict-image-size-zero', 'vit-predict', '{ok} {ck} --image-size 0', 2, E,
+     r'argument --image-size: expected a positive integer, got 0'),
+    ('predict-image-size-negative', 'vit-predict', '{ok} {ck} --image-size=-1', 2, E,
+     r'argument --image-size: expected a positive integer, got -1'),
+    ('predict-top-k-zero', 'vit-predict', '{ok} {ck} --top-k 0', 2, E,
+     r'argument --top-k: expected a positive integer, got 0'),
+    ('predict-batch-text', 'vit-predict', '{ok} {ck} --batch-size many', 2, E,
+     r"argument --batch-size: expected a positive integer, got 'many'"),
+    ('predict-crop-fraction-zero', 'vit-predict', '{ok} {ck} --crop-fraction 0', 2, E,
+     r'crop fraction 0.0 is not in \(0, 1\]'),
+    ('predict-crop-fraction-nan', 'vit-predict', '{ok} {ck} --crop-fraction nan', 2, E,
+     r'crop fraction nan is not in \(0, 1\]'),
+    ('predict-max-pixels-zero', 'vit-predict', '{ok} {ck} --max-image-pixels 0', 2, E,
+     r'argument --max-image-pixels: expected a positive integer, got 0'),
+    ('predict-abbreviated-flag', 'vit-predict', '{ok} {ck} --image {ok}', 2, E,
+     r'unrecognized arguments: --image'),
+    ('predict-unknown-model', 'vit-predict', '{ok} {ck} --model ViT-X_1', 2, E,
+     r"--model 'ViT-X_1' is unknown"),
+    ('predict-bad-pool', 'vit-predict', '{ok} {ck} --pool max', 2, E,
+     r"argument --pool: invalid choice: 'max'"),
+    ('predict-heads-zero', 'vit-predict', '{ok} {ck} --num-heads 0', 2, E,
+     r'argument --num-heads: expected a positive integer, got 0'),
+    # vit-analyze
+    ('analyze-bomb', 'vit-analyze', '{ck} --image {img/bomb.png} --output-dir {root}/an1', 1, S,
+     r'skipped {img/bomb.png}: declares 529,000,000 pixels'),
+    ('analyze-output-is-a-file', 'vit-analyze', '{ck} --output-dir {a_file}', 2, E,
+     r'{a_file}'),
+    ('analyze-figures-zero', 'vit-analyze', '{ck} --output-dir {root}/an2 --max-figure-images 0',
+     2, E, r'argument --max-figure-images: expected a positive integer, got 0'),
+    ('analyze-no-images', 'vit-analyze', '{ck} --output-dir {root}/an3 --image {root}/none/',
+     2, E, r"no images found for '{root}/none/'"),
+    # vit-zeroshot: labels and templates are checked before any checkpoint is read
+    ('zeroshot-duplicate-labels', 'vit-zeroshot', '{ok} --checkpoint {root}/lit.npz --labels red,red,green',
+     2, E, r"label 'red' is given twice: a label given twice splits its probability between the copies"),
+    ('zeroshot-labels-differ-in-case', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels "Red,red "', 2, E,
+     r"labels 'Red' and 'red' differ only in case or spaces"),
+    ('zeroshot-one-label', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}x', 2, E,
+     r"labels '{labels_two.txt}x': neither a file nor one of"),
+    ('zeroshot-empty-label', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels a,,b', 2, E,
+     r"--labels 'a,,b' has an empty label"),
+    ('zeroshot-labels-file-empty', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_empty.txt}',
+     2, E, r'{labels_empty.txt}: no labels in the file'),
+    ('zeroshot-labels-utf16-single', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}',
+     2, E, r'x.npz'),
+    ('zeroshot-templates-empty', 'vit-zeroshot',
+     '{ok} --checkpoint x.npz --labels a,b --templates {templates_empty.txt}', 2, E,
+     r'--templates {templates_empty.txt}: no prompt templates'),
+    ('zeroshot-templates-no-braces', 'vit-zeroshot',
+     '{ok} --checkpoint x.npz --labels a,b --templates {templates_nobrace.txt}', 2, E,
+     r"--templates {templates_nobrace.txt}: prompt template 'a photo of a thing' must contain exactly one"),
+    ('zeroshot-templates-missing', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels a,b --templates clip',
+     2, E, r"--templates 'clip' is neither lit nor none nor a file"),
+    ('zeroshot-text-heads-zero', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels a,b --text-heads 0',
+     2, E, r'argument --text-heads: expected a positive integer, got 0'),
+    ('zeroshot-max-len-negative', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels a,b --max-len=-4',
+     2, E, r'argument --max-len: expected a positive integer, got -4'),
+    ('zeroshot-classifier-checkpoint', 'vit-zeroshot', '{ok} {ck} --labels a,b', 2, E,
+     r'{tiny.npz}'),
+    # vit-fewshot
+    ('fewshot-shots-zero', 'vit-fewshot', '{ck} --dataset {data} --shots 0', 2, E,
+     r'argument --shots: expected a positive integer, got 0'),
+    ('fewshot-l2-negative', 'vit-fewshot', '{ck} --dataset {data} --l2-reg=-1', 2, E,
+     r'argument --l2-reg: expected a finite number >= 0, got -1'),
+    ('fewshot-l2-nan', 'vit-fewshot', '{ck} --dataset {data} --l2-reg nan', 2, E,
+     r'argument --l2-reg: expected a finite number >= 0, got nan'),
+    ('fewshot-missing-folder', 'vit-fewshot', '{ck} --folder {root}/nowhere', 2, E,
+     r'{root}/nowhere'),
+    ('fewshot-max-test-zero', 'vit-fewshot', '{ck} --dataset {data} --max-test 0', 2, E,
+     r'argument --max-test: expected a positive integer, got 0'),
+    # vit-export
+    ('export-garbage-checkpoint', 'vit-export', '--checkpoint {garbage.npz} --output {root}/x.vitx', 2, E,
+     r'{garbage.npz}'),
+    ('export-output-dir-created', 'vit-export', '{ck} --output {root}/new/dir/x.vitx', 0, None,
+     None),
+    ('export-bad-platform', 'vit-export', '{ck} --output {root}/x.vitx --platforms gpu', 2, E,
+     r"argument --platforms: invalid choice: 'gpu'"),
+    # vit-convert
+    ('convert-missing-source', 'vit-convert', '{root}/missing.npz {root}/out.npz', 2, E,
+     r'{root}/missing.npz'),
+    ('convert-garbage-source', 'vit-convert', '{garbage.npz} {root}/out.npz', 2, E, r'{garbage.npz}'),
+    ('convert-bad-format', 'vit-convert', '{tiny.npz} {root}/out.npz --to onnx', 2, E,
+     r"argument --to: invalid choice: 'onnx'"),
+    ('convert-negative-classes', 'vit-convert', '{tiny.npz} {root}/out.npz --num-classes=-2', 2, E,
+     r'--num-classes must be >= 0, got -2'),
+    # vit-train
+    ('train-crop-not-tiled', 'vit-train', '{digits} --config.pp.crop=18 --config.pp.resize=20', 2, E,
+     r"config.pp.crop=18 is not a multiple of the model's 4-pixel patches: the last 2 pixels of every row "
+     r'and column would be ignored; use 16 or 20'),
+    ('train-max-pixels-zero', 'vit-train', '{digits} '
+     '--config.pp.max_image_pixels=0', 2, E, r'config.pp.max_image_pixels=0 must be >= 1'),
+    ('train-heads-indivisible', 'vit-train', '{digits} '
+     '--config.model.transformer.num_heads=5', 2, E,
+     r'model config: hidden_size=64 is not divisible by transformer.num_heads=5'),
+    ('train-unknown-key', 'vit-train', '{digits} --config.bach=8', 2, E,
+     r"bach.*did you mean 'batch'"),
+    ('train-bool-garbage', 'vit-train', '{digits} '
+     '--config.pp.partial_patches=maybe', 2, E, r'pp.partial_patches'),
+    ('train-missing-dataset', 'vit-train', '{digits} '
+     '--config.dataset={root}/nowhere', 2, E, r"config.dataset='{root}/nowhere'"),
+    ('train-workdir-is-a-file', 'vit-train', '--config={ROOT}/configs/digits.py --workdir={a_file}', 2, E,
+     r'{a_file}'),
+    ('train-space-value-typo', 'vit-train', '{digits} '
+     '--config.batch eight', 2, E, r"config.batch.*'eight'"),
+]
+
+
+@pytest.mark.parametrize('case,prog,argv,code,kind,message', BATTERY, ids=[c[0] for c in BATTERY])
+def test_battery(kit, capsys, case, prog, argv, code, kind, message):
+    import shlex
+    fill = dict(kit, ROOT=ROOT, data=os.path.join(kit['root'], 'data'), ok=kit['img/ok.png'],
+                ck=f'--checkpoint {kit["tiny.npz"]}',
+                digits=f'--config={ROOT}/configs/digits.py --workdir={kit["root"]}/w')
+
+    def put(text, escape=lambda v: v):   # '{name}' -> that file of the kit
+        return re.sub(r'\{([\w./]+)\}', lambda m: escape(fill[m.group(1)]), text)
+    args = shlex.split(put(argv))   # the kit's paths have no spaces
+    rc, out, err = _run(prog, args, capsys)
+    assert not any('Traceback' in line for line in err), err
+    assert rc == code, (rc, err)
+    if kind == E:
+        assert len(err) == 1 and err[0].startswith(f'{prog}: error: '), err
+    elif kind == S:
+        err = [line for line in err if not line.startswith(f'{prog}: error: none of the images')]
+        assert len(err) == 1 and err[0].startswith('skipped '), err
+    else:
+        assert not err, err
+    if message is not None:
+        assert re.search(put(message, re.escape), err[0]), err[0]
+    if case == 'predict-labels-utf16':
+        assert out.splitlines()[0] == kit['img/ok.png'] and out.count('rouge') == 1
+
+
+_BOMB_PROBE = '''
+import resource, sys, time
+from vit_jax import images, preprocessing
+path = sys.argv[1]
+preprocessing.load_image(sys.argv[2], preprocessing.for_inference(8))   # TensorFlow loaded and warm
+before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+messages = [images.check_image(path), images.check_encoded(open(path, 'rb').read())]
+try:
+    preprocessing.load_image(path, preprocessing.for_inference(8))
+except Exception as e:
+    messages.append(f'{type(e).__name__}: {e}')
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(grown, time.perf_counter() - start)
+print('\\n'.join(messages))
+'''
+
+
+@pytest.mark.parametrize('name', ['img/bomb.png', 'img/bomb_100mp.png', 'img/bomb.gif', 'img/bomb.tiff'])
+def test_a_bomb_is_refused_from_its_header_in_bounded_time_and_memory(kit, name):
+    """Every Python decode path (training's check, inference's check, load_image) refuses it
+    before decoding: the resident set does not grow by the 300 MB to 30 GB the pixels would take."""
+    proc = subprocess.run([sys.executable, '-c', _BOMB_PROBE, kit[name], kit['img/ok.png']],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, *messages = proc.stdout.splitlines()
+    grown_kb, seconds = first.split()
+    assert int(grown_kb) < 50_000 and float(seconds) < 5, first
+    assert len(messages) == 3, messages
+    assert all('more than max_image_pixels=89,478,485' in m for m in messages), messages
+    assert messages[2].startswith(f'DataError: {kit[name]}: declares ')
+
+
+def test_the_pixel_bound_is_exact_and_raisable(kit):
+    from PIL import Image as PILImage
+    assert images.check_image(kit['img/ok.png'], max_pixels=10**9) is None
+    assert PILImage.MAX_IMAGE_PIXELS >= 10**9    # Pillow's own bound follows a raised one
+    ok = kit['img/ok.png']    # 24 x 20 = 480 pixels
+    assert images.check_image(ok, max_pixels=480) is None
+    assert images.check_image(ok, max_pixels=479).startswith('declares 24x20 pixels (480), more than '
+                                                             'max_image_pixels=479')
+    pp = preprocessing.for_inference(8)
+    with pytest.raises(DataError, match=f'{re.escape(ok)}: declares 24x20 pixels'):
+        preprocessing.load_image(ok, pp, max_pixels=479)
+    np.testing.assert_array_equal(preprocessing.load_image(ok, pp, max_pixels=480),
+                                  preprocessing.load_image(ok, pp))
+
+
+def test_training_skips_a_bomb_in_its_folder_naming_it(kit, tmp_path, caplog):
+    import shutil
+    shutil.copytree(os.path.join(kit['root'], 'data'), tmp_path / 'data')
+    shutil.copy(kit['img/bomb.png'], tmp_path / 'data' / 'a' / 'bomb.png')
+    config = _folder_config(tmp_path / 'data')
+    _, _, info = ip.get_datasets(config)
+    assert info.num_train + info.num_eval == 6
+    skipped = [r.getMessage() for r in caplog.records if 'Skipping' in r.getMessage()]
+    assert len(skipped) == 1 and 'bomb.png (declares 529,000,000 pixels' in skipped[0], skipped
+
+
+@pytest.mark.parametrize('size,message', [
+    (7, "image size=7 is not a multiple of the model's 4-pixel patches: the last 3 pixels of every row and "
+        'column would be ignored; use 4 or 8'),
+    (3, "image size=3 is smaller than the model's 4-pixel patches"),
+    (8, None), (12, None),
+])
+def test_image_sizes_the_patches_do_not_tile_are_refused(size, message):
+    from vit_jax.models import check_image_size
+    vit = get_model('testing', num_classes=3, **{'patches.size': (4, 4)})
+    if message is None:
+        check_image_size(vit, size, 'image size')
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_image_size(vit, size, 'image size')
+    if size >= 4:   # the original's behaviour, where it is asked for
+        check_image_size(vit, size, 'image size', partial_patches=True)
+
+
+def test_the_original_h14_config_keeps_its_partial_patches():
+    from vit_jax.configs import vit
+    config = vit.get_config('h14,cifar10')
+    config.total_steps = 1
+    assert resolve.resolve(config).pp.crop == 384        # 27 x 27 patches of the top-left 378 x 378
+    config.pp.partial_patches = False
+    with pytest.raises(ConfigError, match='config.pp.crop=384 is not a multiple .* use 378 or 392'):
+        resolve.resolve(config)

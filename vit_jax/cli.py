@@ -103,6 +103,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type of weights such as --l2-reg: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {text!r}') from None
+    if not 0 <= value < float('inf'):
+        raise argparse.ArgumentTypeError(f'expected a finite number >= 0, got {text}')
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """A command-line mistake is one line, as every other bad input (`--help` shows the usage)."""

@@ -241,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='draw the support set from the first this many training examples only')
     parser.add_argument('--max-test', type=cli.positive_int, default=10000,
                         help='evaluate on at most this many')
-    parser.add_argument('--l2-reg', type=float, default=L2_REG,
+    parser.add_argument('--l2-reg', type=cli.non_negative_float, default=L2_REG,
                         help='ridge regularisation of the closed-form least squares')
     parser.add_argument('--seed', type=int, default=0, help='of the support set sample')
     parser.add_argument('--batch-size', type=cli.positive_int, default=64, help='images per forward pass')

@@ -115,19 +115,22 @@ class _TooLarge(Exception):
 
 
 def _open(f: BinaryIO, max_pixels: int):
-    """`PIL.Image.open` (the header only), refusing more than `max_pixels` pixels before any decoding."""
+    """`PIL.Image.open` (the header only), refusing more than `max_pixels` pixels before any decoding.
+
+    Pillow's own bound (`PIL.Image.MAX_IMAGE_PIXELS`, the same default) is raised, never lowered,
+    to a larger `max_pixels`: the caller asked for such images.
+    """
     from PIL import Image
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():   # Pillow warns between its bound and twice it: we decide here
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
             im = Image.open(f)
-        except Image.DecompressionBombError as e:   # above twice Pillow's own bound
+        except Image.DecompressionBombError as e:   # above twice Pillow's bound: the size is not kept
             found = re.search(r'\((\d+) pixels\)', str(e))
-            pixels = int(found.group(1)) if found else 0
-            if pixels > max_pixels:
-                raise _TooLarge(_too_large(f'{pixels:,} pixels', max_pixels)) from None
-            raise _TooLarge(f'{pixels:,} pixels is above twice PIL.Image.MAX_IMAGE_PIXELS '
-                            f'({Image.MAX_IMAGE_PIXELS:,}); raise that too') from None
+            raise _TooLarge(_too_large(f'{int(found.group(1)):,} pixels' if found else 'too many pixels',
+                                       max_pixels)) from None
     width, height = im.size
     if width * height > max_pixels:
         im.close()

@@ -370,8 +370,6 @@ def _file_sources(config: Any, process_index: int, process_count: int
     if eval_files is not None:
         _check_disjoint(files, eval_files, where)
     max_pixels = int(_get(config, 'pp.max_image_pixels'))
-    if max_pixels < 1:
-        raise ConfigError(f'pp.max_image_pixels={max_pixels}: expected a positive number of pixels')
     if _get(config, 'pp.check_images'):
         files, targets = _drop_unreadable(files, targets, where, max_pixels)
         if eval_files is not None:

@@ -22,7 +22,10 @@ def load_labels(name_or_path: str) -> list[str]:
         text = paths.read_text(name_or_path)
     else:
         raise DataError(f'labels {name_or_path!r}: neither a file nor one of {", ".join(sorted(LABEL_SETS))}')
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise DataError(f'{name_or_path}: no labels in the file (one per line)')
+    return names
 
 
 def default_labels(num_classes: int | None) -> list[str] | None:

@@ -40,7 +40,7 @@ RANGES = {
     'eval_every': (_INT, 0, None, True), 'progress_every': (_INT, 1, None, True),
     'checkpoint_every': (_INT, 0, None, True), 'keep_checkpoints': (_INT, 1, None, True),
     'pp.crop': (_INT, 1, None, True), 'pp.resize': (_INT, 1, None, True),
-    'pp.holdout': (_FLOAT, 0, 1, True),
+    'pp.holdout': (_FLOAT, 0, 1, True), 'pp.max_image_pixels': (_INT, 1, None, True),
     'aug.randaugment_layers': (_INT, 0, None, True), 'aug.randaugment_magnitude': (_FLOAT, 0, 30, True),
     'aug.mixup_alpha': (_FLOAT, 0, None, True), 'aug.cutmix_alpha': (_FLOAT, 0, None, True),
     'aug.mixup_switch_prob': (_FLOAT, 0, 1, True), 'aug.mixup_prob': (_FLOAT, 0, 1, True),

@@ -83,6 +83,7 @@ class ZeroShot:
 
     def label_embeddings(self, label_names: Sequence[str], templates: Sequence[str] = PROMPTS) -> np.ndarray:
         """[labels, D]: per label, the mean embedding of its prompts (as the LiT Colab, not renormalised)."""
+        check_labels(label_names)
         check_templates(templates)
         texts = [t.format(name) for name in label_names for t in templates]
         return self.embed_texts(texts).reshape(len(label_names), len(templates), -1).mean(axis=1)
@@ -108,6 +109,21 @@ def _batched(fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
         out.append(np.asarray(fn(batch))[:n])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def check_labels(label_names: Sequence[str]) -> None:
+    """ConfigError unless there are at least 2 labels, all different (a label given twice, even in
+    another case, would split its probability between the copies)."""
+    if len(label_names) < 2:
+        raise ConfigError(f'zero-shot classification needs at least 2 labels, got {len(label_names)}')
+    seen: dict[str, str] = {}
+    for name in label_names:
+        key = ' '.join(name.split()).casefold()
+        if key in seen:
+            which = (f'label {name!r} is given twice' if seen[key] == name
+                     else f'labels {seen[key]!r} and {name!r} differ only in case or spaces')
+            raise ConfigError(f'{which}: a label given twice splits its probability between the copies')
+        seen[key] = name
 
 
 def check_templates(templates: Sequence[str]) -> None:
@@ -168,8 +184,6 @@ def classify_files(zs: ZeroShot, files: Sequence[str], label_names: Sequence[str
                    templates: Sequence[str] = PROMPTS, k: int = 5, batch_size: int = 32, crop: bool = False,
                    progress: bool = False, max_pixels: int = images.MAX_PIXELS) -> dict:
     """Zero-shot classifies image files; returns the `--json` document {results, skipped, ...}."""
-    if len(label_names) < 2:
-        raise ConfigError(f'zero-shot classification needs at least 2 labels, got {len(label_names)}')
     label_embeddings = zs.label_embeddings(label_names, templates)
     batches = functools.partial(preprocessing.image_batches, files, zs.image_size, batch_size,
                                 prepare=zs.image_preprocessing(crop).preprocess_tf, max_pixels=max_pixels)
@@ -200,7 +214,10 @@ def read_templates(value: str) -> tuple[str, ...]:
     if not paths.exists(value):
         raise ConfigError(f'--templates {value!r} is neither {" nor ".join(TEMPLATE_SETS)} nor a file')
     templates = tuple(line for line in paths.read_text(value).splitlines() if line.strip())
-    check_templates(templates)
+    try:
+        check_templates(templates)
+    except ConfigError as e:
+        raise ConfigError(f'--templates {value}: {e}') from None
     return templates
 
 
@@ -239,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`vit-zeroshot`; returns 1 when no image could be read, raises on bad input."""
     args = _parser().parse_args(argv)
     label_names = read_labels(args.labels)
+    check_labels(label_names)   # before the checkpoint is loaded
     templates = read_templates(args.templates)
     files = images.find_images(args.inputs)
     zs = load(args.checkpoint, vocab=args.vocab, model_name=args.model, text_heads=args.text_heads,

@@ -323,28 +323,44 @@ def load_trained(workdir: str) -> tuple[dict, Any]:
 
     Params come from the newest of `model.npz` (end of training; its step is config.json's
     `model_npz_step`) and the latest checkpoint (a run in progress, preempted, or resumed with
-    more `total_steps` after model.npz was written).
+    more `total_steps` after model.npz was written). A checkpoint that a run still writing rotates
+    away while it is read is replaced by the then newest one.
     """
     saved = read_config(workdir)
     model_path = file(workdir, MODEL)
     has_npz = paths.exists(model_path)
     has_checkpoint = any(n.startswith(STEP_PREFIX + '_') for n in paths.listdir(workdir))
-    latest = None
     if has_checkpoint:
         checkpoints = Checkpoints(workdir, keep=1, read_only=True)
         try:
-            latest = checkpoints.latest_step()
-            npz_step = saved.get('model_npz_step', -1)
-            if latest is not None and not (has_npz and npz_step >= latest):
-                restored = checkpoints.manager.restore(
-                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-                params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
-                return saved, _per_block(params)
+            params = _latest_params(checkpoints, saved.get('model_npz_step', -1) if has_npz else None)
         finally:
             checkpoints.manager.close()
+        if params is not None:
+            return saved, _per_block(params)
     if not has_npz:
         raise CheckpointError(f'{workdir!r} has neither {MODEL} nor a {STEP_PREFIX}_<step> directory')
     return saved, _per_block(npz.load(model_path))
+
+
+def _latest_params(checkpoints: Checkpoints, npz_step: int | None, tries: int = 3) -> Any | None:
+    """The params of the newest checkpoint, None if there is none or model.npz (`npz_step`) is as new."""
+    for _ in range(tries):
+        latest = checkpoints.latest_step()
+        if latest is None or (npz_step is not None and npz_step >= latest):
+            return None
+        try:
+            restored = checkpoints.manager.restore(
+                latest, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        except Exception as e:  # noqa: BLE001 - damage shows up as many error types
+            if paths.exists(checkpoints.path(latest)):
+                raise CheckpointError(f'{checkpoints.path(latest)} cannot be restored ({_one_line(e)[:300]})'
+                                      ) from None
+            checkpoints.manager.reload()   # rotated away by the run writing this workdir: take the newest
+            continue
+        return jax.tree_util.tree_map(np.asarray, restored['state']['params'])
+    raise CheckpointError(f'{checkpoints.workdir}: the run writing it rotated {tries} checkpoints away while '
+                          'they were read; try again (or wait for model.npz at the end of the run)')
 
 
 def _per_block(params: Any) -> dict:

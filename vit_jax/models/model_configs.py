@@ -169,7 +169,13 @@ def build_model(model_config: Any, num_classes: int | None, *, inference: bool =
                 kwargs[key] = jnp.dtype(kwargs[key])
             except TypeError:
                 raise ConfigError(f'model field {key}={kwargs[key]!r} is not a dtype name') from None
-    return module(num_classes=num_classes, **kwargs)
+    model = module(num_classes=num_classes, **kwargs)
+    if isinstance(model, VisionTransformer):
+        try:
+            model.check_config()
+        except ValueError as e:
+            raise ConfigError(f'model config: {e}') from None
+    return model
 
 
 def get_model(name: str, num_classes: int | None = _UNSET, **overrides: Any

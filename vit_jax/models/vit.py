@@ -359,7 +359,8 @@ class VisionTransformer(nn.Module):
         stem = 4 * 2 ** max(len(_field(self.resnet, 'num_layers', ())) - 1, 0)
         return ph * stem, pw * stem
 
-    def _check_config(self) -> None:
+    def check_config(self) -> None:
+        """ValueError naming the field if this configuration cannot be built (checked when called)."""
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f'classifier={self.classifier!r} is unknown; expected one of {CLASSIFIERS}')
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -389,7 +390,7 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Array, *, train: bool, return_attention: bool = False):
-        self._check_config()
+        self.check_config()
         if inputs.ndim != 4 or inputs.shape[-1] != 3:
             raise ValueError(f'images must be NHWC with 3 channels, got shape {inputs.shape}')
         x = inputs.astype(self.dtype or inputs.dtype)
