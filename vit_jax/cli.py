@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from vit_jax import images
 from vit_jax.errors import UserError
 
 EXIT_FAILED = 1
@@ -129,7 +130,6 @@ def argument_parser(prog: str, description: str, epilog: str | None = None) -> a
 
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     """--max-image-pixels: the decompression-bomb bound of every CLI that reads image files."""
-    from vit_jax import images
     parser.add_argument('--max-image-pixels', type=positive_int, default=images.MAX_PIXELS, metavar='N',
                         help='refuse image files that declare more pixels (per frame), before decoding them')
 

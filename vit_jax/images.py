@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import io
 import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
@@ -127,20 +126,37 @@ def _open(f: BinaryIO, max_pixels: int):
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
             im = Image.open(f)
-        except Image.DecompressionBombError as e:   # above twice Pillow's bound: the size is not kept
-            found = re.search(r'\((\d+) pixels\)', str(e))
-            raise _TooLarge(_too_large(f'{int(found.group(1)):,} pixels' if found else 'too many pixels',
-                                       max_pixels)) from None
-    width, height = im.size
-    if width * height > max_pixels:
+        except Image.DecompressionBombError:   # above twice Pillow's bound: its message has no size
+            raise _TooLarge(_too_large(_declared_size(f), max_pixels)) from None
+    if im.width * im.height > max_pixels:
         im.close()
-        raise _TooLarge(_too_large(f'{width}x{height} pixels ({width * height:,})', max_pixels))
+        raise _TooLarge(_too_large(im.size, max_pixels))
     return im
 
 
-def _too_large(size: str, max_pixels: int) -> str:
-    return (f'declares {size}, more than max_image_pixels={max_pixels:,} (a decompression bomb?); to read '
-            'it, raise the bound (--max-image-pixels N, or pp.max_image_pixels in a training config)')
+def _declared_size(f: BinaryIO) -> tuple[int, int]:
+    """The size in the header of an image that `PIL.Image.open` refused as a bomb (its format's
+    opener from Pillow's registry, which reads the header only)."""
+    from PIL import Image
+    f.seek(0)
+    prefix = f.read(16)
+    for name in Image.ID:
+        opener, accept = Image.OPEN[name]
+        found = accept is None or accept(prefix)
+        if found and not isinstance(found, str):
+            f.seek(0)
+            try:
+                return opener(f, '').size
+            except Exception:  # noqa: BLE001, S112 - not this format: the next one (as Image.open)
+                continue
+    raise ValueError('no Pillow format reads the header it refused')   # not reached
+
+
+def _too_large(size: tuple[int, int], max_pixels: int) -> str:
+    width, height = size
+    return (f'declares {width}x{height} pixels ({width * height:,}), more than '
+            f'max_image_pixels={max_pixels:,} (a decompression bomb?); to read it, raise the bound '
+            '(--max-image-pixels N, or pp.max_image_pixels in a training config)')
 
 
 def to_png(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> bytes:
