@@ -110,3 +110,50 @@ def test_train_kill_resume_predict_convert_analyze_and_fine_tune_in_a_bucket(gcs
 
     # Nothing was written locally in the bucket's place.
     assert os.listdir(cwd) == []
+
+
+def _tf_records(data: bytes) -> int:
+    """How many TFRecord frames (length, crc, data, crc) `data` holds, checking they tile it."""
+    import struct
+    count, offset = 0, 0
+    while offset < len(data):
+        length, = struct.unpack('<Q', data[offset:offset + 8])
+        offset += 8 + 4 + length + 4
+        count += 1
+    assert offset == len(data)
+    return count
+
+
+def test_metrics_and_events_grow_by_append_in_a_bucket(gcs, monkeypatch):  # noqa: F811
+    """Each flush uploads what it adds (the object grows by server-side compose), never the whole
+    file: the cost of a flush does not depend on how long the run has been logging."""
+    run = f'{gcs.bucket()}/run'
+    uploaded = []
+    write = paths.write_atomic
+    monkeypatch.setattr(paths, 'write_atomic', lambda p, d: uploaded.append((p, len(d))) or write(p, d))
+    writer = metrics.MetricWriter(run, total_steps=40, progress=False, flush_secs=0.0)
+    for step in range(1, 41):
+        writer.write_scalars(step, {'loss': 1.0 / step})   # flushed at every row
+    writer.close()
+    rows = metrics.read_jsonl(f'{run}/metrics.jsonl')
+    assert [r['step'] for r in rows] == list(range(1, 41))
+    row_bytes = max(n for p, n in uploaded if 'metrics.jsonl' in p)
+    assert row_bytes < 60, uploaded   # one row per upload, not 40
+    events = [n for n in paths.listdir(run) if 'tfevents' in n]
+    assert len(events) == 1 and not [n for n in paths.listdir(run) if '.part-' in n]
+    assert _tf_records(paths.read_bytes(f'{run}/{events[0]}')) >= 41   # file version + 40 scalars
+
+    # Resumed at step 30: the rows past it go (one rewrite), later ones are appended again.
+    writer = metrics.MetricWriter(run, total_steps=40, initial_step=30, progress=False, flush_secs=0.0)
+    writer.write_scalars(31, {'loss': 0.5})
+    writer.close()
+    assert [r['step'] for r in metrics.read_jsonl(f'{run}/metrics.jsonl')] == list(range(1, 32))
+
+
+def test_a_torn_last_row_is_dropped_when_a_run_resumes(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')    # killed mid-append
+    writer = metrics.MetricWriter(str(tmp_path), total_steps=5, initial_step=1, progress=False)
+    writer.write_scalars(2, {'loss': 0.5})
+    writer.close()
+    assert metrics.read_jsonl(str(path)) == [{'step': 1, 'loss': 1.0}, {'step': 2, 'loss': 0.5}]

@@ -2,10 +2,10 @@
 
 Only process 0 writes (the other processes of a multi-host job get a silent writer), so a pod
 writes one copy of the logs. Each `metrics.jsonl` line is `{"step": s, "<name>": value, ...}`.
-The file is rewritten whole through `vit_jax.paths` (at most every `flush_secs`, and on
-`flush()`), because appending to an object in a bucket replaces it; every row is kept. A writer
-resumed at step s drops the rows past s (they belong to the run that was cut short) and tells
-TensorBoard to hide its events past s (`purge_step`).
+New rows and events are appended through `vit_jax.paths.append` (at most every `flush_secs`,
+and on `flush()`; in a bucket by server-side compose), so a flush costs what it adds, however long
+the run. A writer resumed at step s drops the rows past s (they belong to the run that was cut
+short; the file is rewritten once) and tells TensorBoard to hide its events past s (`purge_step`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 class _RecordFile:
-    """A TensorBoard event file in a bucket: buffered, the object rewritten whole on flush."""
+    """A TensorBoard event file in a bucket: buffered, the new records appended on flush."""
 
     def __init__(self, path: str):
         self.path = path
@@ -37,7 +37,9 @@ class _RecordFile:
         self.buffer.write(data)
 
     def flush(self) -> None:
-        paths.write_atomic(self.path, self.buffer.getvalue())
+        if self.buffer.tell():
+            paths.append(self.path, self.buffer.getvalue())
+            self.buffer = io.BytesIO()
 
     def close(self) -> None:
         self.flush()
@@ -76,7 +78,7 @@ class MetricWriter:
                  enabled: bool | None = None, progress: bool = True, flush_secs: float = 10.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = paths.join(directory, METRICS_FILE)
-        self._rows: list[dict] = []
+        self._pending: list[dict] = []   # rows not yet in the file
         self._tb = None
         self._bar = None
         self._flush_secs = flush_secs
@@ -85,9 +87,9 @@ class MetricWriter:
             return
         if paths.exists(self.path):
             rows = read_jsonl(self.path)
-            self._rows = [r for r in rows if int(r.get('step', 0)) <= initial_step]
-            if len(self._rows) != len(rows):
-                self.flush()
+            kept = [r for r in rows if int(r.get('step', 0)) <= initial_step]
+            if len(kept) != len(rows) or not paths.read_text(self.path).endswith('\n'):
+                paths.write_atomic(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
         _register_remote_event_files()
         from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
         self._tb = SummaryWriter(logdir=directory, flush_secs=30,
@@ -103,15 +105,18 @@ class MetricWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
         record = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}  # JSON has no NaN
-        self._rows.append({'step': int(step), **record})
+        self._pending.append({'step': int(step), **record})
         if time.monotonic() - self._written >= self._flush_secs:
             self.flush()
 
     def flush(self) -> None:
-        """Writes every row so far (metrics.jsonl) and the pending TensorBoard events."""
+        """Appends the rows written since the last flush (metrics.jsonl) and the pending TensorBoard
+        events."""
         if not self.enabled:
             return
-        paths.write_atomic(self.path, ''.join(json.dumps(r) + '\n' for r in self._rows))
+        if self._pending:
+            paths.append(self.path, ''.join(json.dumps(r) + '\n' for r in self._pending))
+            self._pending = []
         self._written = time.monotonic()
         if self._tb is not None:
             self._tb.flush()

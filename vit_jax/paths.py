@@ -186,6 +186,36 @@ def write_atomic(p: PathLike, data: bytes | str) -> str:
     return target
 
 
+def append(p: PathLike, data: bytes | str) -> str:
+    """Adds `data` at the end of the file `p` (created if missing), at the cost of `data`, not of
+    the file: locally an append, fsynced (a crash can tear the last line, which readers drop); in a
+    bucket, where an object cannot grow, the new bytes are uploaded as an object of their own and
+    composed onto `p` by the server (GCS compose), then removed."""
+    target = os.fspath(path(p))
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    if not is_remote(target):
+        with _naming(target):
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        return target
+    if not exists(target):
+        return write_atomic(target, data)
+    part = join(parent(target), f'.{name(target)}.part-{uuid.uuid4().hex[:12]}')
+    write_atomic(part, data)
+    try:
+        with _naming(target):
+            fs, _ = fsspec.core.url_to_fs(target)
+            fs.merge(fs._strip_protocol(target), [fs._strip_protocol(target), fs._strip_protocol(part)])
+    finally:
+        remove(part)
+    return target
+
+
 def write_dir_atomic(p: PathLike, files: Mapping[str, bytes | str]) -> str:
     """Writes the directory `p` holding exactly `files` ({name: data}), swapped in whole.
 
