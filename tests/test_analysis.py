@@ -78,7 +78,8 @@ def _loaded(tmp_path, zero_queries: bool) -> loader.LoadedModel:
 def test_model_with_uniform_attention_gives_uniform_rollout(tmp_path):
     loaded = _loaded(tmp_path, zero_queries=True)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
-    distance, maps, first = analysis.make_attention_stats_fn(loaded, 4)(images)
+    distance, maps, first, logits = analysis.make_attention_stats_fn(loaded, 4)(images)
+    assert logits.shape == (2, loaded.num_classes)
     assert distance.shape == (1, 2, 2) and maps.shape == (2, 4, 4) and first.shape == (1, 2, 4, 4)
     np.testing.assert_allclose(maps, 0.5 / 17, rtol=1e-5)            # 1 layer: 0.5·(1/17) per patch
     np.testing.assert_allclose(first, 1 / 17, rtol=1e-5)              # raw attention: uniform
@@ -131,3 +132,21 @@ def test_cli(tmp_path, images, capsys):
     assert 'bad.jpg' in out.err
     assert (tmp_path / 'fig' / 'mean_attention_distance.png').stat().st_size > 1000
     assert 'mean attention distance' in out.out
+
+
+def test_cli_takes_images_positionally_writes_beside_the_checkpoint_and_names_predictions(tmp_path, images,
+                                                                                         capsys):
+    from vit_jax import predict
+    params = _loaded(tmp_path, zero_queries=False).params
+    checkpoint.save(params, str(tmp_path / 'm.npz'))
+    rc = analysis.main([str(images / 'im0.png'), str(images / 'im1.png'),
+                        '--checkpoint', str(tmp_path / 'm.npz')])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    saved = json.loads((tmp_path / 'm_analysis' / 'analysis.json').read_text())
+    assert saved['num_images'] == 2 and (tmp_path / 'm_analysis' / 'attention_rollout.png').exists()
+    expected = predict.predict_files(loader.load_model(str(tmp_path / 'm.npz')),
+                                     [str(images / 'im0.png'), str(images / 'im1.png')], k=1)['results']
+    assert {p: v['label'] for p, v in saved['predictions'].items()} == \
+        {r['path']: r['predictions'][0]['label'] for r in expected}
+    assert analysis.default_output_dir('ViT-B_16') == 'ViT-B_16_analysis'

@@ -1,12 +1,15 @@
 """`vit-analyze`: the paper's inspection figures (Dosovitskiy et al., 2020, Figs. 6 and 7).
 
-    vit-analyze --checkpoint ViT-B_16.npz --image dog.jpg --image 'val/*.jpg' --output-dir fig/
+    vit-analyze dog.jpg 'val/*.jpg' --checkpoint ViT-B_16.npz [--output-dir fig/]
 
-writes PNG figures and `analysis.json` (the numbers behind every figure) to `--output-dir`:
+writes PNG figures and `analysis.json` (the numbers behind every figure, and each image's
+predicted class) to `--output-dir` (default: `analysis/` in a training workdir, else
+`<checkpoint>_analysis/` beside a checkpoint file, or in the current directory for a name):
 
 - `attention_rollout.png`: attention rollout (Abnar & Zuidema, 2020) of the class token over
-  the patches, overlaid on each input image (Fig. 6). Per layer, heads are averaged, the
-  residual is accounted for as 0.5·A + 0.5·I (rows renormalised) and the layers are multiplied.
+  the patches, overlaid on each input image, titled with its predicted class (Fig. 6). Per
+  layer, heads are averaged, the residual is accounted for as 0.5·A + 0.5·I (rows renormalised)
+  and the layers are multiplied.
 - `attention_maps.png`: per-layer, per-head attention of the class token (or, without one, the
   mean over queries) overlaid on the first image.
 - `mean_attention_distance.png`: per head, the attention-weighted mean distance in input pixels
@@ -34,11 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vit_jax import cli, paths, preprocessing
-from vit_jax.checkpoint import loader
+from vit_jax import cli, labels, paths, preprocessing
+from vit_jax.checkpoint import loader, workdir
 from vit_jax.errors import UserError
 from vit_jax.images import MAX_PIXELS, find_images
 from vit_jax.models import MlpMixer, posemb_sincos_2d
+from vit_jax.predict import top_k
 
 # --- The numbers ----------------------------------------------------------------------------
 
@@ -138,25 +142,26 @@ def has_attention(loaded: loader.LoadedModel) -> bool:
 
 def make_attention_stats_fn(loaded: loader.LoadedModel, batch_size: int):
     """jit-compiled images [n <= batch_size] -> (distance [L, n, H], rollout maps [n, g, g],
-    per-head maps of the first image [L, H, g, g]), reduced on the device so that the full
-    attention tensor [L, B, H, N, N] never reaches host memory. Pads to one batch shape."""
+    per-head maps of the first image [L, H, g, g], logits [n, classes] or None), reduced on the
+    device so that the full attention tensor [L, B, H, N, N] never reaches host memory. Pads to
+    one batch shape."""
     g, p, stride = loaded.grid, loaded.num_prefix_tokens, loaded.stride
 
     @jax.jit
     def stats(params, images):
-        _, attention = loaded.model.apply({'params': params}, images, train=False, return_attention=True)
+        logits, attention = loaded.model.apply({'params': params}, images, train=False, return_attention=True)
         if attention is None:
             raise ValueError(f'{loaded.source}: the model has no transformer layers to inspect')
         return (attention_distance(attention, g, stride, p),
                 token_map(attention_rollout(attention), g, p),
-                token_map(attention[:, 0], g, p))
+                token_map(attention[:, 0], g, p), logits if loaded.num_classes else None)
 
-    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         n = len(images)
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
-        distance, rollout, first = jax.device_get(stats(loaded.params, images))
-        return distance[:, :n], rollout[:n], first
+        distance, rollout, first, logits = jax.device_get(stats(loaded.params, images))
+        return distance[:, :n], rollout[:n], first, None if logits is None else logits[:n]
 
     return run
 
@@ -194,15 +199,15 @@ def _overlay(ax, image: np.ndarray, mask: np.ndarray, title: str | None = None) 
         ax.set_title(title, fontsize=7)
 
 
-def plot_rollout(images: np.ndarray, maps: np.ndarray, names: Sequence[str], path: str) -> str:
-    """Per image: input, rollout map, and input masked by the map (Fig. 6)."""
+def plot_rollout(images: np.ndarray, maps: np.ndarray, titles: Sequence[str], path: str) -> str:
+    """Per image: input (titled), rollout map, and input masked by the map (Fig. 6)."""
     plt = _plt()
     fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.5 * len(images)), squeeze=False)
-    for row, image, m, name in zip(axes, images, maps, names, strict=True):
+    for row, image, m, title in zip(axes, images, maps, titles, strict=True):
         image = _to_unit(image)
         h, w = image.shape[:2]
         row[0].imshow(image)
-        row[0].set_title(paths.name(name), fontsize=8)
+        row[0].set_title(title, fontsize=8)
         row[1].imshow(m, cmap='inferno')
         row[1].set_title('attention rollout', fontsize=8)
         up = np.kron(m / max(float(m.max()), 1e-12), np.ones((h // m.shape[0], w // m.shape[1])))
@@ -214,11 +219,13 @@ def plot_rollout(images: np.ndarray, maps: np.ndarray, names: Sequence[str], pat
     return _save(fig, path, 120)
 
 
-def plot_attention_maps(image: np.ndarray, maps: np.ndarray, path: str) -> str:
+def plot_attention_maps(image: np.ndarray, maps: np.ndarray, path: str, title: str | None = None) -> str:
     """maps [L, H, g, g]: one overlay per layer (rows) and head (columns)."""
     plt = _plt()
     layers, heads = maps.shape[:2]
     fig, axes = plt.subplots(layers, heads, figsize=(1.2 * heads, 1.2 * layers + 0.3), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=8)
     image = _to_unit(image)
     for layer in range(layers):
         for head in range(heads):
@@ -329,13 +336,19 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
             from tqdm import tqdm
             batches = tqdm(batches, total=-(-len(image_paths) // batch_size), unit='batch', file=sys.stderr)
         stats_fn = make_attention_stats_fn(loaded, batch_size)
+        class_names = loaded.class_names or labels.default_labels(loaded.num_classes)
+        predictions: dict[str, dict] = {}
         for batch_names, images in batches:
-            distance, rollout, first = stats_fn(images)
+            distance, rollout, first, logits = stats_fn(images)
             distance_sum = distance.sum(axis=1) + (0 if distance_sum is None else distance_sum)
             count += len(images)
+            if logits is not None:
+                for name, top in zip(batch_names, top_k(logits, 1, class_names), strict=True):
+                    predictions[name] = {k: top[0][k] for k in ('label', 'index', 'probability')}
             if not names:
                 figures['attention_maps'] = plot_attention_maps(
-                    images[0], first, paths.join(output_dir, 'attention_maps.png'))
+                    images[0], first, paths.join(output_dir, 'attention_maps.png'),
+                    _title(batch_names[0], predictions))
                 doc['attention_maps_image'] = batch_names[0]
             names += batch_names
             rollout_maps += list(rollout)
@@ -346,21 +359,46 @@ def analyze(loaded: loader.LoadedModel, image_paths: Sequence[str], output_dir: 
             figures['mean_attention_distance'] = plot_mean_distance(
                 distance, paths.join(output_dir, 'mean_attention_distance.png'))
             figures['attention_rollout'] = plot_rollout(
-                np.stack(shown), np.stack(rollout_maps[:len(shown)]), names[:len(shown)],
+                np.stack(shown), np.stack(rollout_maps[:len(shown)]),
+                [_title(n, predictions) for n in names[:len(shown)]],
                 paths.join(output_dir, 'attention_rollout.png'))
             doc['num_images'] = count
+            if predictions:
+                doc['predictions'] = predictions
             doc['mean_attention_distance'] = _rounded(distance, 3)
             doc['attention_rollout'] = {n: _rounded(m) for n, m in zip(names, rollout_maps, strict=True)}
     paths.write_atomic(paths.join(output_dir, 'analysis.json'), json.dumps(doc))
     return doc
 
 
+def _title(path: str, predictions: dict[str, dict]) -> str:
+    """An image's name and, for a classifier, its predicted class."""
+    found = predictions.get(path)
+    return paths.name(path) + (f'\n{found["label"]} ({found["probability"]:.0%})' if found else '')
+
+
+def default_output_dir(checkpoint: str) -> str:
+    """Where vit-analyze writes without --output-dir: `analysis/` in a training workdir, else
+    `<name>_analysis/` beside a checkpoint file, else (a catalogue name) in the current directory."""
+    if workdir.is_workdir(checkpoint):
+        return paths.join(checkpoint, 'analysis')
+    stem = paths.name(checkpoint.rstrip('/')).removesuffix('.npz') or 'checkpoint'
+    if paths.exists(checkpoint):
+        return paths.join(paths.parent(checkpoint.rstrip('/')), f'{stem}_analysis')
+    return f'{stem.replace("/", "_")}_analysis'
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = cli.argument_parser('vit-analyze', __doc__.split('\n\n')[0])
+    parser.add_argument('inputs', nargs='*', metavar='IMAGES',
+                        help='image files, folders (searched recursively) or globs, for the attention '
+                             'figures (without them: the figures about the parameters only)')
     cli.add_checkpoint_args(parser)
     parser.add_argument('--image', action='append', default=[],
-                        help='image file, folder or glob (repeatable); needed for the attention figures')
-    parser.add_argument('--output-dir', required=True, help='where the PNGs and analysis.json go')
+                        help='the same as an IMAGES argument (repeatable; the original flag)')
+    parser.add_argument('--output-dir', default=None,
+                        help="where the PNGs and analysis.json go (default: a workdir's analysis/, else "
+                             '<checkpoint>_analysis/ beside the checkpoint file)')
     parser.add_argument('--batch-size', type=cli.positive_int, default=16, help='images per forward pass')
     parser.add_argument('--max-figure-images', type=cli.positive_int, default=4,
                         help='how many images the rollout figure shows (all are averaged)')
@@ -375,14 +413,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`vit-analyze`; returns 1 when none of the images could be read, raises on bad input."""
     args = _parser().parse_args(argv)
-    files = find_images(args.image) if args.image else []
+    inputs = [*args.inputs, *args.image]
+    files = find_images(inputs) if inputs else []
     loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
-    doc = analyze(loaded, files, args.output_dir, batch_size=args.batch_size,
+    output_dir = args.output_dir or default_output_dir(args.checkpoint)
+    doc = analyze(loaded, files, output_dir, batch_size=args.batch_size,
                   max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,
                   progress=len(files) > args.batch_size, max_pixels=args.max_image_pixels)
     for name, path in doc['figures'].items():
         print(f'{name}: {path}')
-    print(f'numbers: {paths.join(args.output_dir, "analysis.json")}')
+    print(f'numbers: {paths.join(output_dir, "analysis.json")}')
     if 'mean_attention_distance' in doc:
         print('mean attention distance per layer (pixels, mean over heads): '
               + ' '.join(f'{np.mean(row):.1f}' for row in doc['mean_attention_distance']))
