@@ -146,9 +146,10 @@ def test_big_vision_map_head(tmp_path):
     assert _rel_err(logits, reference, 'big_vision MAP head') <= TOLERANCE
     # timm's AttentionPoolLatent (attn_pool: latent, q, kv, proj, norm, mlp) is the same head.
     from safetensors.numpy import load_file
-    with pytest.warns(UserWarning, match='tanh GELU'):
-        exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
+    exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
     assert exported['attn_pool.kv.weight'].shape == (64, 32)
+    # Its tanh GELU is timm's act_layer='gelu_tanh', recorded in the model_args of the timm export.
+    assert foreign.timm_config(loaded, config)['model_args']['act_layer'] == 'gelu_tanh'
     assert _rel_err(_timm_reference(exported, IMAGES, heads=2, tanh=True), reference,
                     'big_vision MAP head -> timm attn_pool') <= TOLERANCE
     _assert_same_tree(loader.load(tmp_path / 'map.safetensors')[1], loaded)
@@ -541,8 +542,12 @@ def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, mo
     assert config.classifier == 'map' and not config.gelu_approximate
     with pytest.raises(CheckpointError, match='--pool token but the weights have an attention-pooling head'):
         loader.load(tmp_path / 'siglip.safetensors', num_heads=2, pool='token')
+    save_file(sd, str(tmp_path / 'plain.safetensors'))   # without the record of our export's metadata
     with pytest.raises(CheckpointError, match='the weights have no distillation token but timm architecture '
                                               'tiny_distilled has one'):
+        loader.load(tmp_path / 'plain.safetensors', timm_arch='tiny_distilled')
+    with pytest.raises(CheckpointError, match=r'vit.safetensors: --arch tiny_distilled but .*vit.safetensors '
+                                              r'\(metadata\) records architecture vit_base_patch16_224'):
         loader.load(tmp_path / 'vit.safetensors', timm_arch='tiny_distilled')
     save_file({k: v for k, v in siglip.items() if not k.startswith('attn_pool.')},
               str(tmp_path / 'gap.safetensors'))

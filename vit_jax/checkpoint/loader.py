@@ -52,6 +52,8 @@ def _kind(path: str) -> str:
         raise FileNotFoundError(2, 'no such file or directory', path)
     if workdir.is_workdir(path):
         return 'workdir'
+    if foreign.timm_hub_weights(path):
+        return 'weights'
     if paths.is_dir(path) or paths.name(path) == 'config.json':
         foreign.hf_files(path)
         return 'hf'
@@ -63,10 +65,16 @@ def _kind(path: str) -> str:
                           'a Hugging Face directory or a vit-train workdir')
 
 
+def _weights_path(path: str) -> str:
+    """The weights file of a timm hub snapshot (a directory or its config.json), else `path`."""
+    return path if workdir.is_workdir(path) else foreign.timm_hub_weights(path) or path
+
+
 def detect_format(path: str) -> str:
     """'npz', 'big_vision', 'timm', 'hf' or 'workdir', reading as little of `path` as it can."""
     path = str(path)
     kind = _kind(path)
+    path = _weights_path(path)
     if kind == 'npz':
         return 'big_vision' if npz.is_big_vision(npz.keys(path)) else 'npz'
     if kind == 'weights':
@@ -140,6 +148,7 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     elif kind == 'hf':
         found = Checkpoint(*foreign.read_hf(path), 'hf', path)
     else:
+        path = _weights_path(path)
         sd, meta = foreign.read_weights(path)
         fmt = foreign.weights_format(path, list(sd))
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
