@@ -178,9 +178,17 @@ def test_big_vision_sincos_position_embedding(tmp_path):
                     'sin-cos position embedding') <= 1e-5
 
     np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in trees.flatten(params).items()})
-    with pytest.raises(CheckpointError, match=r'bv.npz: a fixed sin-cos position embedding records no image '
-                                              r'size; give it \(--image-size N\)'):
-        loader.load_model(str(tmp_path / 'bv.npz'))
+    # Also without big_vision's `params/` prefix (a bare parameter tree): no position embedding at all.
+    np.savez(tmp_path / 'bv_bare.npz', **trees.flatten(params))
+    for name in ('bv_bare.npz', 'bv.npz'):
+        assert loader.detect_format(str(tmp_path / name)) == 'big_vision'
+        with pytest.raises(CheckpointError, match=rf'{name}: a fixed sin-cos position embedding records no '
+                                                  r'image size; give it \(--image-size N\)'):
+            loader.load_model(str(tmp_path / name))
+        loaded = loader.load_model(str(tmp_path / name), image_size=32)
+        assert _rel_err(np.asarray(loaded.model.apply({'params': loaded.params}, IMAGES, train=False)),
+                        reference, f'big_vision sin-cos {name}') <= 1e-5
+    assert convert.main([str(tmp_path / 'bv_bare.npz'), str(tmp_path / 'b.npz'), '--image-size', '32']) == 0
     loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
     assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
     # the paper's position-similarity figure, of the fixed table
