@@ -842,6 +842,30 @@ def test_hf_directory_matches_transformers(tmp_path):
     _assert_same_tree(params5, params)
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('num_attention_heads', 5, 'num_attention_heads=5 does not divide the hidden size 32'),
+    ('num_attention_heads', 2.5, 'num_attention_heads=2.5 is not an integer >= 1'),
+    ('num_attention_heads', '2', "num_attention_heads='2' is not an integer >= 1"),
+    ('num_attention_heads', 0, 'num_attention_heads=0 is not an integer >= 1'),
+    ('layer_norm_eps', 'x', "layer_norm_eps='x' is not a number > 0"),
+    ('hidden_act', ['gelu'], "hidden_act=['gelu'] is not a string"),
+    ('id2label', 3, 'id2label=3 is not a JSON object'),
+])
+def test_hf_config_json_fields_are_checked(exact, tmp_path, capsys, field, value, message):
+    """A Hugging Face config.json field of the wrong type or value is one line naming the file, the field
+    and its value (not a TypeError / ValueError traceback, nor a float of heads silently truncated)."""
+    _, params, _ = exact
+    hf = convert.export(params, arch.infer_config(params, gelu_approximate=False), str(tmp_path / 'hf'),
+                        format='hf')
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    (tmp_path / 'hf' / 'config.json').write_text(json.dumps({**config, field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(f'hf/config.json: {message}')):
+        loader.read(hf)
+    with pytest.raises(SystemExit) as exit_info:
+        convert.run([hf, str(tmp_path / 'out.npz')])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+
+
 def test_hf_export_loads_with_from_pretrained(tmp_path):
     hf = _hf_model()
     hf.save_pretrained(tmp_path / 'src')

@@ -423,6 +423,33 @@ def _json(path: str) -> dict:
     return value
 
 
+def _hf_field(config_path: str, hf: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    """A field of an HF config.json (`default` where absent, transformers' own), of type `kind` (int: >= 1;
+    float: a number > 0); else a CheckpointError naming the file, the field and its value."""
+    value = hf.get(key, default)
+    if kind is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool) and value >= 1, 'an integer >= 1'
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        what = 'a number > 0'
+    else:
+        what = {str: 'a string', bool: 'true or false', dict: 'a JSON object'}[kind]
+        ok = isinstance(value, kind)
+    if not ok:
+        raise CheckpointError(f'{config_path}: {key}={value!r} is not {what}')
+    return value
+
+
+def _hf_heads(config_path: str, hf: Mapping[str, Any], canonical: Mapping[str, np.ndarray]) -> int:
+    """num_attention_heads of an HF config.json (transformers' default 12), checked to divide the width."""
+    heads = _hf_field(config_path, hf, 'num_attention_heads', 12, int)
+    width = np.shape(canonical['patch.w'])[0] if 'patch.w' in canonical else None
+    if width is not None and width % heads:
+        raise CheckpointError(f'{config_path}: num_attention_heads={heads} does not divide the hidden size '
+                              f'{width}')
+    return heads
+
+
 def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
     """(model_config, params) of an HF ViT directory / config.json / weights file (`sd`: its weights)."""
     config_path, weights = hf_files(path)
@@ -433,7 +460,7 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     if model_type != 'vit':
         raise CheckpointError(f'{config_path}: model_type={model_type!r} is neither a plain ViT nor a SigLIP '
                               'vision model')
-    act = hf.get('hidden_act', 'gelu')
+    act = _hf_field(config_path, hf, 'hidden_act', 'gelu', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
@@ -448,9 +475,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
         raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
     canonical = _rename(sd, _HF_NAMES, weights, ignore=[r'embeddings\.mask_token'])
     # transformers' ViTConfig defaults (num_attention_heads 12, layer_norm_eps 1e-12) are the format's.
-    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
-    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', HF_LAYER_NORM_EPS),
-                             gelu_approximate=HF_GELU[act], source=weights), params
+    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
+    eps = _hf_field(config_path, hf, 'layer_norm_eps', HF_LAYER_NORM_EPS, float)
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act], source=weights)
+    return config, params
 
 
 def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
@@ -458,14 +486,14 @@ def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, n
     """A SiglipVisionModel, or the vision tower of a two-tower SiglipModel (its text tower is not
     read: the model gives SigLIP's image embeddings, the attention-pooled features)."""
     if hf['model_type'] == 'siglip':
-        hf = hf.get('vision_config') or {}
+        hf = _hf_field(config_path, hf, 'vision_config', {}, dict)
         warnings.warn(f'{config_path}: a two-tower SigLIP model; reading its vision tower only', stacklevel=4)
     # transformers' SiglipVisionConfig defaults are the format's.
-    act = hf.get('hidden_act', 'gelu_pytorch_tanh')
+    act = _hf_field(config_path, hf, 'hidden_act', 'gelu_pytorch_tanh', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
-    if not hf.get('vision_use_head', True):
+    if not _hf_field(config_path, hf, 'vision_use_head', True, bool):
         raise CheckpointError(f'{config_path}: vision_use_head=false: a SigLIP vision model without its '
                               'attention-pooling head pools nothing')
     if hf.get('num_channels', 3) != 3:
@@ -477,8 +505,8 @@ def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, n
     canonical = _rename(vision, _HF_SIGLIP_NAMES, weights)
     if np.ndim(canonical.get('pos')) == 2:   # an nn.Embedding [N, D]
         canonical['pos'] = canonical['pos'][None]
-    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
-    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', 1e-6),
+    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
+    return arch.infer_config(params, layer_norm_eps=_hf_field(config_path, hf, 'layer_norm_eps', 1e-6, float),
                              gelu_approximate=HF_GELU[act], source=weights), params
 
 
@@ -1210,7 +1238,7 @@ def hf_class_names(path: str) -> list[str] | None:
     """The class names of an HF directory's config.json (`id2label`), None where it has only
     transformers' placeholders (LABEL_0, ...) or none."""
     config_path, _ = hf_files(path)
-    id2label = _json(config_path).get('id2label') or {}
+    id2label = _hf_field(config_path, _json(config_path), 'id2label', {}, dict)
     try:
         names = [str(id2label[str(i)]) for i in range(len(id2label))]
     except KeyError:
