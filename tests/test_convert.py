@@ -688,6 +688,17 @@ def test_timm_config_json_model_args_override_the_architecture(exact, tmp_path):
         with pytest.raises(CheckpointError, match=message):
             loader.load(avg, **facts)
     assert loader.load(avg, pool='avg', num_heads=2, timm_arch='vit_base_patch16_224')[0].classifier == 'gap'
+    # The labels it records are the class names; a normalisation other than vit_jax's is said.
+    names = ['cat', 'dog', 'eel', 'fox', 'gnu']
+    record = json.loads((avg / 'config.json').read_text())
+    record['label_names'] = names
+    record['pretrained_cfg'].update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    (avg / 'config.json').write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=r'config\.json: pretrained_cfg normalises pixels with mean \[0\.4'):
+        assert loader.read(avg).class_names == names
+    (avg / 'config.json').write_text(json.dumps({**record, 'label_names': names[:3]}))
+    with pytest.raises(CheckpointError, match=r"config\.json: label_names must be 5 strings \(the head's"):
+        loader.read(avg)
 
 
 @pytest.mark.parametrize('config, message', [
@@ -770,6 +781,9 @@ def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path
                         reference, f'{name} -> timm hub directory') <= TOLERANCE
         assert exported.keys() == variant.keys(), name   # the same layout the timm file had
         _assert_same_tree(loader.load(out)[1], loaded)
+    # The class names travel as timm's label_names.
+    out = convert.export(loaded, config, str(tmp_path / 'named'), format='timm', class_names=list('abcde'))
+    assert loader.read(out).class_names == list('abcde')
     assert (record['model_args']['no_embed_class'], record['model_args']['qkv_bias'],
             record['model_args']['reg_tokens'], record['model_args']['fc_norm']) == (True, True, 4, True)
 

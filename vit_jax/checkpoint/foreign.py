@@ -812,6 +812,36 @@ def _timm_record(path: str, meta: Mapping[str, str]) -> tuple[str, dict] | None:
     return None
 
 
+def timm_class_names(path: str, meta: Mapping[str, str], num_classes: int) -> list[str] | None:
+    """The class names a timm file records (config.json's `label_names`, else its pretrained_cfg's where
+    they fit the head: a fine-tune keeps the pretrained_cfg of the model it started from), None without.
+    Warns when its pretrained_cfg normalises pixels otherwise than vit_jax ((x - 127.5) / 127.5, i.e.
+    mean = std = 0.5): vit_jax's preprocessing does not follow it."""
+    record = _timm_record(path, meta)
+    if record is None:
+        return None
+    where, config = record
+    pretrained = config.get('pretrained_cfg') or {}
+    fits = lambda names: (isinstance(names, list) and len(names) == num_classes  # noqa: E731
+                          and all(isinstance(n, str) for n in names))
+    names = config.get('label_names')
+    if names is not None and not fits(names):
+        raise CheckpointError(f'{where}: label_names must be {num_classes} strings (the head\'s classes)')
+    if names is None and fits(pretrained.get('label_names')):
+        names = pretrained['label_names']
+    mean, std = pretrained.get('mean', [0.5] * 3), pretrained.get('std', [0.5] * 3)
+    try:
+        scaled = np.asarray([mean, std], float)
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{where}: pretrained_cfg mean/std ({mean!r}, {std!r}) are not numbers'
+                              ) from None
+    if not np.allclose(scaled, 0.5):
+        warnings.warn(f'{where}: pretrained_cfg normalises pixels with mean {mean} and std {std}; vit_jax '
+                      "scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from timm's",
+                      stacklevel=3)
+    return list(names) if names else None
+
+
 def _weight_facts(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """What a timm ViT state dict records of the facts of `timm_model_facts`."""
     w = sd.get('patch_embed.proj.weight')

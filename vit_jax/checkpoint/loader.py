@@ -154,6 +154,8 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
                           else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
         found = Checkpoint(config, params, fmt, path)
+        if fmt == 'timm':   # what timm's config.json records beside the weights: labels
+            found.class_names = foreign.timm_class_names(path, meta, arch.num_classes(params))
     if found.format == 'hf':   # what the directory records beside the weights: labels, center crop
         found.class_names, found.eval_pp = foreign.hf_class_names(path), foreign.hf_eval_pp(path)
     arch.check_params(found.params, found.model_config, source=path)
