@@ -806,6 +806,15 @@ def test_timm_features_without_an_architecture_are_refused_by_name(exact, tmp_pa
         'rope': ({**sd, 'rope.freqs': r(8)}, 'rotary position embedding is not supported (rope.freqs)'),
         'swiglu': (swiglu, 'SwiGLU MLP is not supported (blocks.0.mlp.fc1_g.bias'),
         'swiglu_packed': (packed, 'SwiGLU MLP is not supported (block 0: fc1 has 128 outputs, twice the 64'),
+        # What timm's Eva (EVA-02, the rope ViTs) saves: its rotary embedding is in unsaved buffers.
+        'eva': ({**{k: v for k, v in sd.items() if not k.endswith('attn.qkv.bias')},
+                 **{f'blocks.{i}.attn.{b}_bias': r(32) for i in range(2) for b in 'qv'}},
+                "an EVA block (timm's Eva: separate q/v biases, gamma_1/2; with rotary position embedding) "
+                'is not supported (blocks.0.attn.q_bias'),
+        'clip_pre_norm': ({**sd, 'norm_pre.weight': r(32), 'norm_pre.bias': r(32)},
+                          "a LayerNorm before the blocks (timm's pre_norm, CLIP's) is not supported"),
+        'qk_norm': ({**sd, 'blocks.0.attn.q_norm.weight': r(16), 'blocks.0.attn.k_norm.weight': r(16)},
+                    'query/key normalisation (qk_norm) is not supported'),
     }
     for name, (variant, message) in cases.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))

@@ -126,6 +126,11 @@ _TIMM_EXPORT = {
 _UNSUPPORTED_FEATURES = (
     (r'(^|[._])(rope|freqs)', 'rotary position embedding'),
     (r'(^|\.)(mlp|ffn)\.(fc1_g|fc1_x|w12|w3)\.', 'SwiGLU MLP'),
+    # timm's Eva (EVA-02, the rope ViTs): rotary embeddings in buffers it does not save, and these.
+    (r'\.attn\.(q_bias|v_bias)$|\.gamma_[12]$',
+     "an EVA block (timm's Eva: separate q/v biases, gamma_1/2; with rotary position embedding)"),
+    (r'^norm_pre\.', "a LayerNorm before the blocks (timm's pre_norm, CLIP's)"),
+    (r'\.attn\.(q_norm|k_norm)\.', 'query/key normalisation (qk_norm)'),
 )
 
 
