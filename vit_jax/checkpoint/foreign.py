@@ -6,8 +6,11 @@ ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qk
 concatenated, conv weights are OIHW (ours HWIO). Files are read through `vit_jax.paths` (local
 or gs://): safetensors (never a pickle), `.pth`/`.bin` only through `torch.load(weights_only=True)`.
 Hugging Face directories carry their numerics in config.json (LayerNorm epsilon, GELU form); timm
-has eps 1e-6 and exact GELU built in. timm files do not record the number of heads: it comes
-from our own export's metadata or the caller (`num_heads`), never from a guess.
+has eps 1e-6 built in. A timm state dict does not record its heads or pooling: they come from the
+config.json timm saves beside it (its `architecture`, whose registered defaults its `model_args`
+override: `timm_model_facts`), our own export's metadata (the same record), or the caller, never
+from a guess; every fact is checked against the weights. timm exports strict-load into
+`timm.create_model(architecture, **model_args)` of the config they are written with (`timm_config`).
 """
 
 from __future__ import annotations
@@ -895,7 +898,12 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         if key in config and stated:
             stated[key], origin[key] = config[key], f'{where} {key}'
     # Our own export's metadata (files written before it recorded model_args): heads and pooling.
-    meta_heads = int(meta[META_PREFIX + 'num_heads']) if META_PREFIX + 'num_heads' in meta else None
+    meta_heads = meta.get(META_PREFIX + 'num_heads')
+    if meta_heads is not None:
+        if not meta_heads.isdigit() or int(meta_heads) < 1:
+            raise CheckpointError(f'{path}: metadata {META_PREFIX}num_heads={meta_heads!r} is not an '
+                                  'integer >= 1')
+        meta_heads = int(meta_heads)
     meta_pool = {'token': 'token', 'gap': 'avg', 'map': 'map'}.get(meta.get(META_PREFIX + 'classifier', ''))
     if not stated:
         if meta_heads is not None:
@@ -938,13 +946,15 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
         raise CheckpointError(f'{path}: token pooling but the weights have no cls_token')
     if pool == 'map' and 'attn_pool.latent' not in sd:
         raise CheckpointError(f'{path}: attention pooling but the weights have no attn_pool')
-    # The GELU form: the recorded act_layer / our export's metadata, else the architecture, else timm's
-    # default (exact).
+    # The GELU form: the file's record (its architecture and act_layer), else our export's metadata, else
+    # the caller's architecture, else timm's default (exact).
     gelu = meta.get(META_PREFIX + 'gelu_approximate')
-    approx = stated['act'] == 'gelu_tanh' if 'act' in stated else gelu == 'true'
+    if record is None and gelu is not None:
+        approx = gelu == 'true'
+    else:
+        approx = stated.get('act') == 'gelu_tanh'
     return dict(num_heads=heads, pool=pool, approx=approx, no_embed_class=stated.get('no_embed_class'),
                 img_size=stated.get('img_size'), where=origin.get('img_size'))
-
 
 
 def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
