@@ -744,7 +744,7 @@ def test_timm_config_json_refusals_name_the_file_and_field(exact, tmp_path, caps
     assert not os.path.exists(tmp_path / 'out.npz')
 
 
-def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path):
+def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path, capsys):
     """`--to timm DIR` writes timm's hub layout: the state dict has exactly the keys and shapes of
     timm.create_model(architecture, **model_args) for the architecture and model_args of its config.json
     (no qkv bias for qkv_bias=False, no class slot for no_embed_class=True), which compute the source's
@@ -781,6 +781,12 @@ def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path
                         reference, f'{name} -> timm hub directory') <= TOLERANCE
         assert exported.keys() == variant.keys(), name   # the same layout the timm file had
         _assert_same_tree(loader.load(out)[1], loaded)
+    # The CLI: --to timm with a directory writes the same, and says how timm builds the model.
+    assert convert.main([str(tmp_path / 'deit3.safetensors'), str(tmp_path / 'cli'), '--to', 'timm',
+                         '--num-heads', '2', '--pool', 'token']) == 0
+    out = capsys.readouterr().out
+    assert "timm.create_model('vit_base_patch16_224', **model_args) loads it strictly" in out
+    assert sorted(os.listdir(tmp_path / 'cli')) == ['config.json', 'model.safetensors']
     # The class names travel as timm's label_names.
     out = convert.export(loaded, config, str(tmp_path / 'named'), format='timm', class_names=list('abcde'))
     assert loader.read(out).class_names == list('abcde')

@@ -2,7 +2,8 @@
 
 Sources: a catalogue name (`ViT-B_16`, `augreg/B_16`, ...: downloaded once, verified, cached by
 `hub`), a vit-train workdir, the original / AugReg `.npz`, a big_vision `.npz`, a timm state
-dict (`.safetensors`, `.pth`/`.bin`), a Hugging Face ViT directory — local or in a bucket
+dict (`.safetensors`, `.pth`/`.bin`, or a timm hub directory: config.json naming an `architecture`
+beside model.safetensors), a Hugging Face ViT directory — local or in a bucket
 (gs://...). `read(source)` returns a `Checkpoint` (config, per-block Linen params, format,
 class names and eval preprocessing of a workdir); `load(source)` the pair `(model_config,
 params)`; `load_model(source)` a `LoadedModel` ready for inference.
@@ -118,8 +119,9 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
     `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
-    'avg') state what timm state dicts do not record; they are needed only for those (and not when
-    the config.json timm saves beside its weights names the architecture). A LiT `.npz` takes the
+    'avg' | 'map') state what timm state dicts do not record; they are needed only for those, and not
+    when the config.json timm saves beside its weights names the architecture and its model_args (then
+    one that contradicts it is a CheckpointError). A LiT `.npz` takes the
     config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
     its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither);
     the ViT `model_name` is `load_model`'s. `image_size`: the input size of a model with a fixed
