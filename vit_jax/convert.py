@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in caught:
         print(f'note: {warning.message}')
     print(f'wrote: {loader.FORMAT_NAMES.get(to, to)} -> {args.dst}')
-    if to == 'timm':
+    if to == 'timm' and (family(config) != 'Mixer' or not args.dst.endswith('.safetensors')):
         record = foreign.timm_config(params, config)
         print(f"timm: timm.create_model({record['architecture']!r}, **model_args) loads it strictly, "
               f"model_args = {json.dumps(record['model_args'])}")

@@ -1114,6 +1114,12 @@ def _timm_layout(params: Mapping[str, Any]) -> tuple[bool, bool]:
     return bool(qkv_bias), no_embed_class
 
 
+# timm's registered MlpMixers: (patch, blocks, width) -> name.
+_TIMM_MIXERS = {(32, 8, 512): 'mixer_s32_224', (16, 8, 512): 'mixer_s16_224',
+                (32, 12, 768): 'mixer_b32_224', (16, 12, 768): 'mixer_b16_224',
+                (32, 24, 1024): 'mixer_l32_224', (16, 24, 1024): 'mixer_l16_224'}
+
+
 def _timm_export_name(facts: Mapping[str, Any], distilled: bool) -> str:
     """A timm architecture of the model's class: one of `TIMM_ARCHS` with its facts, else a generic one
     (the model_args written beside it override every registered default)."""
@@ -1134,12 +1140,16 @@ def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[st
     check_exportable(params, config, 'timm')
     classes = arch.num_classes(params)
     if family(config) == 'Mixer':
-        width = int(config.hidden_dim)
-        args = dict(img_size=arch.image_size(params, config), patch_size=int(config.patches.size[0]),
-                    num_blocks=int(config.num_blocks), embed_dim=width, num_classes=classes,
+        # timm's mixer_* functions fix patch size, blocks and width (they cannot be overridden).
+        width, patch, blocks = int(config.hidden_dim), int(config.patches.size[0]), int(config.num_blocks)
+        name, pool = _TIMM_MIXERS.get((patch, blocks, width)), 'avg'
+        if name is None:
+            raise CheckpointError(f'timm registers no MlpMixer with patch {patch}, {blocks} blocks and width '
+                                  f'{width} (its mixer_{{s,b,l}}{{16,32}}_224 only); export it to a '
+                                  ".safetensors file (timm's MlpMixer class builds it) or --to npz")
+        args = dict(img_size=arch.image_size(params, config), num_classes=classes,
                     mlp_ratio=[_ratio(int(config.tokens_mlp_dim), width),
                                _ratio(int(config.channels_mlp_dim), width)])
-        name, pool = 'mixer_b16_224', 'avg'
     else:
         width, t = int(config.hidden_size), config.transformer
         qkv_bias, no_embed_class = _timm_layout(params)
@@ -1195,22 +1205,23 @@ def timm_state_dict(params: Mapping[str, Any], config: Any) -> dict[str, np.ndar
 
 
 def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
-    """A timm state dict (.safetensors, `timm_state_dict`) with vit_jax's numerics and timm's config
-    (`timm_config`: architecture and model_args) in its metadata.
+    """A timm state dict (.safetensors, `timm_state_dict`) with vit_jax's numerics and, for a ViT, timm's
+    config (`timm_config`: architecture and model_args) in its metadata.
 
     timm's LayerNorm eps is 1e-6: a model with another warns, since its logits in timm will differ
     slightly (vit_jax reads the exact numerics back).
     """
-    record = timm_config(params, config)
+    check_exportable(params, config, 'timm')
     eps, approx = arch.numerics(config)
     if eps != TIMM_LAYER_NORM_EPS:
         warnings.warn(f'this model uses LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g}), so its logits '
                       'in timm will differ slightly; vit_jax reads the exact numerics back from the file '
                       'metadata', stacklevel=3)
     meta = {'format': 'pt', META_PREFIX + 'layer_norm_eps': repr(eps),
-            META_PREFIX + 'gelu_approximate': 'true' if approx else 'false',
-            TIMM_RECORD: json.dumps({k: record[k] for k in ('architecture', 'model_args')})}
-    if family(config) != 'Mixer':
+            META_PREFIX + 'gelu_approximate': 'true' if approx else 'false'}
+    if family(config) != 'Mixer':   # (a Mixer's weights record all of it)
+        record = timm_config(params, config)
+        meta[TIMM_RECORD] = json.dumps({k: record[k] for k in ('architecture', 'model_args')})
         meta.update({META_PREFIX + 'num_heads': str(config.transformer.num_heads),
                      META_PREFIX + 'classifier': str(config.classifier)})
     if config.get('model_name'):
