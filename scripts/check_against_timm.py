@@ -35,6 +35,7 @@ CASES = [   # (timm architecture, model_args beyond TINY)
     ('vit_small_patch14_reg4_dinov2', {}), ('vit_medium_patch16_reg4_gap_256', {}),
     ('vit_base_patch16_siglip_224', {}), ('vit_base_patch32_siglip_256', {}),
     ('deit_tiny_distilled_patch16_224', {}), ('vit_base_patch16_gap_224', {}),
+    ('vit_small_patch14_reg4_dinov2', {'dynamic_img_size': True}),   # the same numerics at img_size
 ]
 
 

@@ -787,6 +787,11 @@ def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path
     out = capsys.readouterr().out
     assert "timm.create_model('vit_base_patch16_224', **model_args) loads it strictly" in out
     assert sorted(os.listdir(tmp_path / 'cli')) == ['config.json', 'model.safetensors']
+    # A file exported before the metadata recorded model_args (only heads and pooling) still loads.
+    save_file(exported, str(tmp_path / 'old.safetensors'),
+              metadata={'format': 'pt', 'vit_jax.num_heads': '2', 'vit_jax.classifier': 'gap'})
+    old_config, _ = loader.load(tmp_path / 'old.safetensors')
+    assert (old_config.transformer.num_heads, old_config.classifier) == (2, 'gap')
     # The class names travel as timm's label_names.
     out = convert.export(loaded, config, str(tmp_path / 'named'), format='timm', class_names=list('abcde'))
     assert loader.read(out).class_names == list('abcde')
