@@ -717,7 +717,7 @@ def timm_model_facts(arch_name: str, model_args: Any, where: str) -> tuple[dict[
             raise _unsupported(where, key, value, 'rotary position embedding')
         if key in _TIMM_FIXED_ARGS:
             allowed, feature = _TIMM_FIXED_ARGS[key]
-            if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
                 if key == 'mlp_layer' and 'glu' in str(value).lower():
                     feature = 'SwiGLU MLP'
                 raise _unsupported(where, key, value, feature)
