@@ -714,6 +714,7 @@ def test_timm_config_json_model_args_override_the_architecture(exact, tmp_path):
     (dict(model_args={'pre_norm': True}), r"model_args pre_norm=True: a LayerNorm before the blocks"),
     (dict(model_args={'dynamic_img_pad': True}), r'model_args dynamic_img_pad=True: padding'),
     (dict(model_args={'act_layer': 'quick_gelu'}), r"act_layer='quick_gelu': an activation other than gelu"),
+    (dict(model_args={'act_layer': ['gelu']}), r"act_layer=\['gelu'\]: an activation other than gelu"),
     (dict(model_args={'global_pool': 'avgmax'}), r"global_pool='avgmax': a pooling other than token"),
     (dict(model_args={'frobnicate': 1}), r'model_args frobnicate=1 is not a timm VisionTransformer argument'),
     (dict(model_args={'qkv_bias': False}),

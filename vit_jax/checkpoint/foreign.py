@@ -749,7 +749,7 @@ def timm_model_facts(arch_name: str, model_args: Any, where: str) -> tuple[dict[
                 raise _unsupported(where, key, value, 'a pooling other than token, avg or map')
             name = 'pool'
         elif key == 'act_layer':
-            if value not in _TIMM_ACTS:
+            if not (value is None or isinstance(value, str)) or value not in _TIMM_ACTS:
                 raise _unsupported(where, key, value, 'an activation other than gelu or gelu_tanh')
             value, name = _TIMM_ACTS[value], 'act'
         else:
