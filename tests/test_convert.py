@@ -7,6 +7,7 @@ The max relative logit errors are printed (run with `-s` to see them):
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -146,9 +147,10 @@ def test_big_vision_map_head(tmp_path):
     assert _rel_err(logits, reference, 'big_vision MAP head') <= TOLERANCE
     # timm's AttentionPoolLatent (attn_pool: latent, q, kv, proj, norm, mlp) is the same head.
     from safetensors.numpy import load_file
-    with pytest.warns(UserWarning, match='tanh GELU'):
-        exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
+    exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
     assert exported['attn_pool.kv.weight'].shape == (64, 32)
+    # Its tanh GELU is timm's act_layer='gelu_tanh', recorded in the model_args of the timm export.
+    assert foreign.timm_config(loaded, config)['model_args']['act_layer'] == 'gelu_tanh'
     assert _rel_err(_timm_reference(exported, IMAGES, heads=2, tanh=True), reference,
                     'big_vision MAP head -> timm attn_pool') <= TOLERANCE
     _assert_same_tree(loader.load(tmp_path / 'map.safetensors')[1], loaded)
@@ -176,9 +178,17 @@ def test_big_vision_sincos_position_embedding(tmp_path):
                     'sin-cos position embedding') <= 1e-5
 
     np.savez(tmp_path / 'bv.npz', **{'params/' + k: v for k, v in trees.flatten(params).items()})
-    with pytest.raises(CheckpointError, match=r'bv.npz: a fixed sin-cos position embedding records no image '
-                                              r'size; give it \(--image-size N\)'):
-        loader.load_model(str(tmp_path / 'bv.npz'))
+    # Also without big_vision's `params/` prefix (a bare parameter tree): no position embedding at all.
+    np.savez(tmp_path / 'bv_bare.npz', **trees.flatten(params))
+    for name in ('bv_bare.npz', 'bv.npz'):
+        assert loader.detect_format(str(tmp_path / name)) == 'big_vision'
+        with pytest.raises(CheckpointError, match=rf'{name}: a fixed sin-cos position embedding records no '
+                                                  r'image size; give it \(--image-size N\)'):
+            loader.load_model(str(tmp_path / name))
+        loaded = loader.load_model(str(tmp_path / name), image_size=32)
+        assert _rel_err(np.asarray(loaded.model.apply({'params': loaded.params}, IMAGES, train=False)),
+                        reference, f'big_vision sin-cos {name}') <= 1e-5
+    assert convert.main([str(tmp_path / 'bv_bare.npz'), str(tmp_path / 'b.npz'), '--image-size', '32']) == 0
     loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
     assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
     # the paper's position-similarity figure, of the fixed table
@@ -541,8 +551,12 @@ def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, mo
     assert config.classifier == 'map' and not config.gelu_approximate
     with pytest.raises(CheckpointError, match='--pool token but the weights have an attention-pooling head'):
         loader.load(tmp_path / 'siglip.safetensors', num_heads=2, pool='token')
+    save_file(sd, str(tmp_path / 'plain.safetensors'))   # without the record of our export's metadata
     with pytest.raises(CheckpointError, match='the weights have no distillation token but timm architecture '
                                               'tiny_distilled has one'):
+        loader.load(tmp_path / 'plain.safetensors', timm_arch='tiny_distilled')
+    with pytest.raises(CheckpointError, match=r'vit.safetensors: --arch tiny_distilled but .*vit.safetensors '
+                                              r'\(metadata\) records architecture vit_base_patch16_224'):
         loader.load(tmp_path / 'vit.safetensors', timm_arch='tiny_distilled')
     save_file({k: v for k, v in siglip.items() if not k.startswith('attn_pool.')},
               str(tmp_path / 'gap.safetensors'))
@@ -565,6 +579,259 @@ def test_timm_architecture_table():
     listing = convert.list_archs()
     assert 'vit_base_patch16_gap_224' in listing and 'vit_large_patch16_384' in listing
     assert len(listing.splitlines()) == len(foreign.TIMM_ARCHS) + 1
+
+
+# --- timm's config.json: model_args are the source of truth ------------------------------------------
+
+def _timm_hub(directory, sd, architecture, model_args=None, **root):
+    """A timm hub snapshot as `timm.models.save_for_hf` writes it: model.safetensors and config.json
+    (architecture, num_classes, num_features, global_pool, model_args, pretrained_cfg)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    save_file(sd, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    config = {'architecture': architecture, 'num_classes': int(sd['head.weight'].shape[0]),
+              'num_features': int(sd['patch_embed.proj.weight'].shape[0]), **root}
+    if model_args is not None:
+        config['model_args'] = model_args
+    config['pretrained_cfg'] = {'tag': 'augreg2_in21k_ft_in1k', 'custom_load': False,
+                                'input_size': [3, 32, 32], 'fixed_input_size': True,
+                                'interpolation': 'bicubic', 'crop_pct': 0.9, 'crop_mode': 'center',
+                                'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5],
+                                'num_classes': 1000, 'first_conv': 'patch_embed.proj', 'classifier': 'head'}
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config, f)
+    return directory
+
+
+# The registered model_args of the timm architectures the tests name (timm's vision_transformer.py).
+_TIMM_REGISTERED = {'vit_base_patch16_224': dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)}
+
+
+def _timm_layout(architecture, model_args):
+    """{name: shape} of the state dict of timm.create_model(architecture, **model_args): timm's
+    VisionTransformer.__init__ transcribed (token / avg pooling; its defaults, then the registered
+    arguments, then model_args)."""
+    a = dict(img_size=224, patch_size=16, num_classes=1000, global_pool='token', embed_dim=768, depth=12,
+             num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None, class_token=True,
+             no_embed_class=False, reg_tokens=0, fc_norm=None)
+    a.update(_TIMM_REGISTERED[architecture.split('.')[0]], **model_args)
+    d, p, h = a['embed_dim'], a['patch_size'], int(a['embed_dim'] * a['mlp_ratio'])
+    patches = (a['img_size'] // p) ** 2
+    prefix = int(a['class_token']) + a['reg_tokens']
+    s = {'patch_embed.proj.weight': (d, 3, p, p), 'patch_embed.proj.bias': (d,),
+         'pos_embed': (1, patches if a['no_embed_class'] else patches + prefix, d)}
+    if a['class_token']:
+        s['cls_token'] = (1, 1, d)
+    if a['reg_tokens']:
+        s['reg_token'] = (1, a['reg_tokens'], d)
+    for i in range(a['depth']):
+        b = f'blocks.{i}.'
+        s.update({b + 'norm1.weight': (d,), b + 'norm1.bias': (d,), b + 'attn.qkv.weight': (3 * d, d),
+                  b + 'attn.proj.weight': (d, d), b + 'attn.proj.bias': (d,), b + 'norm2.weight': (d,),
+                  b + 'norm2.bias': (d,), b + 'mlp.fc1.weight': (h, d), b + 'mlp.fc1.bias': (h,),
+                  b + 'mlp.fc2.weight': (d, h), b + 'mlp.fc2.bias': (d,)})
+        if a['qkv_bias']:
+            s[b + 'attn.qkv.bias'] = (3 * d,)
+        if a['init_values']:
+            s[b + 'ls1.gamma'] = s[b + 'ls2.gamma'] = (d,)
+    use_fc_norm = a['global_pool'] in ('avg', 'avgmax', 'max') if a['fc_norm'] is None else a['fc_norm']
+    norm = 'fc_norm' if use_fc_norm else 'norm'
+    s[f'{norm}.weight'] = s[f'{norm}.bias'] = (d,)
+    if a['num_classes']:
+        s['head.weight'], s['head.bias'] = (a['num_classes'], d), (a['num_classes'],)
+    return s
+
+
+def _timm_sd(exact, tmp_path):
+    from safetensors.numpy import load_file
+
+    _, params, _ = exact
+    return load_file(convert.export(params, arch.infer_config(params, gelu_approximate=False),
+                                    str(tmp_path / 'vit.safetensors'), format='timm'))
+
+
+TINY_TIMM_ARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def test_timm_config_json_model_args_override_the_architecture(exact, tmp_path):
+    """A timm model saved by save_for_hf with model_args other than its architecture's defaults (here
+    global_pool='avg', 2 blocks of width 32, 2 or 4 heads, not vit_base's 12 x 768 / 12) loads as
+    those model_args say, by its directory, its config.json or its weights."""
+    sd = _timm_sd(exact, tmp_path)
+    avg = _timm_hub(tmp_path / 'avg', sd, 'vit_base_patch16_224.augreg2_in21k_ft_in1k',
+                    {**TINY_TIMM_ARGS, 'global_pool': 'avg', 'fc_norm': False}, global_pool='avg')
+    reference = _timm_reference(sd, IMAGES, heads=2, pool='avg')
+    assert _rel_err(_timm_reference(sd, IMAGES, heads=2), reference, 'token vs avg pooling') > 0.1
+    for source in (avg, avg / 'config.json', avg / 'model.safetensors'):
+        assert loader.detect_format(str(source)) == 'timm'
+        config, loaded = loader.load(source)
+        assert (config.classifier, config.class_token, config.transformer.num_heads) == ('gap', True, 2)
+        assert _rel_err(_ours(config, loaded), reference, 'timm model_args global_pool=avg') <= TOLERANCE
+    heads4 = _timm_hub(tmp_path / 'heads4', sd, 'vit_base_patch16_224', {**TINY_TIMM_ARGS, 'num_heads': 4},
+                       global_pool='token')
+    config, loaded = loader.load(heads4)
+    assert config.transformer.num_heads == 4 and config.classifier == 'token'
+    reference = _timm_reference(sd, IMAGES, heads=4)
+    assert _rel_err(_timm_reference(sd, IMAGES, heads=2), reference, '2 vs 4 heads') > 0.01
+    assert _rel_err(_ours(config, loaded), reference, 'timm model_args num_heads=4') <= TOLERANCE
+    # A caller's statement that contradicts the file is an error, not an override.
+    contradictions = {
+        'pool': (dict(pool='token'),
+                 r'avg.model.safetensors: --pool token but .*avg.config\.json global_pool has avg'),
+        'heads': (dict(num_heads=4), r'--num-heads 4 but .*avg.config\.json model_args has 2 heads'),
+        'arch': (dict(timm_arch='vit_small_patch16_224'),
+                 r'--arch vit_small_patch16_224 but .*avg.config\.json records architecture '
+                 r'vit_base_patch16_224\.augreg2_in21k_ft_in1k'),
+    }
+    for facts, message in contradictions.values():
+        with pytest.raises(CheckpointError, match=message):
+            loader.load(avg, **facts)
+    assert loader.load(avg, pool='avg', num_heads=2, timm_arch='vit_base_patch16_224')[0].classifier == 'gap'
+    # The labels it records are the class names; a normalisation other than vit_jax's is said.
+    names = ['cat', 'dog', 'eel', 'fox', 'gnu']
+    record = json.loads((avg / 'config.json').read_text())
+    record['label_names'] = names
+    record['pretrained_cfg'].update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    (avg / 'config.json').write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=r'config\.json: pretrained_cfg normalises pixels with mean \[0\.4'):
+        assert loader.read(avg).class_names == names
+    (avg / 'config.json').write_text(json.dumps({**record, 'label_names': names[:3]}))
+    with pytest.raises(CheckpointError, match=r"config\.json: label_names must be 5 strings \(the head's"):
+        loader.read(avg)
+
+
+@pytest.mark.parametrize('config, message', [
+    (dict(architecture=7), r'config\.json: architecture must be a timm model name \(a string\), got 7'),
+    (dict(architecture='vit_base_patch16_clip_224'),
+     r"config\.json: timm architecture 'vit_base_patch16_clip_224' is not one vit_jax loads exactly"),
+    (dict(model_args=[1]), r'config\.json: model_args must be a JSON object, got \[1\]'),
+    (dict(model_args={'num_heads': 3}), r'config\.json: num_heads=3 does not divide embed_dim=32'),
+    (dict(model_args={'num_heads': '2'}), r"config\.json: model_args num_heads='2' is not an integer >= 1"),
+    (dict(model_args={'mlp_layer': 'SwiGLUPacked'}),
+     r"config\.json: model_args mlp_layer='SwiGLUPacked': SwiGLU MLP is not supported"),
+    (dict(model_args={'rope_type': 'axial'}), r'rotary position embedding is not supported'),
+    (dict(model_args={'pre_norm': True}), r"model_args pre_norm=True: a LayerNorm before the blocks"),
+    (dict(model_args={'dynamic_img_pad': True}), r'model_args dynamic_img_pad=True: padding'),
+    (dict(model_args={'act_layer': 'quick_gelu'}), r"act_layer='quick_gelu': an activation other than gelu"),
+    (dict(model_args={'act_layer': ['gelu']}), r"act_layer=\['gelu'\]: an activation other than gelu"),
+    (dict(model_args={'global_pool': 'avgmax'}), r"global_pool='avgmax': a pooling other than token"),
+    (dict(model_args={'frobnicate': 1}), r'model_args frobnicate=1 is not a timm VisionTransformer argument'),
+    (dict(model_args={'qkv_bias': False}),
+     r'the weights have qkv_bias True but .*config\.json model_args has False'),
+    (dict(model_args={'depth': 3}), r'the weights have depth 2 but .*config\.json model_args has 3'),
+    (dict(model_args={'mlp_ratio': 4.0}),
+     r'the weights have mlp_dim 64 but .*config\.json model_args has 128'),
+    (dict(model_args={'img_size': 64}), r'position embedding is for 32-pixel images but .*config\.json '
+                                        r'model_args has img_size 64'),
+    (dict(model_args={'global_pool': 'token'}, global_pool='avg'),
+     r"config\.json: global_pool 'avg' but its model_args record global_pool='token'"),
+    (dict(num_classes=10), r'the weights have num_classes 5 but .*config\.json num_classes has 10'),
+])
+def test_timm_config_json_refusals_name_the_file_and_field(exact, tmp_path, capsys, config, message):
+    """What a config.json states that vit_jax cannot express, or that contradicts the weights, is one
+    line naming the file and the field; the CLI exits 2 with it."""
+    sd = _timm_sd(exact, tmp_path)
+    root = {k: v for k, v in config.items() if k != 'model_args'}
+    root.setdefault('architecture', 'vit_base_patch16_224')
+    hub = _timm_hub(tmp_path / 'hub', sd, model_args={**TINY_TIMM_ARGS, **config.get('model_args', {})}
+                    if isinstance(config.get('model_args', {}), dict) else config['model_args'], **root)
+    with pytest.raises(CheckpointError, match=message) as e:
+        loader.load(hub)
+    assert '\n' not in str(e.value)
+    with pytest.raises(SystemExit) as exit_info:
+        convert.run([str(hub), str(tmp_path / 'out.npz')])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+    assert not os.path.exists(tmp_path / 'out.npz')
+
+
+def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path, capsys):
+    """`--to timm DIR` writes timm's hub layout: the state dict has exactly the keys and shapes of
+    timm.create_model(architecture, **model_args) for the architecture and model_args of its config.json
+    (no qkv bias for qkv_bias=False, no class slot for no_embed_class=True), which compute the source's
+    logits, and vit_jax reads it back to the same tree."""
+    from safetensors.numpy import load_file, save_file
+
+    sd = _timm_sd(exact, tmp_path)
+    rng = np.random.default_rng(0)
+    no_slot = {**sd, 'pos_embed': np.ascontiguousarray(sd['pos_embed'][:, 1:])}
+    scales = {f'blocks.{i}.ls{n}.gamma': rng.uniform(0.1, 1.0, 32).astype(np.float32) for i in range(2)
+              for n in (1, 2)}
+    registers = {'reg_token': rng.normal(0, 1, (1, 4, 32)).astype(np.float32)}
+    reg_gap = {k: v for k, v in {**no_slot, **scales, **registers}.items() if k != 'cls_token'}
+    variants = {   # name: (weights, pooling), as in test_timm_qkv_bias_false_no_embed_class_and_layer_scale
+        'plain': (sd, 'token'),
+        'no_qkv_bias': ({k: v for k, v in sd.items() if not k.endswith('attn.qkv.bias')}, 'token'),
+        'no_embed_class': (no_slot, 'token'),
+        'deit3': ({**no_slot, **scales}, 'token'),
+        'dinov2_reg4': ({**no_slot, **scales, **registers}, 'token'),
+        'reg4_gap_fc_norm': ({('fc_' + k if k.startswith('norm.') else k): v for k, v in reg_gap.items()},
+                             'avg'),
+    }
+    for name, (variant, pool) in variants.items():
+        save_file(variant, str(tmp_path / f'{name}.safetensors'))
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool=pool)
+        out = convert.export(loaded, config, str(tmp_path / f'{name}_timm'), format='timm')
+        record = json.loads((tmp_path / f'{name}_timm' / 'config.json').read_text())
+        exported = load_file(os.path.join(out, 'model.safetensors'))
+        layout = _timm_layout(record['architecture'], record['model_args'])
+        assert {k: v.shape for k, v in exported.items()} == layout, name
+        assert record['global_pool'] == record['model_args']['global_pool'] == pool
+        reference = _timm_reference(variant, IMAGES, heads=2, pool=pool)
+        assert _rel_err(_timm_reference(exported, IMAGES, heads=record['model_args']['num_heads'], pool=pool),
+                        reference, f'{name} -> timm hub directory') <= TOLERANCE
+        assert exported.keys() == variant.keys(), name   # the same layout the timm file had
+        _assert_same_tree(loader.load(out)[1], loaded)
+    # The CLI: --to timm with a directory writes the same, and says how timm builds the model.
+    assert convert.main([str(tmp_path / 'deit3.safetensors'), str(tmp_path / 'cli'), '--to', 'timm',
+                         '--num-heads', '2', '--pool', 'token']) == 0
+    out = capsys.readouterr().out
+    assert "timm.create_model('vit_base_patch16_224', **model_args) loads it strictly" in out
+    assert sorted(os.listdir(tmp_path / 'cli')) == ['config.json', 'model.safetensors']
+    # A file exported before the metadata recorded model_args (only heads and pooling) still loads.
+    save_file(exported, str(tmp_path / 'old.safetensors'),
+              metadata={'format': 'pt', 'vit_jax.num_heads': '2', 'vit_jax.classifier': 'gap'})
+    old_config, _ = loader.load(tmp_path / 'old.safetensors')
+    assert (old_config.transformer.num_heads, old_config.classifier) == (2, 'gap')
+    # The class names travel as timm's label_names.
+    out = convert.export(loaded, config, str(tmp_path / 'named'), format='timm', class_names=list('abcde'))
+    assert loader.read(out).class_names == list('abcde')
+    assert (record['model_args']['no_embed_class'], record['model_args']['qkv_bias'],
+            record['model_args']['reg_tokens'], record['model_args']['fc_norm']) == (True, True, 4, True)
+
+
+def test_timm_features_without_an_architecture_are_refused_by_name(exact, tmp_path):
+    """A plain timm state dict (no config.json) with rotary embeddings or a SwiGLU MLP is refused naming
+    the feature, not as unknown keys or a shape mismatch."""
+    from safetensors.numpy import save_file
+
+    sd = _timm_sd(exact, tmp_path)
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)  # noqa: E731
+    swiglu = {k: v for k, v in sd.items() if '.mlp.fc1.' not in k}
+    for i in range(2):
+        swiglu.update({f'blocks.{i}.mlp.fc1_g.weight': r(64, 32), f'blocks.{i}.mlp.fc1_g.bias': r(64),
+                       f'blocks.{i}.mlp.fc1_x.weight': r(64, 32), f'blocks.{i}.mlp.fc1_x.bias': r(64)})
+    packed = {**sd, **{f'blocks.{i}.mlp.fc1.{p}': r(128, 32) if p == 'weight' else r(128)
+                       for i in range(2) for p in ('weight', 'bias')}}
+    cases = {
+        'rope': ({**sd, 'rope.freqs': r(8)}, 'rotary position embedding is not supported (rope.freqs)'),
+        'swiglu': (swiglu, 'SwiGLU MLP is not supported (blocks.0.mlp.fc1_g.bias'),
+        'swiglu_packed': (packed, 'SwiGLU MLP is not supported (block 0: fc1 has 128 outputs, twice the 64'),
+        # What timm's Eva (EVA-02, the rope ViTs) saves: its rotary embedding is in unsaved buffers.
+        'eva': ({**{k: v for k, v in sd.items() if not k.endswith('attn.qkv.bias')},
+                 **{f'blocks.{i}.attn.{b}_bias': r(32) for i in range(2) for b in 'qv'}},
+                "an EVA block (timm's Eva: separate q/v biases, gamma_1/2; with rotary position embedding) "
+                'is not supported (blocks.0.attn.q_bias'),
+        'clip_pre_norm': ({**sd, 'norm_pre.weight': r(32), 'norm_pre.bias': r(32)},
+                          "a LayerNorm before the blocks (timm's pre_norm, CLIP's) is not supported"),
+        'qk_norm': ({**sd, 'blocks.0.attn.q_norm.weight': r(16), 'blocks.0.attn.k_norm.weight': r(16)},
+                    'query/key normalisation (qk_norm) is not supported'),
+    }
+    for name, (variant, message) in cases.items():
+        save_file(variant, str(tmp_path / f'{name}.safetensors'))
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool='token')
 
 
 # --- Hugging Face -----------------------------------------------------------------------------
@@ -608,6 +875,30 @@ def test_hf_directory_matches_transformers(tmp_path):
     hf.config.to_json_file(str(tmp_path / 'v5' / 'config.json'))
     config5, params5 = loader.load(tmp_path / 'v5' / 'model.safetensors')
     _assert_same_tree(params5, params)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('num_attention_heads', 5, 'num_attention_heads=5 does not divide the hidden size 32'),
+    ('num_attention_heads', 2.5, 'num_attention_heads=2.5 is not an integer >= 1'),
+    ('num_attention_heads', '2', "num_attention_heads='2' is not an integer >= 1"),
+    ('num_attention_heads', 0, 'num_attention_heads=0 is not an integer >= 1'),
+    ('layer_norm_eps', 'x', "layer_norm_eps='x' is not a number > 0"),
+    ('hidden_act', ['gelu'], "hidden_act=['gelu'] is not a string"),
+    ('id2label', 3, 'id2label=3 is not a JSON object'),
+])
+def test_hf_config_json_fields_are_checked(exact, tmp_path, capsys, field, value, message):
+    """A Hugging Face config.json field of the wrong type or value is one line naming the file, the field
+    and its value (not a TypeError / ValueError traceback, nor a float of heads silently truncated)."""
+    _, params, _ = exact
+    hf = convert.export(params, arch.infer_config(params, gelu_approximate=False), str(tmp_path / 'hf'),
+                        format='hf')
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    (tmp_path / 'hf' / 'config.json').write_text(json.dumps({**config, field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(f'hf/config.json: {message}')):
+        loader.read(hf)
+    with pytest.raises(SystemExit) as exit_info:
+        convert.run([hf, str(tmp_path / 'out.npz')])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count('\n') == 1
 
 
 def test_hf_export_loads_with_from_pretrained(tmp_path):

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -168,6 +169,14 @@ def test_timm_mixer_layout_matches_a_torch_forward_and_round_trips(tmp_path):
     from safetensors.numpy import load_file
     again = load_file(out)
     assert again.keys() == sd.keys() and all(np.array_equal(again[k], sd[k]) for k in sd)   # bitwise
+    # A timm hub directory names a registered mixer_* (whose size timm fixes): this tiny one has none.
+    with pytest.raises(UserError, match=r'timm registers no MlpMixer with patch 4, 2 blocks and width 16 '):
+        convert.export(loaded, config, str(tmp_path / 'timm_dir'), format='timm')
+    b16 = ml_collections.ConfigDict({**config.to_dict(), 'hidden_dim': 768, 'num_blocks': 12,
+                                     'patches': {'size': (16, 16)}, 'tokens_mlp_dim': 384,
+                                     'channels_mlp_dim': 3072})
+    record = convert.foreign.timm_config(loaded, b16)   # (the record only: shapes are not checked here)
+    assert (record['architecture'], record['model_args']['mlp_ratio']) == ('mixer_b16_224', [0.5, 4.0])
     with pytest.raises(UserError, match='Hugging Face ViT has no MLP-Mixer'):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
 

@@ -148,15 +148,18 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 def add_timm_args(parser: argparse.ArgumentParser) -> None:
     """--arch / --num-heads / --pool: what timm state dicts do not record (`checkpoint_facts`)."""
     parser.add_argument('--arch', default=None, metavar='TIMM_NAME',
-                        help='timm architecture of a timm state dict (e.g. vit_base_patch16_224; '
-                             'vit-convert --list-archs)')
+                        help='timm architecture of a timm state dict without timm\'s config.json (e.g. '
+                             'vit_base_patch16_224; vit-convert --list-archs); one that contradicts the '
+                             'config.json is an error')
     parser.add_argument('--num-heads', type=positive_int, default=None,
-                        help='attention heads of a timm state dict (timm files do not record them)')
+                        help='attention heads of a timm state dict (its weights do not record them; '
+                             'timm\'s config.json beside them does)')
     parser.add_argument('--image-size', type=positive_int, default=None, metavar='N',
                         help='input size of a model with a fixed sin-cos position embedding (big_vision), '
                              'which records none')
     parser.add_argument('--pool', choices=('token', 'avg', 'map'), default=None,
-                        help='pooling of a timm state dict (timm files do not record it)')
+                        help='pooling of a timm state dict (its weights do not record it; timm\'s '
+                             'config.json beside them does)')
 
 
 def checkpoint_facts(args: argparse.Namespace) -> dict:

@@ -13,6 +13,7 @@ Everything is converted and checked before anything is written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,10 +32,12 @@ EXPORT_FORMATS = ('npz', 'timm', 'hf')
 
 def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str = 'npz',  # noqa: A002
            class_names: Sequence[str] | None = None, eval_pp: Mapping[str, Any] | None = None) -> str:
-    """Writes `params` as npz (a file), timm safetensors (a file) or a Hugging Face directory.
+    """Writes `params` as npz (a file), timm (a .safetensors file, else a timm hub directory:
+    config.json + model.safetensors) or a Hugging Face directory.
 
-    The destination is complete or untouched (a directory is swapped in whole). timm has
-    LayerNorm eps 1e-6 and exact GELU built in: exporting a model with other numerics warns.
+    The destination is complete or untouched (a directory is swapped in whole). timm's weights
+    strict-load into `timm.create_model(architecture, **model_args)` of the config.json (in a .safetensors
+    file: its metadata); timm has LayerNorm eps 1e-6: exporting a model with another warns.
     A Hugging Face directory gets `class_names` as its labels and the eval preprocessing
     (`eval_pp` of a vit-train workdir, else a whole-image resize) as its image processor.
     """
@@ -54,10 +57,13 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
             # big_vision's layout (a `params/` prefix), whose missing position embedding means sin-cos.
             return npz.save({'params': params}, dst)
         return npz.save(params, dst)
-    if format == 'timm':
+    if format == 'timm' and dst.endswith('.safetensors'):
         return paths.write_atomic(dst, foreign.timm_bytes(params, model_config))
     if paths.exists(dst) and not paths.is_dir(dst):
-        raise CheckpointError(f'{dst}: exists and is not a directory (Hugging Face export writes one)')
+        what = 'a timm export to a path without .safetensors' if format == 'timm' else 'Hugging Face export'
+        raise CheckpointError(f'{dst}: exists and is not a directory ({what} writes one)')
+    if format == 'timm':
+        return paths.write_dir_atomic(dst, foreign.timm_files_bytes(params, model_config, class_names))
     return paths.write_dir_atomic(dst, foreign.hf_files_bytes(params, model_config, class_names, eval_pp))
 
 
@@ -156,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in caught:
         print(f'note: {warning.message}')
     print(f'wrote: {loader.FORMAT_NAMES.get(to, to)} -> {args.dst}')
+    if to == 'timm' and (family(config) != 'Mixer' or not args.dst.endswith('.safetensors')):
+        record = foreign.timm_config(params, config)
+        print(f"timm: timm.create_model({record['architecture']!r}, **model_args) loads it strictly, "
+              f"model_args = {json.dumps(record['model_args'])}")
     return 0
 
 

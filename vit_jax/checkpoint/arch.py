@@ -271,7 +271,11 @@ def image_size(params: Mapping[str, Any], config: Any) -> int:
         if grid * grid != tokens:
             raise CheckpointError(f'the Mixer mixes {tokens} tokens, not a square grid')
         return grid * model.patch_stride[0]
-    pos = trees.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
+    try:
+        pos = trees.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
+    except (KeyError, TypeError):
+        raise CheckpointError('no Transformer/posembed_input/pos_embedding (a learned position embedding) '
+                              'to read the image size from') from None
     grid = int(round(np.sqrt(pos - model.num_prefix_tokens)))
     if grid * grid != pos - model.num_prefix_tokens:
         raise CheckpointError(f'pos_embedding has {pos} tokens, not a square grid '

@@ -6,8 +6,11 @@ ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qk
 concatenated, conv weights are OIHW (ours HWIO). Files are read through `vit_jax.paths` (local
 or gs://): safetensors (never a pickle), `.pth`/`.bin` only through `torch.load(weights_only=True)`.
 Hugging Face directories carry their numerics in config.json (LayerNorm epsilon, GELU form); timm
-has eps 1e-6 and exact GELU built in. timm files do not record the number of heads: it comes
-from our own export's metadata or the caller (`num_heads`), never from a guess.
+has eps 1e-6 built in. A timm state dict does not record its heads or pooling: they come from the
+config.json timm saves beside it (its `architecture`, whose registered defaults its `model_args`
+override: `timm_model_facts`), our own export's metadata (the same record), or the caller, never
+from a guess; every fact is checked against the weights. timm exports strict-load into
+`timm.create_model(architecture, **model_args)` of the config they are written with (`timm_config`).
 """
 
 from __future__ import annotations
@@ -122,6 +125,18 @@ _TIMM_EXPORT = {
     'map_fc1': 'attn_pool.mlp.fc1', 'map_fc2': 'attn_pool.mlp.fc2'}
 
 
+# Weights of features vit_jax does not have, named where the architecture name does not settle it.
+_UNSUPPORTED_FEATURES = (
+    (r'(^|[._])(rope|freqs)', 'rotary position embedding'),
+    (r'(^|\.)(mlp|ffn)\.(fc1_g|fc1_x|w12|w3)\.', 'SwiGLU MLP'),
+    # timm's Eva (EVA-02, the rope ViTs): rotary embeddings in buffers it does not save, and these.
+    (r'\.attn\.(q_bias|v_bias)$|\.gamma_[12]$',
+     "an EVA block (timm's Eva: separate q/v biases, gamma_1/2; with rotary position embedding)"),
+    (r'^norm_pre\.', "a LayerNorm before the blocks (timm's pre_norm, CLIP's)"),
+    (r'\.attn\.(q_norm|k_norm)\.', 'query/key normalisation (qk_norm)'),
+)
+
+
 def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
             ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Source names -> canonical names; unknown keys are an error naming them."""
@@ -136,6 +151,11 @@ def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], sour
             if not any(re.fullmatch(p, key) for p in ignore):
                 unknown.append(key)
     if unknown:
+        for pattern, feature in _UNSUPPORTED_FEATURES:
+            named = [k for k in unknown if re.search(pattern, k)]
+            if named:
+                raise CheckpointError(f'{source}: {feature} is not supported ({", ".join(sorted(named)[:3])}'
+                                      f'{" ..." if len(named) > 3 else ""})')
         raise CheckpointError(f'{source}: unsupported keys for a ViT ({", ".join(sorted(unknown)[:6])}'
                               f'{" ..." if len(unknown) > 6 else ""}): this architecture variant is not a '
                               'vit_jax VisionTransformer')
@@ -144,12 +164,15 @@ def _rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], sour
 
 # --- Canonical <-> Linen ----------------------------------------------------------------------
 
-def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str) -> dict:
-    """Canonical torch-style weights -> the VisionTransformer parameter tree."""
+def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str,
+                          no_embed_class: bool | None = None) -> dict:
+    """Canonical torch-style weights -> the VisionTransformer parameter tree. `no_embed_class`: whether
+    the position embedding has rows for the patches only (timm's), where the source records it; else
+    its row count says, refused when either reading fits."""
     try:
         w = c.pop('patch.w')
         d = w.shape[0]
-        if d % num_heads:
+        if num_heads < 1 or d % num_heads:
             raise CheckpointError(f'{source}: hidden size {d} is not divisible by num_heads={num_heads}')
         params: dict[str, Any] = {'embedding': {'kernel': w.transpose(2, 3, 1, 0),
                                                 'bias': c.pop('patch.b', np.zeros(d, w.dtype))}}
@@ -159,10 +182,12 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
         pos = c.pop('pos')
         prefix = ('cls' in params) + ('dist' in params) + (params['reg'].shape[1] if 'reg' in params else 0)
         square = lambda n: n > 0 and round(np.sqrt(n)) ** 2 == n  # noqa: E731
-        if prefix and square(pos.shape[1]):
+        if no_embed_class is None and prefix and square(pos.shape[1]):
             if square(pos.shape[1] - prefix):   # 2g+1 <= prefix: a tiny grid, either reading fits
                 raise CheckpointError(f'{source}: pos_embed has {pos.shape[1]} rows: a square grid with or '
                                       f'without the {prefix} class/register rows; cannot tell which')
+            no_embed_class = True
+        if prefix and no_embed_class:
             # Patches only (timm `no_embed_class`): class token and registers get no position
             # embedding, i.e. zero rows.
             pos = np.concatenate([np.zeros_like(pos[:, :1]).repeat(prefix, axis=1), pos], axis=1)
@@ -171,6 +196,10 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str)
         if layers != list(range(len(layers))) or not layers:
             raise CheckpointError(f'{source}: transformer blocks {layers} are not numbered 0..L-1')
         for i in layers:
+            fc1, fc2 = c.get(f'{i}.fc1.w'), c.get(f'{i}.fc2.w')
+            if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]:
+                raise CheckpointError(f'{source}: SwiGLU MLP is not supported (block {i}: fc1 has '
+                                      f'{fc1.shape[0]} outputs, twice the {fc2.shape[1]} inputs of fc2)')
             ln, dense = _norm_dense(c, f'{i}.')
             enc[f'encoderblock_{i}'] = {
                 'LayerNorm_0': ln('ln1'),
@@ -402,6 +431,33 @@ def _json(path: str) -> dict:
     return value
 
 
+def _hf_field(config_path: str, hf: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    """A field of an HF config.json (`default` where absent, transformers' own), of type `kind` (int: >= 1;
+    float: a number > 0); else a CheckpointError naming the file, the field and its value."""
+    value = hf.get(key, default)
+    if kind is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool) and value >= 1, 'an integer >= 1'
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        what = 'a number > 0'
+    else:
+        what = {str: 'a string', bool: 'true or false', dict: 'a JSON object'}[kind]
+        ok = isinstance(value, kind)
+    if not ok:
+        raise CheckpointError(f'{config_path}: {key}={value!r} is not {what}')
+    return value
+
+
+def _hf_heads(config_path: str, hf: Mapping[str, Any], canonical: Mapping[str, np.ndarray]) -> int:
+    """num_attention_heads of an HF config.json (transformers' default 12), checked to divide the width."""
+    heads = _hf_field(config_path, hf, 'num_attention_heads', 12, int)
+    width = np.shape(canonical['patch.w'])[0] if 'patch.w' in canonical else None
+    if width is not None and width % heads:
+        raise CheckpointError(f'{config_path}: num_attention_heads={heads} does not divide the hidden size '
+                              f'{width}')
+    return heads
+
+
 def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
     """(model_config, params) of an HF ViT directory / config.json / weights file (`sd`: its weights)."""
     config_path, weights = hf_files(path)
@@ -412,7 +468,7 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     if model_type != 'vit':
         raise CheckpointError(f'{config_path}: model_type={model_type!r} is neither a plain ViT nor a SigLIP '
                               'vision model')
-    act = hf.get('hidden_act', 'gelu')
+    act = _hf_field(config_path, hf, 'hidden_act', 'gelu', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
@@ -427,9 +483,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
         raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
     canonical = _rename(sd, _HF_NAMES, weights, ignore=[r'embeddings\.mask_token'])
     # transformers' ViTConfig defaults (num_attention_heads 12, layer_norm_eps 1e-12) are the format's.
-    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
-    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', HF_LAYER_NORM_EPS),
-                             gelu_approximate=HF_GELU[act], source=weights), params
+    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
+    eps = _hf_field(config_path, hf, 'layer_norm_eps', HF_LAYER_NORM_EPS, float)
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act], source=weights)
+    return config, params
 
 
 def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
@@ -437,14 +494,14 @@ def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, n
     """A SiglipVisionModel, or the vision tower of a two-tower SiglipModel (its text tower is not
     read: the model gives SigLIP's image embeddings, the attention-pooled features)."""
     if hf['model_type'] == 'siglip':
-        hf = hf.get('vision_config') or {}
+        hf = _hf_field(config_path, hf, 'vision_config', {}, dict)
         warnings.warn(f'{config_path}: a two-tower SigLIP model; reading its vision tower only', stacklevel=4)
     # transformers' SiglipVisionConfig defaults are the format's.
-    act = hf.get('hidden_act', 'gelu_pytorch_tanh')
+    act = _hf_field(config_path, hf, 'hidden_act', 'gelu_pytorch_tanh', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
-    if not hf.get('vision_use_head', True):
+    if not _hf_field(config_path, hf, 'vision_use_head', True, bool):
         raise CheckpointError(f'{config_path}: vision_use_head=false: a SigLIP vision model without its '
                               'attention-pooling head pools nothing')
     if hf.get('num_channels', 3) != 3:
@@ -456,8 +513,8 @@ def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, n
     canonical = _rename(vision, _HF_SIGLIP_NAMES, weights)
     if np.ndim(canonical.get('pos')) == 2:   # an nn.Embedding [N, D]
         canonical['pos'] = canonical['pos'][None]
-    params = _linen_from_canonical(canonical, int(hf.get('num_attention_heads', 12)), weights)
-    return arch.infer_config(params, layer_norm_eps=hf.get('layer_norm_eps', 1e-6),
+    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
+    return arch.infer_config(params, layer_norm_eps=_hf_field(config_path, hf, 'layer_norm_eps', 1e-6, float),
                              gelu_approximate=HF_GELU[act], source=weights), params
 
 
@@ -578,61 +635,307 @@ TIMM_ARCHS = {
 }
 
 POOLS = ('token', 'avg', 'map')
+# Our export's record of itself (safetensors metadata): {"architecture": ..., "model_args": {...}}, what
+# the config.json of a timm hub directory holds.
+TIMM_RECORD = META_PREFIX + 'timm_config'
 
 
-def timm_arch(name: str) -> dict[str, Any]:
+def timm_arch(name: str, where: str | None = None) -> dict[str, Any]:
     """The facts of timm architecture `name` (a pretrained tag after '.' is ignored); CheckpointError
-    if vit_jax cannot express it exactly."""
+    (naming `where`, the file that records the name) if vit_jax cannot express it exactly."""
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f'{where or "--arch"}: architecture must be a timm model name (a string), got '
+                              f'{name!r}')
     base = name.split('.')[0]
     if base not in TIMM_ARCHS:
-        raise CheckpointError(f'timm architecture {name!r} is not one vit_jax loads exactly '
-                              '(vit-convert --list-archs lists those it does)')
+        raise CheckpointError(f'{where + ": " if where else ""}timm architecture {name!r} is not one vit_jax '
+                              'loads exactly (vit-convert --list-archs lists those it does)')
     width, depth, heads, patch, pool, act = TIMM_ARCHS[base]
     return dict(name=base, width=width, depth=depth, num_heads=heads, patch=patch, pool=pool, act=act)
 
 
+# --- timm's `model_args` (the kwargs of timm.create_model that config.json records) ------------------
+# Those that only matter in training (dropout, initialisation).
+_TIMM_TRAINING_ARGS = frozenset({'drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate',
+                                 'attn_drop_rate', 'drop_path_rate', 'weight_init', 'fix_init'})
+# Those with one computation vit_jax has: the values it expresses, and the feature any other value means.
+# (dynamic_img_size resamples the position embedding only for inputs of another size than img_size;
+# vit_jax always feeds img_size.)
+_TIMM_FIXED_ARGS = {
+    'in_chans': ((3,), 'input channels other than 3'),
+    'qk_norm': ((False, None), 'query/key normalisation (qk_norm)'),
+    'scale_attn_norm': ((False, None), 'a norm inside the attention (scale_attn_norm)'),
+    'scale_mlp_norm': ((False, None), 'a norm inside the MLP (scale_mlp_norm)'),
+    'proj_bias': ((True, None), 'projections without biases (proj_bias=False)'),
+    'pos_embed': (('learn', None), 'a position embedding other than a learned one'),
+    'pre_norm': ((False, None), "a LayerNorm before the blocks (pre_norm, CLIP's)"),
+    'final_norm': ((True, None), 'no final norm (final_norm=False)'),
+    'pool_include_prefix': ((False, None), 'pooling over the prefix tokens too (pool_include_prefix)'),
+    'dynamic_img_size': ((False, True, None), ''),
+    'dynamic_img_pad': ((False, None), 'padding of inputs the patches do not tile (dynamic_img_pad)'),
+    'norm_layer': ((None, 'layernorm'), "a norm layer other than timm's LayerNorm (eps 1e-6)"),
+    'embed_layer': ((None, 'PatchEmbed'), 'another patch embedding (embed_layer)'),
+    'embed_norm_layer': ((None,), 'a norm in the patch embedding (embed_norm_layer)'),
+    'block_fn': ((None, 'Block'), 'another transformer block (block_fn)'),
+    'attn_layer': ((None, 'Attention'), 'another attention layer (attn_layer)'),
+    'mlp_layer': ((None, 'Mlp'), 'another MLP layer (mlp_layer)'),
+}
+_TIMM_ACTS = {None: 'gelu', 'gelu': 'gelu', 'gelu_tanh': 'gelu_tanh'}
+_TIMM_POOL_CHOICES = ('token', 'avg', 'map')
+
+
+def _unsupported(where: str, key: str, value: Any, feature: str) -> CheckpointError:
+    return CheckpointError(f'{where}: model_args {key}={value!r}: {feature} is not supported')
+
+
+def _size_arg(where: str, key: str, value: Any) -> int:
+    """timm's int-or-pair img_size / patch_size as one int (vit_jax models are square)."""
+    pair = value if isinstance(value, (list, tuple)) else [value, value]
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise CheckpointError(f'{where}: model_args {key}={value!r} is not a positive size (N or [N, N])')
+    if pair[0] != pair[1]:
+        raise _unsupported(where, key, value, 'a non-square size')
+    return int(pair[0])
+
+
+def timm_model_facts(arch_name: str, model_args: Any, where: str) -> tuple[dict[str, Any], set[str]]:
+    """The facts of a timm VisionTransformer: the registered defaults of `arch_name` (`TIMM_ARCHS`)
+    overridden by `model_args`, the kwargs the model was created with (as timm's config.json records
+    them; `where` names that record in errors). Returns (facts, the facts model_args stated): `timm_arch`'s
+    keys plus, where stated, class_token, no_embed_class, reg_tokens, qkv_bias, layer_scale, fc_norm,
+    mlp_dim, img_size, num_classes. An argument vit_jax cannot express, or does not know, is refused
+    by name (CheckpointError naming `where` and the key)."""
+    if not isinstance(model_args, Mapping):
+        raise CheckpointError(f'{where}: model_args must be a JSON object, got {type(model_args).__name__}')
+    facts = timm_arch(arch_name, where)
+    stated: set[str] = set()
+    ratio = None
+    for key, value in model_args.items():
+        if key in _TIMM_TRAINING_ARGS:
+            continue
+        if 'rope' in key.lower():
+            raise _unsupported(where, key, value, 'rotary position embedding')
+        if key in _TIMM_FIXED_ARGS:
+            allowed, feature = _TIMM_FIXED_ARGS[key]
+            if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+                if key == 'mlp_layer' and 'glu' in str(value).lower():
+                    feature = 'SwiGLU MLP'
+                raise _unsupported(where, key, value, feature)
+            continue
+        if key in ('embed_dim', 'depth', 'num_heads', 'reg_tokens', 'num_classes'):
+            low = 0 if key in ('reg_tokens', 'num_classes') else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise CheckpointError(f'{where}: model_args {key}={value!r} is not an integer >= {low}')
+            name = {'embed_dim': 'width'}.get(key, key)
+        elif key in ('img_size', 'patch_size'):
+            value, name = _size_arg(where, key, value), {'patch_size': 'patch'}.get(key, key)
+        elif key in ('qkv_bias', 'class_token', 'no_embed_class', 'fc_norm'):
+            if not isinstance(value, bool) and not (key == 'fc_norm' and value is None):
+                raise CheckpointError(f'{where}: model_args {key}={value!r} is not true or false')
+            if value is None:   # fc_norm=None: timm's rule (with average pooling), the weights say which
+                continue
+            name = key
+        elif key == 'init_values':
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise CheckpointError(f'{where}: model_args init_values={value!r} is not a number or null')
+            value, name = bool(value), 'layer_scale'   # timm: LayerScale if init_values else Identity
+        elif key == 'mlp_ratio':
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise CheckpointError(f'{where}: model_args mlp_ratio={value!r} is not a positive number')
+            ratio = float(value)
+            continue
+        elif key == 'global_pool':
+            if value not in _TIMM_POOL_CHOICES:
+                raise _unsupported(where, key, value, 'a pooling other than token, avg or map')
+            name = 'pool'
+        elif key == 'act_layer':
+            if not (value is None or isinstance(value, str)) or value not in _TIMM_ACTS:
+                raise _unsupported(where, key, value, 'an activation other than gelu or gelu_tanh')
+            value, name = _TIMM_ACTS[value], 'act'
+        else:
+            raise CheckpointError(f'{where}: model_args {key}={value!r} is not a timm VisionTransformer '
+                                  'argument vit_jax knows; refusing to ignore it')
+        facts[name] = value
+        stated.add(name)
+    if facts['width'] % facts['num_heads']:
+        raise CheckpointError(f'{where}: num_heads={facts["num_heads"]} does not divide embed_dim='
+                              f'{facts["width"]}')
+    if ratio is not None:
+        facts['mlp_dim'] = int(facts['width'] * ratio)   # timm's Block: int(dim * mlp_ratio)
+        stated.add('mlp_dim')
+    if facts.get('class_token') is False and facts['pool'] == 'token':
+        raise CheckpointError(f'{where}: model_args class_token=False with token pooling (timm refuses it '
+                              'too)')
+    return facts, stated
+
+
+def read_timm_config(path: str) -> dict:
+    """timm's config.json (`save_for_hf`), its fields checked: `architecture` a name, `model_args`
+    and `pretrained_cfg` objects, `global_pool` a string, `num_classes` an integer."""
+    config = _json(path)
+    checks = (('architecture', str, 'a timm model name (a string)'), ('model_args', Mapping, 'a JSON object'),
+              ('pretrained_cfg', Mapping, 'a JSON object'), ('global_pool', str, 'a string'),
+              ('num_classes', int, 'an integer'))
+    for key, kind, what in checks:
+        value = config.get(key)
+        if key in config and (not isinstance(value, kind) or isinstance(value, bool) or value == ''):
+            raise CheckpointError(f'{path}: {key} must be {what}, got {value!r}')
+    return config
+
+
+def timm_hub_weights(path: str) -> str | None:
+    """The weights of a timm hub snapshot given as its directory or its config.json (timm's config.json
+    names an `architecture`, Hugging Face's a `model_type`), else None."""
+    if not (paths.is_dir(path) or paths.name(path) == 'config.json'):
+        return None
+    directory = path if paths.is_dir(path) else paths.parent(path)
+    config_path = paths.join(directory, 'config.json')
+    if not paths.is_file(config_path):
+        return None
+    config = _json(config_path)
+    if 'architecture' not in config or 'model_type' in config:
+        return None
+    read_timm_config(config_path)
+    for name in ('model.safetensors', 'pytorch_model.bin'):
+        if paths.exists(paths.join(directory, name)):
+            return paths.join(directory, name)
+    raise CheckpointError(f'{directory}: a timm checkpoint (its config.json names an architecture) without '
+                          'model.safetensors or pytorch_model.bin')
+
+
+def _timm_record(path: str, meta: Mapping[str, str]) -> tuple[str, dict] | None:
+    """(where, record) of what a timm file records of itself: the config.json beside it (timm's, with an
+    `architecture`), else our export's metadata; None without either."""
+    beside = paths.join(paths.parent(path), 'config.json')
+    if paths.is_file(beside) and 'architecture' in _json(beside):
+        return beside, read_timm_config(beside)
+    if TIMM_RECORD in meta:
+        try:
+            record = json.loads(meta[TIMM_RECORD])
+        except ValueError as e:
+            raise CheckpointError(f'{path}: metadata {TIMM_RECORD} is not JSON ({e})') from None
+        if not isinstance(record, dict) or not isinstance(record.get('architecture'), str):
+            raise CheckpointError(f'{path}: metadata {TIMM_RECORD} names no architecture')
+        return f'{path} (metadata)', record
+    return None
+
+
+def timm_class_names(path: str, meta: Mapping[str, str], num_classes: int) -> list[str] | None:
+    """The class names a timm file records (config.json's `label_names`, else its pretrained_cfg's where
+    they fit the head: a fine-tune keeps the pretrained_cfg of the model it started from), None without.
+    Warns when its pretrained_cfg normalises pixels otherwise than vit_jax ((x - 127.5) / 127.5, i.e.
+    mean = std = 0.5): vit_jax's preprocessing does not follow it."""
+    record = _timm_record(path, meta)
+    if record is None:
+        return None
+    where, config = record
+    pretrained = config.get('pretrained_cfg') or {}
+    fits = lambda names: (isinstance(names, list) and len(names) == num_classes  # noqa: E731
+                          and all(isinstance(n, str) for n in names))
+    names = config.get('label_names')
+    if names is not None and not fits(names):
+        raise CheckpointError(f'{where}: label_names must be {num_classes} strings (the head\'s classes)')
+    if names is None and fits(pretrained.get('label_names')):
+        names = pretrained['label_names']
+    mean, std = pretrained.get('mean', [0.5] * 3), pretrained.get('std', [0.5] * 3)
+    try:
+        scaled = np.asarray([mean, std], float)
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{where}: pretrained_cfg mean/std ({mean!r}, {std!r}) are not numbers'
+                              ) from None
+    if not np.allclose(scaled, 0.5):
+        warnings.warn(f'{where}: pretrained_cfg normalises pixels with mean {mean} and std {std}; vit_jax '
+                      "scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from timm's",
+                      stacklevel=3)
+    return list(names) if names else None
+
+
+def _weight_facts(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """What a timm ViT state dict records of the facts of `timm_model_facts`."""
+    w = sd.get('patch_embed.proj.weight')
+    found: dict[str, Any] = {} if w is None else dict(width=int(np.shape(w)[0]), patch=int(np.shape(w)[-1]))
+    found.update(depth=len({k.split('.')[1] for k in sd if k.startswith('blocks.')}),
+                 class_token='cls_token' in sd, qkv_bias='blocks.0.attn.qkv.bias' in sd,
+                 layer_scale='blocks.0.ls1.gamma' in sd, fc_norm='fc_norm.weight' in sd,
+                 reg_tokens=int(np.shape(sd['reg_token'])[1]) if 'reg_token' in sd else 0,
+                 num_classes=int(np.shape(sd['head.weight'])[0]) if 'head.weight' in sd else 0)
+    if 'blocks.0.mlp.fc1.weight' in sd:
+        found['mlp_dim'] = int(np.shape(sd['blocks.0.mlp.fc1.weight'])[0])
+    if 'attn_pool.latent' in sd:
+        found['pool'] = 'map'
+    elif 'cls_token' not in sd:   # with a class token, either pooling is possible
+        found['pool'] = 'avg'
+    return found
+
+
 def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str], num_heads: int | None,
-                pool: str | None, arch_name: str | None) -> tuple[int, str, bool]:
-    """(heads, pooling, tanh GELU) of a timm ViT state dict: from our export's metadata, the architecture name
-    (given, or the `architecture` of the config.json timm saves beside its weights), or stated by
-    the caller; never assumed. Checked against the weights."""
-    if arch_name is None:
-        beside = paths.join(paths.parent(path), 'config.json')
-        if paths.exists(beside):
-            arch_name = _json(beside).get('architecture')
-    stated = timm_arch(arch_name) if arch_name else {}
-    if stated:
-        width = int(np.shape(sd['patch_embed.proj.weight'])[0]) if 'patch_embed.proj.weight' in sd else None
-        depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
-        patch = int(np.shape(sd['patch_embed.proj.weight'])[-1]) if width else None
-        found = dict(width=width, depth=depth, patch=patch)
-        if 'attn_pool.latent' in sd:
-            found['pool'] = 'map'
-        elif 'cls_token' not in sd:   # with a class token, either pooling is possible
-            found['pool'] = 'avg'
+                pool: str | None, arch_name: str | None) -> dict[str, Any]:
+    """The facts of a timm ViT state dict (num_heads, pool, approx: tanh GELU; no_embed_class and
+    img_size where recorded). From what the file records of itself first (timm's config.json beside
+    it: architecture, model_args, global_pool, num_classes; or our export's metadata), then the
+    architecture name the caller gives, then the caller's `num_heads` / `pool`; never assumed. A
+    caller's statement that contradicts the file is an error; every fact is checked against the weights."""
+    record = _timm_record(path, meta)
+    where, config = record if record else (None, {})
+    recorded_arch = config.get('architecture')
+    if arch_name and recorded_arch and arch_name.split('.')[0] != recorded_arch.split('.')[0]:
+        raise CheckpointError(f'{path}: --arch {arch_name} but {where} records architecture {recorded_arch}')
+    name = recorded_arch or arch_name
+    stated, from_args = timm_model_facts(name, config.get('model_args') or {}, where or '--arch') if name \
+        else ({}, set())
+    origin = {k: f'{where} model_args' if k in from_args else f'timm architecture {stated["name"]}'
+              for k in stated}
+    root_pool = config.get('global_pool')
+    if root_pool is not None and stated:   # the pooling the saved model had (timm: model.global_pool)
+        if root_pool not in _TIMM_POOL_CHOICES:
+            raise CheckpointError(f'{where}: global_pool={root_pool!r}: a pooling other than token, avg or '
+                                  'map is not supported')
+        if 'pool' in from_args and root_pool != stated['pool']:
+            raise CheckpointError(f'{where}: global_pool {root_pool!r} but its model_args record global_pool='
+                                  f'{stated["pool"]!r}')
+        stated['pool'], origin['pool'] = root_pool, f'{where} global_pool'
+    for key in ('num_classes',):
+        if key in config and stated:
+            stated[key], origin[key] = config[key], f'{where} {key}'
+    # Our own export's metadata (files written before it recorded model_args): heads and pooling.
+    meta_heads = meta.get(META_PREFIX + 'num_heads')
+    if meta_heads is not None:
+        if not meta_heads.isdigit() or int(meta_heads) < 1:
+            raise CheckpointError(f'{path}: metadata {META_PREFIX}num_heads={meta_heads!r} is not an '
+                                  'integer >= 1')
+        meta_heads = int(meta_heads)
+    meta_pool = {'token': 'token', 'gap': 'avg', 'map': 'map'}.get(meta.get(META_PREFIX + 'classifier', ''))
+    if not stated:
+        if meta_heads is not None:
+            stated['num_heads'], origin['num_heads'] = meta_heads, f'{path} (metadata)'
+        if meta_pool is not None:
+            stated['pool'], origin['pool'] = meta_pool, f'{path} (metadata)'
+    if num_heads and stated.get('num_heads', num_heads) != num_heads:
+        raise CheckpointError(f'{path}: --num-heads {num_heads} but {origin["num_heads"]} has '
+                              f'{stated["num_heads"]} heads')
+    if pool is not None and pool not in POOLS:
+        raise CheckpointError(f'{path}: pooling {pool!r} is not one of {", ".join(POOLS)}')
+    if pool and 'attn_pool.latent' in sd and pool != 'map':
+        raise CheckpointError(f'{path}: --pool {pool} but the weights have an attention-pooling head '
+                              '(attn_pool)')
+    if pool and stated.get('pool', pool) != pool:
+        if recorded_arch is None and origin['pool'].startswith('timm architecture'):
+            # The default of the caller's --arch, which a caller's --pool overrides (timm's global_pool=).
+            stated['pool'], origin['pool'] = pool, '--pool'
+        else:
+            raise CheckpointError(f'{path}: --pool {pool} but {origin["pool"]} has {stated["pool"]}')
+    if name:
         distilled = 'distilled' in stated['name']
         if distilled != ('dist_token' in sd):
             raise CheckpointError(f'{path}: the weights have {"a" if "dist_token" in sd else "no"} '
                                   f'distillation token but timm architecture {stated["name"]} has '
                                   f'{"one" if distilled else "none"}')
-        for key, value in found.items():
-            if value != stated[key]:
-                raise CheckpointError(f'{path}: the weights have {key} {value} but timm architecture '
-                                      f'{stated["name"]} has {stated[key]}')
-    heads = num_heads or stated.get('num_heads') or (int(meta[META_PREFIX + 'num_heads'])
-                                                     if META_PREFIX + 'num_heads' in meta else None)
-    if num_heads and stated and num_heads != stated['num_heads']:
-        raise CheckpointError(f'{path}: --num-heads {num_heads} but timm architecture {stated["name"]} '
-                              f'has {stated["num_heads"]} heads')
-    classifier = meta.get(META_PREFIX + 'classifier')
-    in_weights = 'map' if 'attn_pool.latent' in sd else None   # the only pooling with weights of its own
-    if pool and in_weights and pool != in_weights:
-        raise CheckpointError(f'{path}: --pool {pool} but the weights have an attention-pooling head '
-                              '(attn_pool)')
-    pool = (pool or in_weights or stated.get('pool')
-            or {'token': 'token', 'gap': 'avg', 'map': 'map'}.get(classifier))
-    if pool is not None and pool not in POOLS:
-        raise CheckpointError(f'{path}: pooling {pool!r} is not one of {", ".join(POOLS)}')
+    for key, value in _weight_facts(sd).items():
+        if key in stated and value != stated[key] and origin[key] != '--pool':
+            raise CheckpointError(f'{path}: the weights have {key} {value} but {origin[key]} has '
+                                  f'{stated[key]}')
+    heads = num_heads or stated.get('num_heads')
+    pool = pool or ('map' if 'attn_pool.latent' in sd else None) or stated.get('pool')
     missing = [what for what, value in (('the number of attention heads (--num-heads N)', heads),
                                         ('the pooling (--pool token|avg|map)', pool)) if value is None]
     if missing:
@@ -641,12 +944,17 @@ def _timm_facts(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str]
                               'vit-convert --list-archs) or state them')
     if pool == 'token' and 'cls_token' not in sd:
         raise CheckpointError(f'{path}: token pooling but the weights have no cls_token')
-    if pool == 'map' and not in_weights:
+    if pool == 'map' and 'attn_pool.latent' not in sd:
         raise CheckpointError(f'{path}: attention pooling but the weights have no attn_pool')
-    # The GELU form: our export's metadata, else the stated architecture, else timm's default (exact).
+    # The GELU form: the file's record (its architecture and act_layer), else our export's metadata, else
+    # the caller's architecture, else timm's default (exact).
     gelu = meta.get(META_PREFIX + 'gelu_approximate')
-    approx = gelu == 'true' if gelu is not None else stated.get('act') == 'gelu_tanh'
-    return heads, pool, approx
+    if record is None and gelu is not None:
+        approx = gelu == 'true'
+    else:
+        approx = stated.get('act') == 'gelu_tanh'
+    return dict(num_heads=heads, pool=pool, approx=approx, no_embed_class=stated.get('no_embed_class'),
+                img_size=stated.get('img_size'), where=origin.get('img_size'))
 
 
 def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
@@ -656,13 +964,17 @@ def read_timm(path: str, sd: Mapping[str, np.ndarray], meta: Mapping[str, str],
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
     if 'stem.proj.weight' in sd:
         return read_timm_mixer(path, sd, meta)
-    heads, pool, approx = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
+    facts = _timm_facts(path, sd, meta, num_heads, pool, arch_name)
     canonical = _rename(sd, _TIMM_NAMES, path)
-    params = _linen_from_canonical(canonical, heads, path)
+    params = _linen_from_canonical(canonical, facts['num_heads'], path, facts['no_embed_class'])
     eps = float(meta.get(META_PREFIX + 'layer_norm_eps', TIMM_LAYER_NORM_EPS))
-    classifier = meta.get(META_PREFIX + 'classifier') or {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
-    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=approx, classifier=classifier,
-                               source=path)
+    classifier = {'token': 'token', 'avg': 'gap', 'map': 'map'}[facts['pool']]
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=facts['approx'],
+                               classifier=classifier, source=path)
+    size = facts['img_size']
+    if size is not None and arch.image_size(params, config) != size:
+        raise CheckpointError(f'{path}: the position embedding is for {arch.image_size(params, config)}'
+                              f'-pixel images but {facts["where"]} has img_size {size}')
     return config, params
 
 
@@ -788,30 +1100,142 @@ def _safetensors_bytes(sd: Mapping[str, np.ndarray], metadata: Mapping[str, str]
     return save({k: np.ascontiguousarray(v) for k, v in sd.items()}, metadata=dict(metadata))
 
 
-def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
-    """A timm state dict (.safetensors) of a per-block parameter tree, numerics in the metadata.
+def _timm_layout(params: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(qkv_bias, no_embed_class) of a ViT tree in timm's terms. vit_jax reads timm's qkv_bias=False as
+    zero q/k/v biases and no_embed_class=True as zero position rows for the class and register tokens;
+    written back so (they compute the same), the weights strict-load into the timm model that has them."""
+    blocks = [v for k, v in params['Transformer'].items() if k.startswith('encoderblock_')]
+    qkv_bias = any(np.any(np.asarray(b['MultiHeadDotProductAttention_0'][n]['bias']))
+                   for b in blocks for n in ('query', 'key', 'value'))
+    prefix = ('cls' in params) + (int(np.shape(params['reg'])[1]) if 'reg' in params else 0)
+    pos = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])
+    # timm's VisionTransformerDistilled always has position rows for its two tokens.
+    no_embed_class = bool(prefix) and 'dist' not in params and not np.any(pos[:, :prefix])
+    return bool(qkv_bias), no_embed_class
 
-    timm has LayerNorm eps 1e-6 and exact GELU built in: a model with other numerics warns, since
-    its logits in timm will differ slightly (vit_jax reads the exact numerics back).
+
+# timm's registered MlpMixers: (patch, blocks, width) -> name.
+_TIMM_MIXERS = {(32, 8, 512): 'mixer_s32_224', (16, 8, 512): 'mixer_s16_224',
+                (32, 12, 768): 'mixer_b32_224', (16, 12, 768): 'mixer_b16_224',
+                (32, 24, 1024): 'mixer_l32_224', (16, 24, 1024): 'mixer_l16_224'}
+
+
+def _timm_export_name(facts: Mapping[str, Any], distilled: bool) -> str:
+    """A timm architecture of the model's class: one of `TIMM_ARCHS` with its facts, else a generic one
+    (the model_args written beside it override every registered default)."""
+    for name, (width, depth, heads, patch, pool, act) in TIMM_ARCHS.items():
+        keys = ('embed_dim', 'depth', 'num_heads', 'patch_size', 'global_pool', 'act_layer')
+        if ('distilled' in name) == distilled and (width, depth, heads, patch, pool, act) == tuple(
+                facts[k] for k in keys):
+            return name
+    return 'deit_base_distilled_patch16_224' if distilled else 'vit_base_patch16_224'
+
+
+def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None) -> dict:
+    """timm's config.json (the layout of `timm.models.save_for_hf`) of a model exported by
+    `timm_state_dict`: an `architecture` and the `model_args` with which
+    `timm.create_model(architecture, **model_args)` strict-loads those weights and computes the same
+    (timm's LayerNorm eps is 1e-6), and a `pretrained_cfg` with vit_jax's input: a whole-image bilinear
+    resize, pixels scaled to [-1, 1] (mean = std = 0.5)."""
+    check_exportable(params, config, 'timm')
+    classes = arch.num_classes(params)
+    if family(config) == 'Mixer':
+        # timm's mixer_* functions fix patch size, blocks and width (they cannot be overridden).
+        width, patch, blocks = int(config.hidden_dim), int(config.patches.size[0]), int(config.num_blocks)
+        name, pool = _TIMM_MIXERS.get((patch, blocks, width)), 'avg'
+        if name is None:
+            raise CheckpointError(f'timm registers no MlpMixer with patch {patch}, {blocks} blocks and width '
+                                  f'{width} (its mixer_{{s,b,l}}{{16,32}}_224 only); export it to a '
+                                  ".safetensors file (timm's MlpMixer class builds it) or --to npz")
+        args = dict(img_size=arch.image_size(params, config), num_classes=classes,
+                    mlp_ratio=[_ratio(int(config.tokens_mlp_dim), width),
+                               _ratio(int(config.channels_mlp_dim), width)])
+    else:
+        width, t = int(config.hidden_size), config.transformer
+        qkv_bias, no_embed_class = _timm_layout(params)
+        pool = {'token': 'token', 'gap': 'avg', 'map': 'map'}[config.classifier]
+        layer_scale = 'LayerScale_0' in params['Transformer']['encoderblock_0']
+        args = dict(img_size=arch.image_size(params, config), patch_size=int(config.patches.size[0]),
+                    embed_dim=width, depth=int(t.num_layers), num_heads=int(t.num_heads),
+                    mlp_ratio=_ratio(int(t.mlp_dim), width), qkv_bias=qkv_bias, class_token='cls' in params,
+                    no_embed_class=no_embed_class,
+                    reg_tokens=int(np.shape(params['reg'])[1]) if 'reg' in params else 0,
+                    global_pool=pool, fc_norm='fc_norm' in params,
+                    init_values=float(t.get('layer_scale') or 1e-5) if layer_scale else None,
+                    act_layer='gelu_tanh' if arch.numerics(config)[1] else 'gelu', num_classes=classes)
+        name = _timm_export_name(args, 'dist' in params)
+    size = args['img_size']
+    first_conv = 'stem.proj' if family(config) == 'Mixer' else 'patch_embed.proj'
+    record = {'architecture': name, 'num_classes': classes, 'num_features': width, 'global_pool': pool,
+              'model_args': args,
+              'pretrained_cfg': {'input_size': [3, size, size], 'fixed_input_size': True,
+                                 'interpolation': 'bilinear', 'crop_pct': 1.0, 'crop_mode': 'center',
+                                 'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'num_classes': classes,
+                                 'first_conv': first_conv, 'classifier': 'head'}}
+    if class_names is not None:
+        if len(class_names) != classes:
+            raise CheckpointError(f'{len(class_names)} class names for a {classes}-class head')
+        record['label_names'] = [str(n) for n in class_names]
+    return record
+
+
+def _ratio(hidden: int, width: int) -> float:
+    """An mlp_ratio r with int(width * r) == hidden, as timm computes the MLP width."""
+    ratio = hidden / width
+    while int(width * ratio) < hidden:
+        ratio = float(np.nextafter(ratio, np.inf))
+    return ratio
+
+
+def timm_state_dict(params: Mapping[str, Any], config: Any) -> dict[str, np.ndarray]:
+    """The state dict of timm's model for `params` (the one `timm_config` names): no q/k/v biases
+    for a model without them (qkv_bias=False), position rows for the patches only where the class and
+    register tokens have none (no_embed_class=True)."""
+    check_exportable(params, config, 'timm')
+    if family(config) == 'Mixer':
+        return timm_mixer_state_dict(params)
+    c = _canonical_from_linen(params, qkv=True)
+    qkv_bias, no_embed_class = _timm_layout(params)
+    if not qkv_bias:
+        c = {k: v for k, v in c.items() if not re.fullmatch(r'\d+\.qkv\.b', k)}
+    if no_embed_class:
+        prefix = ('cls' in params) + (int(np.shape(params['reg'])[1]) if 'reg' in params else 0)
+        c['pos'] = np.ascontiguousarray(c['pos'][:, prefix:])
+    return _to_source_names(c, _TIMM_EXPORT)
+
+
+def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
+    """A timm state dict (.safetensors, `timm_state_dict`) with vit_jax's numerics and, for a ViT, timm's
+    config (`timm_config`: architecture and model_args) in its metadata.
+
+    timm's LayerNorm eps is 1e-6: a model with another warns, since its logits in timm will differ
+    slightly (vit_jax reads the exact numerics back).
     """
     check_exportable(params, config, 'timm')
     eps, approx = arch.numerics(config)
-    differs = [f'LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g})'] if eps != TIMM_LAYER_NORM_EPS else []
-    differs += ['tanh GELU (timm: exact)'] if approx else []
-    if differs:
-        warnings.warn(f'this model uses {" and ".join(differs)}, so its logits in timm will differ '
-                      'slightly; vit_jax reads the exact numerics back from the file metadata', stacklevel=3)
+    if eps != TIMM_LAYER_NORM_EPS:
+        warnings.warn(f'this model uses LayerNorm eps {eps:g} (timm: {TIMM_LAYER_NORM_EPS:g}), so its logits '
+                      'in timm will differ slightly; vit_jax reads the exact numerics back from the file '
+                      'metadata', stacklevel=3)
     meta = {'format': 'pt', META_PREFIX + 'layer_norm_eps': repr(eps),
             META_PREFIX + 'gelu_approximate': 'true' if approx else 'false'}
-    if family(config) == 'Mixer':
-        sd = timm_mixer_state_dict(params)
-    else:
-        sd = _to_source_names(_canonical_from_linen(params, qkv=True), _TIMM_EXPORT)
+    if family(config) != 'Mixer':   # (a Mixer's weights record all of it)
+        record = timm_config(params, config)
+        meta[TIMM_RECORD] = json.dumps({k: record[k] for k in ('architecture', 'model_args')})
         meta.update({META_PREFIX + 'num_heads': str(config.transformer.num_heads),
                      META_PREFIX + 'classifier': str(config.classifier)})
     if config.get('model_name'):
         meta[META_PREFIX + 'model_name'] = str(config.model_name)
-    return _safetensors_bytes(sd, meta)
+    return _safetensors_bytes(timm_state_dict(params, config), meta)
+
+
+def timm_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None
+                     ) -> dict[str, bytes]:
+    """The files of a timm hub directory (as `timm.models.save_for_hf` writes it): config.json
+    (`timm_config`, with `class_names` as label_names) and model.safetensors (`timm_bytes`)."""
+    record = timm_config(params, config, class_names)
+    return {'config.json': json.dumps(record, indent=2).encode(),
+            'model.safetensors': timm_bytes(params, config)}
 
 
 def hf_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None,
@@ -870,7 +1294,7 @@ def hf_class_names(path: str) -> list[str] | None:
     """The class names of an HF directory's config.json (`id2label`), None where it has only
     transformers' placeholders (LABEL_0, ...) or none."""
     config_path, _ = hf_files(path)
-    id2label = _json(config_path).get('id2label') or {}
+    id2label = _hf_field(config_path, _json(config_path), 'id2label', {}, dict)
     try:
         names = [str(id2label[str(i)]) for i in range(len(id2label))]
     except KeyError:

@@ -2,7 +2,8 @@
 
 Sources: a catalogue name (`ViT-B_16`, `augreg/B_16`, ...: downloaded once, verified, cached by
 `hub`), a vit-train workdir, the original / AugReg `.npz`, a big_vision `.npz`, a timm state
-dict (`.safetensors`, `.pth`/`.bin`), a Hugging Face ViT directory — local or in a bucket
+dict (`.safetensors`, `.pth`/`.bin`, or a timm hub directory: config.json naming an `architecture`
+beside model.safetensors), a Hugging Face ViT directory — local or in a bucket
 (gs://...). `read(source)` returns a `Checkpoint` (config, per-block Linen params, format,
 class names and eval preprocessing of a workdir); `load(source)` the pair `(model_config,
 params)`; `load_model(source)` a `LoadedModel` ready for inference.
@@ -60,6 +61,8 @@ def _kind(path: str) -> str:
         raise FileNotFoundError(2, 'no such file or directory', path)
     if workdir.is_workdir(path):
         return 'workdir'
+    if foreign.timm_hub_weights(path):
+        return 'weights'
     if paths.is_dir(path) or paths.name(path) == 'config.json':
         foreign.hf_files(path)
         return 'hf'
@@ -71,10 +74,16 @@ def _kind(path: str) -> str:
                           'a Hugging Face directory or a vit-train workdir')
 
 
+def _weights_path(path: str) -> str:
+    """The weights file of a timm hub snapshot (a directory or its config.json), else `path`."""
+    return path if workdir.is_workdir(path) else foreign.timm_hub_weights(path) or path
+
+
 def detect_format(path: str) -> str:
     """'npz', 'big_vision', 'timm', 'hf' or 'workdir', reading as little of `path` as it can."""
     path = str(path)
     kind = _kind(path)
+    path = _weights_path(path)
     if kind == 'npz':
         return 'big_vision' if npz.is_big_vision(npz.keys(path)) else 'npz'
     if kind == 'weights':
@@ -118,8 +127,9 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
     `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
-    'avg') state what timm state dicts do not record; they are needed only for those (and not when
-    the config.json timm saves beside its weights names the architecture). A LiT `.npz` takes the
+    'avg' | 'map') state what timm state dicts do not record; they are needed only for those, and not
+    when the config.json timm saves beside its weights names the architecture and its model_args (then
+    one that contradicts it is a CheckpointError). A LiT `.npz` takes the
     config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
     its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither);
     the ViT `model_name` is `load_model`'s. `image_size`: the input size of a model with a fixed
@@ -148,11 +158,14 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     elif kind == 'hf':
         found = Checkpoint(*foreign.read_hf(path), 'hf', path)
     else:
+        path = _weights_path(path)
         sd, meta = foreign.read_weights(path)
         fmt = foreign.weights_format(path, list(sd))
         config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
                           else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
         found = Checkpoint(config, params, fmt, path)
+        if fmt == 'timm':   # what timm's config.json records beside the weights: labels
+            found.class_names = foreign.timm_class_names(path, meta, arch.num_classes(params))
     if found.format == 'hf':   # what the directory records beside the weights: labels, center crop
         found.class_names, found.eval_pp = foreign.hf_class_names(path), foreign.hf_eval_pp(path)
     arch.check_params(found.params, found.model_config, source=path)

@@ -140,8 +140,14 @@ def _from_big_vision(tree: dict) -> dict:
 
 
 def is_big_vision(keys: Any) -> bool:
-    """Whether flat npz keys are big_vision's (a `params/` prefix or a top-level pos_embedding)."""
-    return any(k.startswith('params/') for k in keys) or 'pos_embedding' in strip_prefix(dict.fromkeys(keys))
+    """Whether flat npz keys are big_vision's: a `params/` prefix, a top-level pos_embedding, or a ViT
+    without any position embedding (big_vision's fixed sin-cos one, `posemb='sincos2d'`, has no
+    parameters; every original / AugReg ViT has `Transformer/posembed_input`)."""
+    names = strip_prefix(dict.fromkeys(keys))
+    if any(k.startswith('params/') for k in keys) or 'pos_embedding' in names:
+        return True
+    vit = 'embedding/kernel' in names and any(k.startswith('Transformer/encoderblock') for k in names)
+    return vit and not any(k.endswith('pos_embedding') for k in names)
 
 
 def is_lit(keys: Any) -> bool:
