@@ -1,7 +1,7 @@
 """AugReg pre-training ("How to train your ViT?", Steiner et al. 2021):
 --config=configs/augreg_pretrain.py:MODEL,DATASET,AUG
 
-AUG is one of the paper's presets (DESIGN.md "Paper recipes"): none, light1, light2, medium1,
+AUG is one of the paper's presets (docs/DESIGN.md "Paper recipes"): none, light1, light2, medium1,
 medium2, strong1, strong2 = RandAugment(2 layers, magnitude m) + Mixup(alpha) as listed in
 AUG_PRESETS. Regularisation "reg1" of the paper: dropout 0.1 and stochastic depth 0.1 (set
 --config.model.transformer.dropout_rate / stochastic_depth to 0 for "reg0"). Optimiser (paper §3):

@@ -2,7 +2,7 @@
 loaded by vit_jax from what `timm.models.save_for_hf` writes, and vit_jax's timm export loaded back
 with `timm.create_model(architecture, **model_args).load_state_dict(sd, strict=True)`.
 
-Needs timm importable (DESIGN.md, "Foreign formats", says how to get timm 1.0.31 next to torch here):
+Needs timm importable (docs/DESIGN.md, "Foreign formats", says how to get timm 1.0.31 next to torch here):
 
     PYTHONPATH=/path/to/timm_site:. JAX_PLATFORMS=cpu .venv/bin/python scripts/check_against_timm.py
 

@@ -1,4 +1,4 @@
-"""The package's layers (DESIGN.md "Layout"): imports point down, never up, and never in a cycle.
+"""The package's layers (docs/DESIGN.md "Layout"): imports point down, never up, and never in a cycle.
 
 Every module of vit_jax/ is parsed (not imported). A module-level import of another vit_jax
 module must go to the same layer or a lower one; the module-level import graph has no cycle; and

@@ -18,7 +18,7 @@ from vit_jax.models import (
     scan_to_blocks,
 )
 
-# DESIGN.md: exact counts with a 1000-class head at 224 px.
+# docs/DESIGN.md: exact counts with a 1000-class head at 224 px.
 PARAM_COUNTS = {
     'ViT-Ti_16': 5_717_416, 'ViT-S_16': 22_050_664, 'ViT-S_32': 22_878_952,
     'ViT-B_8': 86_576_872, 'ViT-B_16': 86_567_656, 'ViT-B_32': 88_224_232,
@@ -64,7 +64,7 @@ def test_parameter_count_matches_the_public_checkpoints(name):
     assert num_params(shapes['params']) == PARAM_COUNTS[name]
 
 
-# DESIGN.md "Public contract": exactly the original's names.
+# docs/DESIGN.md "Public contract": exactly the original's names.
 ORIGINAL_NAMES = {
     'ViT-Ti_16', 'ViT-S_16', 'ViT-S_32', 'ViT-B_8', 'ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32',
     'ViT-H_14',
