@@ -294,3 +294,26 @@ def test_load_trained_prefers_the_newest_of_model_npz_and_checkpoints(tmp_path, 
     train.train_and_evaluate(_tiny_config(total_steps=6, checkpoint_every=0), workdir)
     flat, npz = trees.flatten(workdir_lib.load_trained(workdir)[1]), _npz(tmp_path / 'model.npz')
     assert all(np.array_equal(flat[k], npz[k]) for k in npz)
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_workdir_says_what_it_loaded_and_refuses_another_architecture(tmp_path, capsys):
+    from vit_jax.errors import CheckpointError
+    pre = str(tmp_path / 'pre')
+    train.train_and_evaluate(_tiny_config(total_steps=1, eval_every=0, checkpoint_every=0), pre)
+    capsys.readouterr()
+    # configs/custom.py:SOURCE,FOLDER takes the source's architecture and resolution.
+    custom = config_util.load_file(f'{ROOT}/configs/custom.py:{pre},digits')
+    assert custom.model.hidden_size == 16 and custom.model.transformer.num_layers == 1
+    assert custom.pp.crop == 8 and custom.pretrained_path == pre and custom.batch == 64
+    config = _tiny_config(total_steps=1, eval_every=0, checkpoint_every=0, pretrained_path=pre)
+    train.train_and_evaluate(config, str(tmp_path / 'ft'))
+    loaded = [line for line in capsys.readouterr().out.splitlines() if line.startswith('Loaded ')]
+    assert loaded == [f'Loaded 22 of 24 tensors from {pre} (vit-train workdir); head re-initialised to '
+                      "zeros for 10 classes (the checkpoint's: 10 classes)"], loaded
+    # Another architecture: one line naming the facts; the run leaves no (empty) workdir behind.
+    config.model.update(dict(hidden_size=32))
+    with pytest.raises(CheckpointError, match=r'has another architecture than config.model \(ViT-digits\): '
+                                              r'hidden_size 16 \(config.model: 32\); set config.model'):
+        train.train_and_evaluate(config, str(tmp_path / 'bad'))
+    assert not os.path.exists(tmp_path / 'bad')

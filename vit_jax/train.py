@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 
 from vit_jax import config_util, fewshot, input_pipeline, optim, paths, resolve, sharding, trees
 from vit_jax import metrics as metrics_lib
-from vit_jax.checkpoint import adapt, hub, npz
+from vit_jax.checkpoint import adapt, hub, loader, npz
 from vit_jax.checkpoint import workdir as workdir_lib
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.models import VisionTransformer, build_model
@@ -273,8 +273,10 @@ def init_or_restore(config: Any, setup: Setup, checkpoints: workdir_lib.Checkpoi
     source = pretrained_source(config)
     if source is not None:
         # Every process reads the file: nothing needs the (possibly sharded, multi-host) fresh params.
-        params = adapt.load_pretrained(pretrained_path=source, init_params=setup.abstract_state['params'],
-                                       model_config=config.model)
+        params, report = adapt.adapt_pretrained(loader.read(source), setup.abstract_state['params'],
+                                                config.model)
+        if jax.process_index() == 0:
+            print(report, flush=True)
         state['params'] = jax.device_put(params, setup.shardings['params'])
     return state, None
 
@@ -342,6 +344,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
     total_steps = int(config.total_steps)
     is_chief = jax.process_index() == 0
     lock = workdir_lib.Lock(workdir) if is_chief else None
+    created = is_chief and not paths.exists(workdir)   # removed again if this run leaves it empty
     if is_chief:
         workdir_lib.ensure_writable(workdir)
         lock.acquire()
@@ -430,6 +433,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
         finally:
             if lock is not None:
                 lock.release()
+            if created and paths.exists(workdir) and not paths.listdir(workdir):
+                paths.rmtree(workdir)   # failed before writing anything: no empty workdir left behind
 
     result = dict(progress.last_eval, step=step, preempted=preempted)
     if not preempted and 'accuracy' in progress.last_eval and is_chief:

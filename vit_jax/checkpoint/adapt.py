@@ -19,7 +19,7 @@ import numpy as np
 from vit_jax import trees
 from vit_jax.checkpoint import arch, loader
 from vit_jax.errors import CheckpointError
-from vit_jax.models import blocks_to_scan
+from vit_jax.models import blocks_to_scan, family
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,36 @@ def resize_patch_embedding(kernel: Any, new_hw: tuple[int, int]) -> np.ndarray:
     return (pinv @ flat).reshape(*new_hw, *kernel.shape[2:]).astype(kernel.dtype)
 
 
+# The architecture facts that decide the parameter shapes (a patch size is resized, FlexiViT-style).
+_SHAPE_FACTS = (('hidden_size', 'hidden_size'), ('transformer.num_layers', 'layers'),
+                ('transformer.mlp_dim', 'mlp_dim'), ('resnet.num_layers', 'ResNet stem'))
+
+
+def _fact(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split('.'):
+        node = node.get(part) if node is not None and hasattr(node, 'get') else None
+    return tuple(node) if isinstance(node, list | tuple) else node
+
+
+def check_architecture(source: loader.Checkpoint, model_config: Any) -> None:
+    """One CheckpointError naming every differing shape fact when `source` is another architecture
+    than `model_config` (instead of a list of mismatched tensor shapes)."""
+    if family(source.model_config) != family(model_config):
+        raise CheckpointError(f'{source.path} is a {family(source.model_config)} model but config.model '
+                              f'is a {family(model_config)}')
+    if family(model_config) != 'ViT':
+        return
+    diffs = [f'{label} {_fact(source.model_config, key)} (config.model: {_fact(model_config, key)})'
+             for key, label in _SHAPE_FACTS if _fact(source.model_config, key) != _fact(model_config, key)]
+    if diffs:
+        name = source.model_config.get('model_name')
+        raise CheckpointError(f'{source.path}{f" ({name})" if name else ""} has another architecture than '
+                              f'config.model ({model_config.get("model_name") or "custom"}): '
+                              f'{", ".join(diffs)}; set config.model to the checkpoint\'s (configs/custom.py:'
+                              'SOURCE,FOLDER reads it from the source) or use a checkpoint of this model')
+
+
 def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
                     model_config: Any) -> dict:
     """Loads a checkpoint for fine-tuning a model whose fresh params are `init_params`.
@@ -94,18 +124,31 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
     in any supported format, a catalogue name, a `vit-train` workdir; scan-layout models are
     supported. Raises `CheckpointError` naming missing or wrong-shape keys.
     """
-    source = loader.read(pretrained_path)
+    return adapt_pretrained(loader.read(pretrained_path), init_params, model_config)[0]
+
+
+def adapt_pretrained(source: loader.Checkpoint, init_params: Mapping[str, Any], model_config: Any
+                     ) -> tuple[dict, str]:
+    """`load_pretrained` of a checkpoint already read: (params, one line saying what was loaded from
+    where and what was re-initialised, dropped or resized, and why)."""
+    pretrained_path = source.path
+    check_architecture(source, model_config)
     loader.warn_numerics(source, model_config)
     restored = dict(source.params)
+    notes: list[str] = []
     expected = init_params
     scan = 'encoderblock' in expected.get('Transformer', {})
 
     if arch.model_field(model_config, 'representation_size') is None and 'pre_logits' in restored:
         logger.info('load_pretrained: drop-head variant (no representation_size)')
         del restored['pre_logits']
+        notes.append('pre_logits dropped (config.model has no representation_size)')
     for head in ('head', 'head_dist'):   # head_dist: DeiT's distillation head
-        restored.pop(head, None)
+        old = restored.pop(head, None)
         if head in expected:  # Abstract init params (jax.eval_shape) get the model's zero init.
+            was = f'{trees.shape(old["kernel"])[-1]} classes' if old is not None else 'none'
+            notes.append(f'{head} re-initialised to zeros for {trees.shape(expected[head]["kernel"])[-1]} '
+                         f'classes (the checkpoint\'s: {was})')
             restored[head] = {k: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v
                               for k, v in expected[head].items()}
 
@@ -118,6 +161,8 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
                   + (trees.shape(expected['reg'])[1] if 'reg' in expected else 0))
         restored['Transformer']['posembed_input']['pos_embedding'] = interpolate_posembed(
             posemb, trees.shape(posemb_new)[1], num_prefix_tokens=prefix)
+        notes.append(f'pos_embedding resized from {trees.shape(posemb)[1]} to {trees.shape(posemb_new)[1]} '
+                     'tokens (another image size)')
 
     kernel = restored.get('embedding', {}).get('kernel')
     kernel_new = expected.get('embedding', {}).get('kernel')
@@ -126,14 +171,21 @@ def load_pretrained(*, pretrained_path: str, init_params: Mapping[str, Any],
         if trees.shape(kernel)[2:] == trees.shape(kernel_new)[2:] and old_hw != new_hw:
             logger.info('load_pretrained: patch size %s -> %s', old_hw, new_hw)
             restored['embedding']['kernel'] = resize_patch_embedding(kernel, new_hw)
+            notes.append(f'patch embedding resized from {old_hw} to {new_hw} (FlexiViT)')
 
     if scan and 'encoderblock_0' in restored.get('Transformer', {}):
         restored = jax.tree_util.tree_map(np.asarray, blocks_to_scan(restored))
     arch.inspect_params(restored, expected, fail_if_extra=False, source=str(pretrained_path))
     # Keep only what the model has, in the model's parameter dtype.
     got = trees.flatten(restored)
-    return trees.unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
-                             for k, v in trees.flatten(expected).items()})
+    wanted = trees.flatten(expected)
+    heads = {k for k in wanted if k.split('/')[0] in ('head', 'head_dist')}
+    params = trees.unflatten({k: np.asarray(got[k]).astype(getattr(v, 'dtype', np.float32))
+                              for k, v in wanted.items()})
+    report = (f'Loaded {len(wanted) - len(heads)} of {len(wanted)} tensors from {pretrained_path} '
+              f'({loader.FORMAT_NAMES.get(source.format, source.format)})'
+              + ''.join(f'; {n}' for n in notes))
+    return params, report
 
 
 def replace_head(params: Mapping[str, Any], classes: int) -> dict:
