@@ -1129,3 +1129,26 @@ def test_hf_export_over_an_existing_directory_on_a_full_disk_keeps_the_old_one_w
     assert err == [f"vit-convert: error: {tmp_path / 'hf'}: File too large"], proc.stderr
     assert {f: (tmp_path / 'hf' / f).read_bytes() for f in os.listdir(tmp_path / 'hf')} == before
     assert sorted(os.listdir(tmp_path)) == ['bigger.npz', 'hf']   # no temporary directory left behind
+
+
+@pytest.mark.parametrize('eval_pp,crop_pct,resize', [
+    (None, 1.0, 32),                                                     # a whole-image resize
+    ({'crop': 32, 'eval_crop': 'center', 'resize': 36}, 32 / 36, 36),    # a workdir's center crop
+    ({'crop': 32, 'eval_crop': 'center', 'resize': 37}, None, 37),
+])
+def test_timm_export_pretrained_cfg_is_vit_jax_preprocessing(exact, tmp_path, eval_pp, crop_pct, resize):
+    """timm's eval transform of the exported pretrained_cfg, 'squash': both sides resized to
+    floor(size / crop_pct), aspect not kept, then the central crop — vit_jax's eval preprocessing."""
+    import math
+
+    from safetensors.numpy import save_file
+    save_file(_timm_sd(exact, tmp_path), str(tmp_path / 'm.safetensors'))
+    config, params = loader.load(tmp_path / 'm.safetensors', num_heads=2, pool='token')
+    convert.export(params, config, str(tmp_path / 'out'), format='timm', eval_pp=eval_pp)
+    cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']
+    size = cfg['input_size'][1]
+    assert cfg['crop_mode'] == 'squash' and cfg['interpolation'] == 'bilinear' and size == 32
+    assert math.floor(size / cfg['crop_pct']) == resize   # timm's scale_size
+    if crop_pct is not None:
+        assert cfg['crop_pct'] == pytest.approx(crop_pct)
+    assert cfg['mean'] == cfg['std'] == [0.5, 0.5, 0.5]

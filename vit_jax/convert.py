@@ -39,7 +39,8 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
     strict-load into `timm.create_model(architecture, **model_args)` of the config.json (in a .safetensors
     file: its metadata); timm has LayerNorm eps 1e-6: exporting a model with another warns.
     A Hugging Face directory gets `class_names` as its labels and the eval preprocessing
-    (`eval_pp` of a vit-train workdir, else a whole-image resize) as its image processor.
+    (`eval_pp` of a vit-train workdir, else a whole-image resize) as its image processor; a timm
+    directory the same as its config.json's label_names and pretrained_cfg.
     """
     if format not in EXPORT_FORMATS:
         raise CheckpointError(f'unknown export format {format!r}; expected one of {EXPORT_FORMATS}')
@@ -63,7 +64,8 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
         what = 'a timm export to a path without .safetensors' if format == 'timm' else 'Hugging Face export'
         raise CheckpointError(f'{dst}: exists and is not a directory ({what} writes one)')
     if format == 'timm':
-        return paths.write_dir_atomic(dst, foreign.timm_files_bytes(params, model_config, class_names))
+        return paths.write_dir_atomic(dst, foreign.timm_files_bytes(params, model_config, class_names,
+                                                                    eval_pp))
     return paths.write_dir_atomic(dst, foreign.hf_files_bytes(params, model_config, class_names, eval_pp))
 
 

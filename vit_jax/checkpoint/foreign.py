@@ -16,6 +16,7 @@ from a guess; every fact is checked against the weights. timm exports strict-loa
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -1131,12 +1132,15 @@ def _timm_export_name(facts: Mapping[str, Any], distilled: bool) -> str:
     return 'deit_base_distilled_patch16_224' if distilled else 'vit_base_patch16_224'
 
 
-def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None) -> dict:
+def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None,
+                eval_pp: Mapping[str, Any] | None = None) -> dict:
     """timm's config.json (the layout of `timm.models.save_for_hf`) of a model exported by
     `timm_state_dict`: an `architecture` and the `model_args` with which
     `timm.create_model(architecture, **model_args)` strict-loads those weights and computes the same
-    (timm's LayerNorm eps is 1e-6), and a `pretrained_cfg` with vit_jax's input: a whole-image bilinear
-    resize, pixels scaled to [-1, 1] (mean = std = 0.5)."""
+    (timm's LayerNorm eps is 1e-6), and a `pretrained_cfg` with vit_jax's input: timm's 'squash'
+    crop mode (each side resized to size / crop_pct, aspect not kept, then the central crop) is
+    vit_jax's eval preprocessing — crop_pct 1 for a whole-image resize, crop / resize for a
+    workdir's center crop (`eval_pp`) — bilinear, pixels scaled to [-1, 1] (mean = std = 0.5)."""
     check_exportable(params, config, 'timm')
     classes = arch.num_classes(params)
     if family(config) == 'Mixer':
@@ -1169,7 +1173,8 @@ def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[st
     record = {'architecture': name, 'num_classes': classes, 'num_features': width, 'global_pool': pool,
               'model_args': args,
               'pretrained_cfg': {'input_size': [3, size, size], 'fixed_input_size': True,
-                                 'interpolation': 'bilinear', 'crop_pct': 1.0, 'crop_mode': 'center',
+                                 'interpolation': 'bilinear', 'crop_pct': _crop_pct(size, eval_pp),
+                                 'crop_mode': 'squash',
                                  'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'num_classes': classes,
                                  'first_conv': first_conv, 'classifier': 'head'}}
     if class_names is not None:
@@ -1177,6 +1182,17 @@ def timm_config(params: Mapping[str, Any], config: Any, class_names: Sequence[st
             raise CheckpointError(f'{len(class_names)} class names for a {classes}-class head')
         record['label_names'] = [str(n) for n in class_names]
     return record
+
+
+def _crop_pct(size: int, eval_pp: Mapping[str, Any] | None) -> float:
+    """timm's crop_pct for which its resize, floor(size / crop_pct), is vit_jax's eval resize."""
+    if not (eval_pp and eval_pp.get('eval_crop') == 'center' and eval_pp.get('resize')):
+        return 1.0
+    resize = int(eval_pp['resize'])
+    pct = size / resize
+    while math.floor(size / pct) < resize:
+        pct = float(np.nextafter(pct, 0))
+    return pct
 
 
 def _ratio(hidden: int, width: int) -> float:
@@ -1229,11 +1245,12 @@ def timm_bytes(params: Mapping[str, Any], config: Any) -> bytes:
     return _safetensors_bytes(timm_state_dict(params, config), meta)
 
 
-def timm_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None
-                     ) -> dict[str, bytes]:
+def timm_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None,
+                     eval_pp: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """The files of a timm hub directory (as `timm.models.save_for_hf` writes it): config.json
-    (`timm_config`, with `class_names` as label_names) and model.safetensors (`timm_bytes`)."""
-    record = timm_config(params, config, class_names)
+    (`timm_config`, with `class_names` as label_names and `eval_pp` as its pretrained_cfg's crop) and
+    model.safetensors (`timm_bytes`)."""
+    record = timm_config(params, config, class_names, eval_pp)
     return {'config.json': json.dumps(record, indent=2).encode(),
             'model.safetensors': timm_bytes(params, config)}
 
