@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
               '  --workdir=DIR         local path or gs://bucket/dir: config.json, checkpoints, '
               'metrics.jsonl, TensorBoard, model.npz')
         sys.exit(0)
-    config, workdir = parse(argv)
+    # Before the config file runs: a root-level logging call there (a library's) would configure
+    # logging first, with its default format.
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+    config, workdir = parse(argv)
     if jax.process_index() == 0:
         text = yaml.dump(config_util.to_dict(config), Dumper=_ConfigDumper, sort_keys=True)
         print(f'Config:\n{text}', flush=True)
