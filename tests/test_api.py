@@ -114,3 +114,20 @@ def test_unknown_attribute_of_the_package():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         vit_jax.nope  # noqa: B018
     assert os.path.basename(vit_jax.__file__) == '__init__.py'
+
+
+def test_an_exported_model_keeps_its_preprocessing_and_classes(kit, tmp_path):
+    from vit_jax import export
+    root, ckpt, files = kit
+    loaded = loader.load_model(ckpt)
+    loaded.class_names, loaded.crop_fraction = ['rouge', 'vert', 'bleu'], 0.5
+    path = export.export_model(loaded, str(tmp_path / 'colors.vitx'))
+    served, direct = vit_jax.load(path), vit_jax.load(ckpt)
+    assert (served.image_size, served.num_classes, served.class_names) == (32, 3, ['rouge', 'vert', 'bleu'])
+    pp = vit_jax.api.preprocessing.for_inference(32, 0.5)
+    expected = np.stack([vit_jax.api.preprocessing.load_image(f, pp) for f in files])
+    np.testing.assert_array_equal(served.preprocess(files), expected)       # the recorded center crop
+    np.testing.assert_allclose(served.logits(files), direct.logits(expected), rtol=1e-5, atol=1e-6)
+    assert [p[0]['label'] for p in served.predict(files, k=1)] == ['rouge', 'vert', 'bleu']
+    with pytest.raises(UserError, match='an exported classifier computes logits only'):
+        served.features(files)

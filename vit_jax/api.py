@@ -8,7 +8,8 @@
     x = model.preprocess(['cat.jpg'])             # float32 [n, S, S, 3] in [-1, 1], what the model sees
 
 `source` is anything the one loader reads (`vit_jax.checkpoint.loader.load_model`), with the same
-stated facts as the CLIs (`model=`, `arch=`, `num_heads=`, `pool=`, `image_size=`). Images are
+stated facts as the CLIs (`model=`, `arch=`, `num_heads=`, `pool=`, `image_size=`), or a file of
+`vit-export` (`.vitx`, run by `vit_jax.serving` with the preprocessing its metadata records). Images are
 prepared by the one preprocessing (`vit_jax.preprocessing`): the model's own image size and eval
 crop, (x - 127.5) / 127.5; files are decoded as vit-predict decodes them (same pixels, same
 decompression-bomb bound). An array already of shape [n, S, S, 3] and float dtype is taken as
@@ -18,43 +19,31 @@ preprocessed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from vit_jax import fewshot, images, labels, preprocessing
+from vit_jax import fewshot, images, labels, preprocessing, serving
 from vit_jax.checkpoint import loader
-from vit_jax.errors import DataError, UserError
+from vit_jax.errors import CheckpointError, DataError, UserError
 from vit_jax.predict import make_predict_fn, top_k
 from vit_jax.tflib import tf
 
+EXPORT_SUFFIX = '.vitx'   # vit-export's files
+
 
 class Model:
-    """A loaded classifier (or feature extractor) with its preprocessing and class names."""
+    """A classifier (or feature extractor) with its preprocessing and class names: from `load`."""
 
-    def __init__(self, loaded: loader.LoadedModel, batch_size: int = 32,
-                 max_pixels: int = images.MAX_PIXELS):
-        self.loaded, self.batch_size, self.max_pixels = loaded, batch_size, max_pixels
-        self.pp = preprocessing.for_inference(loaded.image_size, loaded.crop_fraction)
-        self._logits = make_predict_fn(loaded, batch_size) if loaded.num_classes else None
-        self._features = fewshot.make_representation_fn(loaded.model, batch_size)
-
-    @property
-    def image_size(self) -> int:
-        return self.loaded.image_size
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.loaded.num_classes
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.loaded.class_names
-
-    @property
-    def source(self) -> str:
-        return self.loaded.source
+    def __init__(self, *, source: str, image_size: int, crop_fraction: float | None,
+                 class_names: list[str] | None, num_classes: int | None,
+                 logits: Callable[[np.ndarray], np.ndarray] | None,
+                 features: Callable[[np.ndarray], np.ndarray] | None, max_pixels: int = images.MAX_PIXELS):
+        self.source, self.image_size, self.num_classes = source, image_size, num_classes
+        self.class_names, self.max_pixels = class_names, max_pixels
+        self.pp = preprocessing.for_inference(image_size, crop_fraction)
+        self._logits, self._features = logits, features
 
     def __repr__(self) -> str:
         return (f'vit_jax.Model({self.source!r}, image_size={self.image_size}, '
@@ -99,7 +88,10 @@ class Model:
 
     def features(self, inputs: Any) -> np.ndarray:
         """[n, d] pre-logits representations (what few-shot probes and retrieval use)."""
-        return self._features(self.loaded.params, self._inputs(inputs))
+        if self._features is None:
+            raise UserError(f'{self.source}: an exported classifier computes logits only (export the model '
+                            'without its head for features)')
+        return self._features(self._inputs(inputs))
 
     def predict(self, inputs: Any, k: int = 5) -> list[list[dict]]:
         """Per image its k most probable classes: {'rank', 'index', 'label', 'probability'}."""
@@ -110,13 +102,35 @@ def load(source: str, *, model: str | None = None, arch: str | None = None, num_
          pool: str | None = None, image_size: int | None = None, batch_size: int = 32,
          max_pixels: int = images.MAX_PIXELS) -> Model:
     """The model of `source` (catalogue name, .npz, workdir, timm/HF/big_vision file or directory,
-    local or gs://), ready for `predict` / `logits` / `features`; `model`, `arch`, `num_heads`,
-    `pool`, `image_size` state what a file does not record, as the CLIs' flags."""
+    `vit-export` file; local or gs://), ready for `predict` / `logits` / `features`; `model`, `arch`,
+    `num_heads`, `pool`, `image_size` state what a file does not record, as the CLIs' flags."""
+    if str(source).endswith(EXPORT_SUFFIX):
+        return _from_export(str(source), max_pixels)
     loaded = loader.load_model(source, model, num_heads=num_heads, pool=pool, timm_arch=arch,
                                image_size=image_size)
-    if loaded.class_names is None and loaded.num_classes:
-        loaded.class_names = labels.default_labels(loaded.num_classes)
-    return Model(loaded, batch_size, max_pixels)
+    represent = fewshot.make_representation_fn(loaded.model, batch_size)
+    return Model(source=loaded.source, image_size=loaded.image_size, crop_fraction=loaded.crop_fraction,
+                 class_names=loaded.class_names or labels.default_labels(loaded.num_classes),
+                 num_classes=loaded.num_classes,
+                 logits=make_predict_fn(loaded, batch_size) if loaded.num_classes else None,
+                 features=lambda x: represent(loaded.params, x), max_pixels=max_pixels)
+
+
+def _from_export(path: str, max_pixels: int) -> Model:
+    """A `vit-export` file with the preprocessing and classes its metadata records."""
+    served = serving.load_exported(path)
+    meta = served.metadata
+    crop = (meta.get('preprocessing') or {}).get('crop_fraction')
+    valid = crop is None or (isinstance(crop, int | float) and not isinstance(crop, bool) and 0 < crop <= 1)
+    if not valid:
+        raise CheckpointError(f'{path}: {serving.METADATA} preprocessing.crop_fraction={crop!r} is not in '
+                              '(0, 1]')
+    headless = meta.get('output') == 'pre-logits features'
+    return Model(source=path, image_size=meta['image_size'], crop_fraction=crop,
+                 class_names=meta.get('class_names'),
+                 num_classes=None if headless else meta.get('num_classes'),
+                 logits=None if headless else served, features=served if headless else None,
+                 max_pixels=max_pixels)
 
 
 def _is_single(inputs: Any) -> bool:
