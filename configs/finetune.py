@@ -26,6 +26,7 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
     model, dataset = (arg.split(',') + ['cifar10'])[:2]
     config = common.with_dataset(common.get_config(), dataset)
     config.model = models.get_config(model)
+    config.pp.partial_patches = True   # the original's 384 px for every model: H/14 sees the top-left 378x378
     config.pretrained_path = model
     config.base_lr = BASE_LR.get(dataset, 0.03)
     config.warmup_steps = WARMUP_STEPS.get(dataset, config.warmup_steps)
