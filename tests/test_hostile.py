@@ -692,13 +692,14 @@ BATTERY = [
      2, E, r"label 'red' is given twice: a label given twice splits its probability between the copies"),
     ('zeroshot-labels-differ-in-case', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels "Red,red "', 2, E,
      r"labels 'Red' and 'red' differ only in case or spaces"),
-    ('zeroshot-one-label', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}x', 2, E,
+    ('zeroshot-labels-file-missing', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}x',
+     2, E,
      r"labels '{labels_two.txt}x': neither a file nor one of"),
     ('zeroshot-empty-label', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels a,,b', 2, E,
      r"--labels 'a,,b' has an empty label"),
     ('zeroshot-labels-file-empty', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_empty.txt}',
      2, E, r'{labels_empty.txt}: no labels in the file'),
-    ('zeroshot-labels-utf16-single', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}',
+    ('zeroshot-missing-checkpoint', 'vit-zeroshot', '{ok} --checkpoint x.npz --labels {labels_two.txt}',
      2, E, r'x.npz'),
     ('zeroshot-templates-empty', 'vit-zeroshot',
      '{ok} --checkpoint x.npz --labels a,b --templates {templates_empty.txt}', 2, E,
@@ -752,7 +753,9 @@ BATTERY = [
     ('train-unknown-key', 'vit-train', '{digits} --config.bach=8', 2, E,
      r"bach.*did you mean 'batch'"),
     ('train-bool-garbage', 'vit-train', '{digits} '
-     '--config.pp.partial_patches=maybe', 2, E, r'pp.partial_patches'),
+     '--config.pp.partial_patches=maybe', 2, E,
+     r'flag --config.pp.partial_patches=maybe: Non-boolean argument to boolean flag '
+     r'\(expected true or false\)$'),
     ('train-missing-dataset', 'vit-train', '{digits} '
      '--config.dataset={root}/nowhere', 2, E, r"config.dataset='{root}/nowhere'"),
     ('train-workdir-is-a-file', 'vit-train', '--config={ROOT}/configs/digits.py --workdir={a_file}', 2, E,

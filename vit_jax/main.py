@@ -82,8 +82,9 @@ def parse(argv: list[str]) -> tuple[object, str]:
         holder = config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True,
                                                  sys_argv=rest)
         flag_values(rest)
-    except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    except flags.Error as e:   # absl may end its message with a tuple's repr: ('reason', 'value')
+        text = re.sub(r": \('([^']*)', '[^']*'\)$", r': \1', str(e).splitlines()[0])
+        raise ConfigError(text + (' (expected true or false)' if 'boolean' in text else '')) from None
     except (AttributeError, KeyError) as e:  # an override of a field the config does not have
         name = str(e.args[0] if e.args else e).strip('\'"')
         raise ConfigError(f'--config.{name}: the config has no such field (every field is listed in '
