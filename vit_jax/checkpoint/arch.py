@@ -120,6 +120,8 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         config.num_registers = int(trees.shape(params['reg'])[1])
     if 'dist' in params:
         config.distillation_token = True
+        if 'head' in params:   # a classifier records whether the distillation token has its own head
+            config.distillation_head = 'head_dist' in params
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)
     if 'conv_root' in params:

@@ -249,6 +249,8 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         if not fixed and 'posembed_input' not in params.get('Transformer', {}):
             raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
         config['distillation_token'] = 'dist' in params
+        if 'dist' in params and 'head' in params:
+            config['distillation_head'] = 'head_dist' in params
         # A named config (--model) may differ from the file in its pre-logits layer or class token.
         config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
                                          if 'pre_logits' in params else None)

@@ -323,8 +323,13 @@ class VisionTransformer(nn.Module):
     fc_norm: bool = False
     # DeiT's distillation token (timm `dist_token`, `head_dist`): `dist` [1, 1, D] after the class
     # token, its own head `head_dist`; the logits are the mean of the two heads (timm's inference, and
-    # its training unless `distilled_training`). Needs classifier='token'.
+    # its training unless `distilled_training`; HF DeiTForImageClassificationWithTeacher). Needs
+    # classifier='token'.
     distillation_token: bool = False
+    # With `distillation_token`: False reads the class token alone (no `head_dist`; features and
+    # `pre_logits` of the class token): HF DeiTForImageClassification and DeiTModel's pooler, where the
+    # distillation token only takes part in the attention.
+    distillation_head: bool = True
     # 'learn': learned position embeddings (`Transformer/posembed_input`), as the original;
     # 'sincos2d': big_vision's fixed 2-D sin-cos embedding of the patch grid (no parameters; the
     # class token gets none), added before the class token is prepended, as big_vision does.
@@ -370,10 +375,11 @@ class VisionTransformer(nn.Module):
             raise ValueError(f'patches.size is missing (patches={self.patches!r})')
         if self.classifier in ('token', 'token_unpooled') and not self.has_class_token:
             raise ValueError(f'classifier={self.classifier!r} needs a class token (class_token=False)')
-        if self.distillation_token and (self.classifier != 'token' or self.representation_size is not None
-                                        or self.transformer is None):
-            raise ValueError("distillation_token needs classifier='token', a transformer and no "
-                             'representation_size (DeiT)')
+        if self.distillation_token and (self.classifier != 'token' or self.transformer is None):
+            raise ValueError("distillation_token needs classifier='token' and a transformer (DeiT)")
+        if self.distillation_token and self.distillation_head and self.representation_size is not None:
+            raise ValueError('distillation_token with its own head (distillation_head=True) has no '
+                             'representation_size (DeiT; HF DeiTModel reads the class token alone)')
         if self.posemb not in POSEMBS:
             raise ValueError(f'posemb={self.posemb!r} is unknown; expected one of {POSEMBS}')
         if self.transformer is not None:
@@ -438,7 +444,7 @@ class VisionTransformer(nn.Module):
 
         distilled = None
         if self.classifier == 'token':
-            x, distilled = x[:, 0], (x[:, 1] if self.distillation_token else None)
+            x, distilled = x[:, 0], (x[:, 1] if self.distillation_token and self.distillation_head else None)
         elif self.classifier == 'gap':
             tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # nor class token nor registers
             x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
