@@ -209,6 +209,9 @@ def test_hf_deit_round_trip_and_refusals_without_transformers(tmp_path):
         found = loader.read(path)
         assert bool(found.model_config.get('distillation_head', True)) == teacher
         assert _rel_err(_ours(path), ours, f'DeiT (teacher={teacher}) -> HF -> vit_jax') <= 1e-6
+        # Its weights file alone (the config.json beside it is read): the `deit.` names say Hugging Face.
+        assert loader.detect_format(f'{path}/model.safetensors') == 'hf'
+        assert _rel_err(_ours(f'{path}/model.safetensors'), ours, 'DeiT weights file') <= 1e-6
     with pytest.raises(CheckpointError, match='class token alone'):
         convert.export(found.params, found.model_config, str(tmp_path / 'deit.safetensors'), 'timm')
     directory = tmp_path / 'deit_True'

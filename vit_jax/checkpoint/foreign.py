@@ -1,5 +1,5 @@
-"""timm and Hugging Face ViT (and SigLIP vision) weights: reading them into the Linen tree, writing
-them back.
+"""timm and Hugging Face ViT (and DeiT, DINOv2, SigLIP vision) weights: reading them into the Linen
+tree, writing them back.
 
 All are read through one canonical "torch-style" naming (cls, pos, patch, {i}.{ln1,q,k,v,o,
 ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qkv` is q, k, v

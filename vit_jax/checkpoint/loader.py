@@ -3,7 +3,7 @@
 Sources: a catalogue name (`ViT-B_16`, `augreg/B_16`, ...: downloaded once, verified, cached by
 `hub`), a vit-train workdir, the original / AugReg `.npz`, a big_vision `.npz`, a timm state
 dict (`.safetensors`, `.pth`/`.bin`, or a timm hub directory: config.json naming an `architecture`
-beside model.safetensors), a Hugging Face ViT directory — local or in a bucket
+beside model.safetensors), a Hugging Face ViT, DeiT, DINOv2 or SigLIP directory — local or in a bucket
 (gs://...). `read(source)` returns a `Checkpoint` (config, per-block Linen params, format,
 class names and eval preprocessing of a workdir); `load(source)` the pair `(model_config,
 params)`; `load_model(source)` a `LoadedModel` ready for inference.
@@ -39,7 +39,7 @@ from vit_jax.models import (
 
 FORMAT_NAMES = {
     'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
-    'timm': 'timm state dict', 'hf': 'Hugging Face ViT', 'workdir': 'vit-train workdir'}
+    'timm': 'timm state dict', 'hf': 'Hugging Face', 'workdir': 'vit-train workdir'}
 
 
 @dataclasses.dataclass
