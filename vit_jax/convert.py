@@ -58,6 +58,10 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
             raise CheckpointError('an .npz does not record that the features are the class token alone, not '
                                   'the mean of the class and distillation tokens (Hugging Face DeiTModel); '
                                   'export it to hf (--to hf)')
+        if model_config.get('classifier') == 'token_gap':
+            raise CheckpointError('an .npz does not record the pooling (the class token concatenated with '
+                                  "the mean patch token, Hugging Face Dinov2ForImageClassification's), and "
+                                  'timm and Hugging Face ViT have no such head: keep the source directory')
         if arch.model_field(model_config, 'posemb') == 'sincos2d':
             # big_vision's layout (a `params/` prefix), whose missing position embedding means sin-cos.
             return npz.save({'params': params}, dst)

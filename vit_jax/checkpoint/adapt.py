@@ -143,7 +143,9 @@ def replace_head(params: Mapping[str, Any], classes: int, distillation_head: boo
     params = dict(params)
     norm = (params.get('fc_norm') or params.get('Transformer', {}).get('encoder_norm')
             or params['pre_head_layer_norm'])
-    features = (trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
+    # The head's input: an existing head's (2 x hidden_size for classifier='token_gap'), else the features.
+    features = (trees.shape(params['head']['kernel'])[0] if 'head' in params
+                else trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
                 else trees.shape(norm['scale'])[0])
     dtype = np.asarray(norm['scale']).dtype
     if distillation_head is None:
