@@ -55,6 +55,8 @@ FAMILIES = {
     'HF DeiTModel': ('Hugging Face DeiTModel + pooler (pre_logits)', '-', 'HF DeiTModel exported back'),
     'HF Dinov2Model': ('Hugging Face Dinov2Model (pooler_output; layer scale, mlp_ratio, qkv_bias from '
                        'config.json)', 'facebook/dinov2-small', '-'),
+    'HF Dinov2ForImageClassification': ('Hugging Face Dinov2ForImageClassification (head on [class token, '
+                                        'mean patch token])', 'DINOv2 linear-probe fine-tunes', '-'),
     'HF SigLIP vision': ('Hugging Face SiglipVisionModel', 'google/siglip-base-patch16-224 (vision)', '-'),
     'HF SigLIP two_tower': ('Hugging Face SiglipModel: its vision tower', 'google/siglip-so400m-patch14-384',
                             '-'),
@@ -89,7 +91,8 @@ def main() -> None:
     deit = ('DeiTForImageClassification', 'DeiTForImageClassificationWithTeacher', 'DeiTModel')
     for test, classes in ((th.test_hf_deit_loads_exactly, deit),
                           (th.test_hf_deit_exports_back_strict_loading, deit),
-                          (th.test_hf_dinov2_model_features_load_exactly, (None,))):
+                          (th.test_hf_dinov2_model_features_load_exactly, (None,)),
+                          (th.test_hf_dinov2_for_image_classification_loads_exactly, (None,))):
         for cls in classes:
             with tempfile.TemporaryDirectory() as d:
                 test((torch, transformers), pathlib.Path(d), *((cls,) if cls else ()))

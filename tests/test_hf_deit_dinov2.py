@@ -153,6 +153,32 @@ def test_distilled_vit_jax_model_exports_to_deit_with_teacher(tf, tmp_path):
     assert _rel_err(_theirs(tf, back.eval()), ours, 'vit_jax distilled -> HF DeiT with teacher') <= TOLERANCE
 
 
+def test_hf_dinov2_for_image_classification_loads_exactly(tf, tmp_path):
+    """Dinov2ForImageClassification's head reads the class token concatenated with the mean of the patch
+    tokens: vit_jax's classifier='token_gap'. No export format records that head: refused in one line."""
+    model, path = _save(tf, tmp_path, 'dinov2', 'Dinov2ForImageClassification',
+                        _dinov2_config(tf[1], num_labels=5))
+    found = loader.read(path)
+    assert found.model_config.classifier == 'token_gap'
+    assert found.params['head']['kernel'].shape == (64, 5)
+    assert _rel_err(_ours(path), _theirs(tf, model), 'HF Dinov2ForImageClassification') <= TOLERANCE
+    with pytest.raises(CheckpointError, match='an .npz does not record the pooling'):
+        convert.export(found.params, found.model_config, str(tmp_path / 'out.npz'), 'npz')
+    with pytest.raises(CheckpointError, match="classifier='token_gap' cannot be exported to timm"):
+        convert.export(found.params, found.model_config, str(tmp_path / 'out.safetensors'), 'timm')
+
+
+@pytest.mark.parametrize('cls', ['DeiTForImageClassificationWithTeacher', 'DeiTForImageClassification',
+                                 'Dinov2ForImageClassification'])
+def test_hf_classifiers_without_labels_give_their_features(tf, tmp_path, cls):
+    """num_labels=0 (Identity heads, no head weights): the class named by config.json `architectures`
+    decides the features: the mean of the class and distillation tokens (WithTeacher), the class token
+    (DeiTForImageClassification), or [class token, mean patch token] (Dinov2ForImageClassification)."""
+    make = _dinov2_config if cls.startswith('Dinov2') else _deit_config
+    model, path = _save(tf, tmp_path, 'model', cls, make(tf[1], num_labels=0))
+    assert _rel_err(_ours(path), _theirs(tf, model), f'HF {cls} without labels') <= TOLERANCE
+
+
 def _refused(path, *needles):
     with pytest.raises(CheckpointError) as e:
         loader.read(path)
@@ -168,18 +194,14 @@ def _edit_config(directory, **fields):
 
 
 def test_hf_dinov2_refusals_name_the_file_and_field(tf, tmp_path):
-    """SwiGLU (use_swiglu_ffn, or its weights under a config that denies it), Dinov2ForImageClassification's
-    head on concat(class token, mean patch token), and an mlp_ratio that contradicts the weights."""
+    """SwiGLU (use_swiglu_ffn, or its weights under a config that denies it) and an mlp_ratio that
+    contradicts the weights."""
     transformers = tf[1]
     _, swiglu = _save(tf, tmp_path, 'swiglu', 'Dinov2Model',
                       _dinov2_config(transformers, use_swiglu_ffn=True))
     _refused(swiglu, f'{swiglu}/config.json', 'use_swiglu_ffn=true', 'SwiGLU')
     _edit_config(tmp_path / 'swiglu', use_swiglu_ffn=False)
     _refused(swiglu, 'model.safetensors', 'SwiGLU MLP is not supported')
-    _, head = _save(tf, tmp_path, 'head', 'Dinov2ForImageClassification',
-                    _dinov2_config(transformers, num_labels=3))
-    _refused(head, f'{head}/config.json', 'architectures', 'Dinov2ForImageClassification',
-             'mean of the patch')
     _, plain = _save(tf, tmp_path, 'plain', 'Dinov2Model', _dinov2_config(transformers))
     _edit_config(tmp_path / 'plain', mlp_ratio=2)
     _refused(plain, f'{plain}/config.json', 'mlp_ratio=2')
@@ -221,3 +243,18 @@ def test_hf_deit_round_trip_and_refusals_without_transformers(tmp_path):
         config_path = _edit_config(directory, **{field: value})
         _refused(str(directory), config_path, f'{field}=')
         (directory / 'config.json').write_text(original)
+
+
+def test_token_gap_pools_the_class_token_and_the_mean_patch_token():
+    """classifier='token_gap' (Dinov2ForImageClassification's head input) is [class token, mean of the
+    patch tokens] of the normalised tokens that classifier='token_unpooled' returns."""
+    config = dict(patches={'size': (8, 8)}, hidden_size=32,
+                  transformer=dict(num_layers=1, num_heads=2, mlp_dim=64, dropout_rate=0.0,
+                                   attention_dropout_rate=0.0, layer_scale=1.0))
+    pooled = VisionTransformer(num_classes=None, classifier='token_gap', **config)
+    params = pooled.init(jax.random.PRNGKey(0), IMAGES, train=False)
+    tokens = np.asarray(VisionTransformer(num_classes=None, classifier='token_unpooled', **config).apply(
+        params, IMAGES, train=False))
+    want = np.concatenate([tokens[:, 0], tokens[:, 1:].mean(axis=1)], axis=-1)
+    np.testing.assert_allclose(np.asarray(pooled.apply(params, IMAGES, train=False)), want, rtol=1e-6,
+                               atol=1e-6)

@@ -83,6 +83,7 @@ _HF_DINOV2_NAMES = [
     (r'encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
     (r'encoder\.layer\.(\d+)\.layer_scale(1|2)\.lambda1', r'\1.ls\2'),
     (r'layernorm\.(weight|bias)', r'norm.\1'),
+    (r'classifier\.(weight|bias)', r'head.\1'),   # Dinov2ForImageClassification: on [class, mean patch]
 ]
 # transformers' SiglipVisionModel (and the vision tower of SiglipModel): no class token, position
 # embeddings an nn.Embedding [N, D], the attention-pooling head an nn.MultiheadAttention (q, k, v packed).
@@ -527,12 +528,20 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
                                    no_embed_class=False if model_type != 'vit' else None)
     eps = _hf_field(config_path, hf, 'layer_norm_eps', 1e-6 if model_type == 'dinov2' else HF_LAYER_NORM_EPS,
                     float)
-    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act], source=weights)
+    names = hf.get('architectures')
+    name = names[0] if isinstance(names, list) and names else None
+    # Dinov2ForImageClassification's head (an Identity without labels) reads the class token concatenated
+    # with the mean of the patch tokens.
+    token_gap = model_type == 'dinov2' and ('head' in params or name == 'Dinov2ForImageClassification')
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act],
+                               classifier='token_gap' if token_gap else None, source=weights)
     if model_type == 'vit':
         return config, params
     if model_type == 'deit' and 'head_dist' not in params:
-        # DeiTForImageClassification and DeiTModel's pooler read the class token alone.
-        config.distillation_head = False
+        # DeiTForImageClassification and DeiTModel's pooler read the class token alone; without labels
+        # (Identity heads), ...WithTeacher gives the mean of the class and distillation tokens.
+        config.distillation_head = ('head' not in params and 'pre_logits' not in params
+                                    and name == 'DeiTForImageClassificationWithTeacher')
     _hf_check_sizes(config_path, hf, params, config, default_patch=14 if model_type == 'dinov2' else 16)
     if model_type == 'dinov2':
         config.transformer.layer_scale = float(_hf_field(config_path, hf, 'layerscale_value', 1.0, float))
@@ -546,12 +555,8 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 
 def _hf_dinov2_canonical(config_path: str, hf: Mapping[str, Any], weights: str,
                          sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The canonical weights of a Dinov2Model (its mask token, for masked pre-training, is not used)."""
-    if 'classifier.weight' in sd:
-        raise CheckpointError(
-            f'{config_path}: architectures={hf.get("architectures")!r}: Dinov2ForImageClassification\'s head '
-            'reads the class token concatenated with the mean of the patch tokens, which is not a vit_jax '
-            'head')
+    """The canonical weights of a Dinov2Model or Dinov2ForImageClassification (the mask token, for masked
+    pre-training, is not used)."""
     canonical = _rename(sd, _HF_DINOV2_NAMES, weights, ignore=[r'embeddings\.mask_token'])
     blocks = {k.split('.')[0] for k in canonical if k[0].isdigit()}
     missing = sorted((i for i in blocks if f'{i}.ls1' not in canonical), key=int)
