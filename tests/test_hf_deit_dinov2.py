@@ -258,3 +258,14 @@ def test_token_gap_pools_the_class_token_and_the_mean_patch_token():
     want = np.concatenate([tokens[:, 0], tokens[:, 1:].mean(axis=1)], axis=-1)
     np.testing.assert_allclose(np.asarray(pooled.apply(params, IMAGES, train=False)), want, rtol=1e-6,
                                atol=1e-6)
+
+
+def test_hf_image_processor_with_other_normalisation_warns(tmp_path):
+    """DeiT and DINOv2 publish ImageNet's mean/std; vit_jax scales pixels to [-1, 1]: reading such a
+    directory says so (the weights still load exactly)."""
+    path, _ = _deit_dir(tmp_path)
+    processor = tmp_path / 'deit' / 'preprocessor_config.json'
+    processor.write_text(json.dumps({**json.loads(processor.read_text()), 'image_mean': [0.485, 0.456, 0.406],
+                                     'image_std': [0.229, 0.224, 0.225]}))
+    with pytest.warns(UserWarning, match='image_mean .* vit_jax scales them to'):
+        loader.read(path)

@@ -1392,6 +1392,7 @@ def hf_eval_pp(path: str) -> dict | None:
     config_path, _ = hf_files(path)
     processor_path = paths.join(paths.parent(config_path), 'preprocessor_config.json')
     processor = _json(processor_path) if paths.is_file(processor_path) else {}
+    _warn_hf_normalisation(processor_path, processor)
     size, crop = processor.get('size') or {}, processor.get('crop_size') or {}
     if not (processor.get('do_center_crop') and processor.get('do_resize', True)):
         return None
@@ -1402,6 +1403,23 @@ def hf_eval_pp(path: str) -> dict | None:
                       stacklevel=2)
         return None
     return {'crop': int(crop['height']), 'eval_crop': 'center', 'resize': int(size['height'])}
+
+
+def _warn_hf_normalisation(processor_path: str, processor: Mapping[str, Any]) -> None:
+    """Warns when an image processor normalises pixels otherwise than vit_jax ((x - 127.5) / 127.5, i.e.
+    mean = std = 0.5; DeiT and DINOv2 publish ImageNet's): vit_jax's preprocessing does not follow it."""
+    if not processor.get('do_normalize', True) or not ('image_mean' in processor or 'image_std' in processor):
+        return
+    mean, std = processor.get('image_mean', [0.5] * 3), processor.get('image_std', [0.5] * 3)
+    try:
+        scaled = np.asarray([mean, std], float)
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{processor_path}: image_mean/image_std ({mean!r}, {std!r}) are not numbers'
+                              ) from None
+    if not np.allclose(scaled, 0.5):
+        warnings.warn(f'{processor_path}: normalises pixels with image_mean {mean} and image_std {std}; '
+                      "vit_jax scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from "
+                      "transformers'", stacklevel=3)
 
 
 def hf_class_names(path: str) -> list[str] | None:
