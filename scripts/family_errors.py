@@ -57,6 +57,10 @@ FAMILIES = {
                        'config.json)', 'facebook/dinov2-small', '-'),
     'HF Dinov2ForImageClassification': ('Hugging Face Dinov2ForImageClassification (head on [class token, '
                                         'mean patch token])', 'DINOv2 linear-probe fine-tunes', '-'),
+    'HF Dinov2WithRegistersModel': ('Hugging Face Dinov2WithRegistersModel (registers without position '
+                                    'embedding)', 'facebook/dinov2-with-registers-small', '-'),
+    'HF Dinov2WithRegistersForImageClassification': ('Hugging Face Dinov2WithRegistersForImageClassification',
+                                                     '-', '-'),
     'HF SigLIP vision': ('Hugging Face SiglipVisionModel', 'google/siglip-base-patch16-224 (vision)', '-'),
     'HF SigLIP two_tower': ('Hugging Face SiglipModel: its vision tower', 'google/siglip-so400m-patch14-384',
                             '-'),
@@ -92,7 +96,9 @@ def main() -> None:
     for test, classes in ((th.test_hf_deit_loads_exactly, deit),
                           (th.test_hf_deit_exports_back_strict_loading, deit),
                           (th.test_hf_dinov2_model_features_load_exactly, (None,)),
-                          (th.test_hf_dinov2_for_image_classification_loads_exactly, (None,))):
+                          (th.test_hf_dinov2_for_image_classification_loads_exactly, (None,)),
+                          (th.test_hf_dinov2_with_registers_loads_exactly,
+                           ('Dinov2WithRegistersModel', 'Dinov2WithRegistersForImageClassification'))):
         for cls in classes:
             with tempfile.TemporaryDirectory() as d:
                 test((torch, transformers), pathlib.Path(d), *((cls,) if cls else ()))

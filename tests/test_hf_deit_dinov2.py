@@ -153,6 +153,20 @@ def test_distilled_vit_jax_model_exports_to_deit_with_teacher(tf, tmp_path):
     assert _rel_err(_theirs(tf, back.eval()), ours, 'vit_jax distilled -> HF DeiT with teacher') <= TOLERANCE
 
 
+@pytest.mark.parametrize('cls', ['Dinov2WithRegistersModel', 'Dinov2WithRegistersForImageClassification'])
+def test_hf_dinov2_with_registers_loads_exactly(tf, tmp_path, cls):
+    """model_type='dinov2_with_registers': register tokens after the class token, without position
+    embedding (zero rows); its classifier pools the patch tokens after the registers."""
+    config = tf[1].Dinov2WithRegistersConfig(**TINY, num_register_tokens=3, num_labels=5, layer_norm_eps=1e-5)
+    model, path = _save(tf, tmp_path, 'dinov2_reg', cls, config)
+    found = loader.read(path)
+    assert found.model_config.num_registers == 3 and found.model_config.layer_norm_eps == 1e-5
+    assert found.model_config.classifier == ('token_gap' if cls.endswith('Classification') else 'token')
+    assert _rel_err(_ours(path), _theirs(tf, model), f'HF {cls}') <= TOLERANCE
+    _edit_config(tmp_path / 'dinov2_reg', num_register_tokens=4)
+    _refused(path, f'{path}/config.json', 'num_register_tokens=4')
+
+
 def test_hf_dinov2_for_image_classification_loads_exactly(tf, tmp_path):
     """Dinov2ForImageClassification's head reads the class token concatenated with the mean of the patch
     tokens: vit_jax's classifier='token_gap'. No export format records that head: refused in one line."""
@@ -238,7 +252,7 @@ def test_hf_deit_round_trip_and_refusals_without_transformers(tmp_path):
         convert.export(found.params, found.model_config, str(tmp_path / 'deit.safetensors'), 'timm')
     directory = tmp_path / 'deit_True'
     for field, value in (('image_size', 48), ('patch_size', 16), ('qkv_bias', False),
-                         ('model_type', 'dinov2_with_registers')):
+                         ('model_type', 'beit')):
         original = (directory / 'config.json').read_text()
         config_path = _edit_config(directory, **{field: value})
         _refused(str(directory), config_path, f'{field}=')

@@ -430,7 +430,8 @@ def weight_names(path: str) -> list[str]:
 def weights_format(path: str, keys: Sequence[str]) -> str:
     """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
     hf_starts = ('embeddings.', 'encoder.layer', 'layers.')
-    if any(re.sub(r'^(vit|deit|dinov2|vision_model)\.', '', k).startswith(hf_starts) for k in keys):
+    if any(re.sub(r'^(vit|deit|dinov2_with_registers|dinov2|vision_model)\.', '', k).startswith(hf_starts)
+           for k in keys):
         return 'hf'
     if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
         return 'timm'
@@ -496,22 +497,23 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     model_type = hf.get('model_type', 'vit')
     if model_type in ('siglip_vision_model', 'siglip'):
         return _read_hf_siglip(hf, config_path, weights, sd)
-    if model_type not in ('vit', 'deit', 'dinov2'):
+    if model_type not in ('vit', 'deit', 'dinov2', 'dinov2_with_registers'):
         raise CheckpointError(f'{config_path}: model_type={model_type!r} is not one vit_jax reads (vit, '
-                              'deit, dinov2, siglip, siglip_vision_model)')
+                              'deit, dinov2, dinov2_with_registers, siglip, siglip_vision_model)')
+    dinov2 = model_type.startswith('dinov2')
     act = _hf_field(config_path, hf, 'hidden_act', 'gelu', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
     if hf.get('num_channels', 3) != 3:
         raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
-    if model_type == 'dinov2' and _hf_field(config_path, hf, 'use_swiglu_ffn', False, bool):
+    if dinov2 and _hf_field(config_path, hf, 'use_swiglu_ffn', False, bool):
         raise CheckpointError(f'{config_path}: use_swiglu_ffn=true: a SwiGLU MLP is not supported')
     if sd is None:
         sd, _ = read_weights(weights)
     sd = {re.sub(rf'^{"vit" if model_type == "vit" else model_type}\.', '', k): v for k, v in sd.items()}
-    if model_type == 'dinov2':
-        canonical = _hf_dinov2_canonical(config_path, hf, weights, sd)
+    if dinov2:
+        canonical = _hf_dinov2_canonical(config_path, hf, weights, sd, model_type)
     else:
         if 'classifier.weight' in sd or 'cls_classifier.weight' in sd:   # (their classifiers skip the pooler)
             sd = {k: v for k, v in sd.items() if not k.startswith('pooler.')}
@@ -526,13 +528,13 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     # format's. Their position embeddings always have the class (and distillation) token rows.
     params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights,
                                    no_embed_class=False if model_type != 'vit' else None)
-    eps = _hf_field(config_path, hf, 'layer_norm_eps', 1e-6 if model_type == 'dinov2' else HF_LAYER_NORM_EPS,
-                    float)
+    eps = _hf_field(config_path, hf, 'layer_norm_eps', 1e-6 if dinov2 else HF_LAYER_NORM_EPS, float)
     names = hf.get('architectures')
     name = names[0] if isinstance(names, list) and names else None
     # Dinov2ForImageClassification's head (an Identity without labels) reads the class token concatenated
     # with the mean of the patch tokens.
-    token_gap = model_type == 'dinov2' and ('head' in params or name == 'Dinov2ForImageClassification')
+    token_gap = dinov2 and ('head' in params or name in ('Dinov2ForImageClassification',
+                                                          'Dinov2WithRegistersForImageClassification'))
     config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act],
                                classifier='token_gap' if token_gap else None, source=weights)
     if model_type == 'vit':
@@ -543,7 +545,7 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
         config.distillation_head = ('head' not in params and 'pre_logits' not in params
                                     and name == 'DeiTForImageClassificationWithTeacher')
     _hf_check_sizes(config_path, hf, params, config, default_patch=14 if model_type == 'dinov2' else 16)
-    if model_type == 'dinov2':
+    if dinov2:
         config.transformer.layer_scale = float(_hf_field(config_path, hf, 'layerscale_value', 1.0, float))
         ratio = _hf_field(config_path, hf, 'mlp_ratio', 4, float)
         if int(config.hidden_size * ratio) != config.transformer.mlp_dim:   # transformers' Dinov2MLP width
@@ -554,10 +556,25 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
 
 
 def _hf_dinov2_canonical(config_path: str, hf: Mapping[str, Any], weights: str,
-                         sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The canonical weights of a Dinov2Model or Dinov2ForImageClassification (the mask token, for masked
-    pre-training, is not used)."""
-    canonical = _rename(sd, _HF_DINOV2_NAMES, weights, ignore=[r'embeddings\.mask_token'])
+                         sd: Mapping[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+    """The canonical weights of a Dinov2Model or Dinov2ForImageClassification, or their WithRegisters
+    versions (the mask token, for masked pre-training, is not used). The registers come after the class
+    token and get no position embedding: zero rows."""
+    table = _HF_DINOV2_NAMES + [(r'embeddings\.register_tokens', 'reg')]
+    canonical = _rename(sd, table, weights, ignore=[r'embeddings\.mask_token'])
+    if model_type == 'dinov2_with_registers':
+        registers = _hf_field(config_path, hf, 'num_register_tokens', 4, int)
+        found = int(np.shape(canonical['reg'])[1]) if 'reg' in canonical else 0
+        if found != registers:
+            raise CheckpointError(f'{config_path}: num_register_tokens={registers} but the weights have '
+                                  f'{found} register tokens')
+        pos = canonical.get('pos')
+        if pos is not None:   # (missing: refused by name when the tree is built)
+            canonical['pos'] = np.concatenate([pos[:, :1], np.zeros_like(pos[:, :1]).repeat(registers, 1),
+                                               pos[:, 1:]], axis=1)
+    elif 'reg' in canonical:
+        raise CheckpointError(f'{weights}: embeddings.register_tokens in a model_type=\'dinov2\' file '
+                              '(Dinov2WithRegisters is model_type=\'dinov2_with_registers\')')
     blocks = {k.split('.')[0] for k in canonical if k[0].isdigit()}
     missing = sorted((i for i in blocks if f'{i}.ls1' not in canonical), key=int)
     if missing:
