@@ -1,6 +1,7 @@
 """Prints the README's table of checkpoint families: the largest relative logit error of each, loaded
 by vit_jax, against the reference forward of tests/test_convert.py (timm-style PyTorch code,
-transformers itself for Hugging Face, NumPy for big_vision's MAP head and sin-cos embedding), and
+transformers itself for Hugging Face: tests/test_hf_deit_dinov2.py for DeiT and DINOv2, NumPy for
+big_vision's MAP head and sin-cos embedding), and
 after exporting it back to its own format. Tiny random models in each family's exact layout.
 
     .venv/bin/python scripts/family_errors.py      # needs the torch extra
@@ -16,6 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tests.test_convert as tc  # noqa: E402  (the reference forward and the family variants)
+import tests.test_hf_deit_dinov2 as th  # noqa: E402  (Hugging Face DeiT and DINOv2)
 
 SAME = 'same tensors'   # the tests assert a bit-exact re-export
 # test label -> (family, e.g., the test label of its re-export or SAME or '-')
@@ -44,6 +46,21 @@ FAMILIES = {
                                 'vit_jax -> HF export (from_pretrained)'),
     'HF ViTModel pooler': ('Hugging Face ViTModel + pooler (pre_logits)', 'google/vit-base-patch16-224-in21k',
                            'pre_logits -> HF ViTModel pooler'),
+    'HF DeiTForImageClassificationWithTeacher': (
+        'Hugging Face DeiTForImageClassificationWithTeacher (mean of the two heads)',
+        'facebook/deit-base-distilled-patch16-224', 'HF DeiTForImageClassificationWithTeacher exported back'),
+    'HF DeiTForImageClassification': ("Hugging Face DeiTForImageClassification (the class token's head)",
+                                      'fine-tunes of deit-*-distilled-*',
+                                      'HF DeiTForImageClassification exported back'),
+    'HF DeiTModel': ('Hugging Face DeiTModel + pooler (pre_logits)', '-', 'HF DeiTModel exported back'),
+    'HF Dinov2Model': ('Hugging Face Dinov2Model (pooler_output; layer scale, mlp_ratio, qkv_bias from '
+                       'config.json)', 'facebook/dinov2-small', '-'),
+    'HF Dinov2ForImageClassification': ('Hugging Face Dinov2ForImageClassification (head on [class token, '
+                                        'mean patch token])', 'DINOv2 linear-probe fine-tunes', '-'),
+    'HF Dinov2WithRegistersModel': ('Hugging Face Dinov2WithRegistersModel (registers without position '
+                                    'embedding)', 'facebook/dinov2-with-registers-small', '-'),
+    'HF Dinov2WithRegistersForImageClassification': ('Hugging Face Dinov2WithRegistersForImageClassification',
+                                                     '-', '-'),
     'HF SigLIP vision': ('Hugging Face SiglipVisionModel', 'google/siglip-base-patch16-224 (vision)', '-'),
     'HF SigLIP two_tower': ('Hugging Face SiglipModel: its vision tower', 'google/siglip-so400m-patch14-384',
                             '-'),
@@ -58,7 +75,7 @@ def main() -> None:
         errors[label] = reference_error(got, want, label)
         return errors[label]
 
-    tc._rel_err = record
+    tc._rel_err = th._rel_err = record
     exact = tc.exact_model()
     with_exact = (tc.test_timm_safetensors_matches_timm_forward_and_round_trips,
                   tc.test_timm_average_pooling_and_architecture_names,
@@ -72,6 +89,19 @@ def main() -> None:
             test(*((exact,) if test in with_exact else ()), pathlib.Path(d))
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as monkeypatch:
         tc.test_timm_siglip_attention_pooling_and_deit_distillation(exact, pathlib.Path(d), monkeypatch)
+    import torch
+    import transformers
+
+    deit = ('DeiTForImageClassification', 'DeiTForImageClassificationWithTeacher', 'DeiTModel')
+    for test, classes in ((th.test_hf_deit_loads_exactly, deit),
+                          (th.test_hf_deit_exports_back_strict_loading, deit),
+                          (th.test_hf_dinov2_model_features_load_exactly, (None,)),
+                          (th.test_hf_dinov2_for_image_classification_loads_exactly, (None,)),
+                          (th.test_hf_dinov2_with_registers_loads_exactly,
+                           ('Dinov2WithRegistersModel', 'Dinov2WithRegistersForImageClassification'))):
+        for cls in classes:
+            with tempfile.TemporaryDirectory() as d:
+                test((torch, transformers), pathlib.Path(d), *((cls,) if cls else ()))
     print('| family | e.g. | loaded: max rel. error | exported back: max rel. error |')
     print('|---|---|---:|---:|')
     for label, (family, example, back) in FAMILIES.items():

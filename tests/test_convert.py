@@ -533,8 +533,12 @@ def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, mo
         for key, value in variant.items():
             np.testing.assert_array_equal(back[key], value, err_msg=key)
     assert config.distillation_token and config.classifier == 'token'
-    with pytest.raises(CheckpointError, match='Hugging Face ViT has no distillation token'):
-        convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    # Hugging Face's layout of a distilled DeiT (tests/test_hf_deit_dinov2.py: checked against transformers).
+    convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
+    assert json.loads((tmp_path / 'hf' / 'config.json').read_text())['architectures'] == [
+        'DeiTForImageClassificationWithTeacher']
+    hf_config, hf_params = loader.load(tmp_path / 'hf')
+    assert _rel_err(_ours(hf_config, hf_params), reference, 'timm deit_distilled -> HF DeiT') <= TOLERANCE
     # Fine-tuning a distilled DeiT at twice the resolution: both heads new, both prefix rows kept.
     checkpoint.save(loaded, str(tmp_path / 'deit.npz'))
     model = VisionTransformer(num_classes=3, **config.to_dict())

@@ -54,6 +54,15 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
             raise CheckpointError('an .npz does not record the pooling, and one with a class token is read '
                                   'as token-pooled: export this average-pooled model to timm (--to timm), '
                                   'whose metadata records it')
+        cls_alone = not arch.model_field(model_config, 'distillation_head')
+        if 'dist' in params and 'head' not in params and cls_alone:
+            raise CheckpointError('an .npz does not record that the features are the class token alone, not '
+                                  'the mean of the class and distillation tokens (Hugging Face DeiTModel); '
+                                  'export it to hf (--to hf)')
+        if model_config.get('classifier') == 'token_gap':
+            raise CheckpointError('an .npz does not record the pooling (the class token concatenated with '
+                                  "the mean patch token, Hugging Face Dinov2ForImageClassification's), and "
+                                  'timm and Hugging Face ViT have no such head: keep the source directory')
         if arch.model_field(model_config, 'posemb') == 'sincos2d':
             # big_vision's layout (a `params/` prefix), whose missing position embedding means sin-cos.
             return npz.save({'params': params}, dst)
@@ -153,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'detected: {loader.FORMAT_NAMES[found.format]} ({found.path})')
     config, params = found.model_config, found.params
     if args.num_classes is not None:
-        params = adapt.replace_head(params, args.num_classes)
+        params = adapt.replace_head(params, args.num_classes,
+                                    bool(arch.model_field(config, 'distillation_head')))
     print(describe(config, params))
     to = args.to or _default_format(args.dst)
     with warnings.catch_warnings(record=True) as caught:

@@ -188,17 +188,22 @@ def adapt_pretrained(source: loader.Checkpoint, init_params: Mapping[str, Any], 
     return params, report
 
 
-def replace_head(params: Mapping[str, Any], classes: int) -> dict:
+def replace_head(params: Mapping[str, Any], classes: int, distillation_head: bool | None = None) -> dict:
     """A zero-initialised `classes`-way head (as fine-tuning does); 0 removes the head (DeiT's
-    distillation head `head_dist` alike)."""
+    distillation head `head_dist` alike). With a distillation token, `distillation_head` (the model
+    config's; None: whether `params` has `head_dist`, else True) says whether it gets a `head_dist`."""
     params = dict(params)
     norm = (params.get('fc_norm') or params.get('Transformer', {}).get('encoder_norm')
             or params['pre_head_layer_norm'])
-    features = (trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
+    # The head's input: an existing head's (2 x hidden_size for classifier='token_gap'), else the features.
+    features = (trees.shape(params['head']['kernel'])[0] if 'head' in params
+                else trees.shape(params['pre_logits']['kernel'])[1] if 'pre_logits' in params
                 else trees.shape(norm['scale'])[0])
     dtype = np.asarray(norm['scale']).dtype
+    if distillation_head is None:
+        distillation_head = 'head_dist' in params or 'head' not in params
     for head in ('head', 'head_dist') if 'dist' in params else ('head',):
         params.pop(head, None)
-        if classes:
+        if classes and (head == 'head' or distillation_head):
             params[head] = {'kernel': np.zeros((features, classes), dtype), 'bias': np.zeros(classes, dtype)}
     return params

@@ -114,12 +114,14 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
                                   'whether the class token or the average of the patch tokens is pooled')
     inferred = 'map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap'
     config.classifier = classifier or inferred
-    if 'cls' in params and config.classifier not in ('token', 'token_unpooled'):
+    if 'cls' in params and config.classifier not in ('token', 'token_unpooled', 'token_gap'):
         config.class_token = True
     if 'reg' in params:
         config.num_registers = int(trees.shape(params['reg'])[1])
     if 'dist' in params:
         config.distillation_token = True
+        if 'head' in params:   # a classifier records whether the distillation token has its own head
+            config.distillation_head = 'head_dist' in params
     config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
                                   if 'pre_logits' in params else None)
     if 'conv_root' in params:

@@ -1,5 +1,5 @@
-"""timm and Hugging Face ViT (and SigLIP vision) weights: reading them into the Linen tree, writing
-them back.
+"""timm and Hugging Face ViT (and DeiT, DINOv2, SigLIP vision) weights: reading them into the Linen
+tree, writing them back.
 
 All are read through one canonical "torch-style" naming (cls, pos, patch, {i}.{ln1,q,k,v,o,
 ln2,fc1,fc2}, norm, pre_logits, head; Linear weights [out, in]): timm's `attn.qkv` is q, k, v
@@ -63,6 +63,29 @@ _HF_NAMES = [
     (r'pooler\.dense\.(weight|bias)', r'pre_logits.\1'),
     (r'classifier\.(weight|bias)', r'head.\1'),
 ]
+# transformers' DeiT (model_type 'deit'): ViT's names plus the distillation token and the two heads of
+# DeiTForImageClassificationWithTeacher (DeiTForImageClassification has ViT's `classifier`).
+_HF_DEIT_NAMES = _HF_NAMES + [
+    (r'embeddings\.distillation_token', 'dist'),
+    (r'cls_classifier\.(weight|bias)', r'head.\1'),
+    (r'distillation_classifier\.(weight|bias)', r'head_dist.\1'),
+]
+# transformers' Dinov2Model (model_type 'dinov2'): its own block names (norm1/2, layer_scale1/2, mlp.fc1/2).
+_HF_DINOV2_NAMES = [
+    (r'embeddings\.cls_token', 'cls'),
+    (r'embeddings\.position_embeddings', 'pos'),
+    (r'embeddings\.patch_embeddings\.projection\.(weight|bias)', r'patch.\1'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)', r'\1.q.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)', r'\1.k.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)', r'\1.v.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)', r'\1.o.\2'),
+    (r'encoder\.layer\.(\d+)\.attention\.(q|k|v|o)_proj\.(weight|bias)', r'\1.\2.\3'),   # transformers >= 5
+    (r'encoder\.layer\.(\d+)\.norm(1|2)\.(weight|bias)', r'\1.ln\2.\3'),
+    (r'encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+    (r'encoder\.layer\.(\d+)\.layer_scale(1|2)\.lambda1', r'\1.ls\2'),
+    (r'layernorm\.(weight|bias)', r'norm.\1'),
+    (r'classifier\.(weight|bias)', r'head.\1'),   # Dinov2ForImageClassification: on [class, mean patch]
+]
 # transformers' SiglipVisionModel (and the vision tower of SiglipModel): no class token, position
 # embeddings an nn.Embedding [N, D], the attention-pooling head an nn.MultiheadAttention (q, k, v packed).
 _HF_SIGLIP_NAMES = [
@@ -114,6 +137,12 @@ _HF_EXPORT = {
     'fc1': 'vit.encoder.layer.{i}.intermediate.dense', 'fc2': 'vit.encoder.layer.{i}.output.dense',
     'ln1': 'vit.encoder.layer.{i}.layernorm_before', 'ln2': 'vit.encoder.layer.{i}.layernorm_after',
     'norm': 'vit.layernorm', 'pre_logits': 'vit.pooler.dense', 'head': 'classifier'}
+# DeiT (a model with a distillation token): DeiTForImageClassification (`classifier`, the class token's
+# head alone), ...WithTeacher (the two heads averaged), DeiTModel (its pooler is pre_logits).
+_HF_DEIT_EXPORT = {**{k: v.replace('vit.', 'deit.', 1) for k, v in _HF_EXPORT.items()},
+                   'dist': 'deit.embeddings.distillation_token'}
+_HF_DEIT_TEACHER_EXPORT = {**_HF_DEIT_EXPORT, 'head': 'cls_classifier',
+                           'head_dist': 'distillation_classifier'}
 _TIMM_EXPORT = {
     'cls': 'cls_token', 'dist': 'dist_token', 'reg': 'reg_token', 'pos': 'pos_embed',
     'patch': 'patch_embed.proj',
@@ -129,7 +158,8 @@ _TIMM_EXPORT = {
 # Weights of features vit_jax does not have, named where the architecture name does not settle it.
 _UNSUPPORTED_FEATURES = (
     (r'(^|[._])(rope|freqs)', 'rotary position embedding'),
-    (r'(^|\.)(mlp|ffn)\.(fc1_g|fc1_x|w12|w3)\.', 'SwiGLU MLP'),
+    (r'(^|\.)(mlp|ffn)\.(fc1_g|fc1_x|w12|w3|weights_in|weights_out|gate_proj|up_proj|down_proj)\.',
+     'SwiGLU MLP'),
     # timm's Eva (EVA-02, the rope ViTs): rotary embeddings in buffers it does not save, and these.
     (r'\.attn\.(q_bias|v_bias)$|\.gamma_[12]$',
      "an EVA block (timm's Eva: separate q/v biases, gamma_1/2; with rotary position embedding)"),
@@ -401,7 +431,8 @@ def weight_names(path: str) -> list[str]:
 def weights_format(path: str, keys: Sequence[str]) -> str:
     """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
     hf_starts = ('embeddings.', 'encoder.layer', 'layers.')
-    if any(k.removeprefix('vit.').removeprefix('vision_model.').startswith(hf_starts) for k in keys):
+    if any(re.sub(r'^(vit|deit|dinov2_with_registers|dinov2|vision_model)\.', '', k).startswith(hf_starts)
+           for k in keys):
         return 'hf'
     if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
         return 'timm'
@@ -460,34 +491,128 @@ def _hf_heads(config_path: str, hf: Mapping[str, Any], canonical: Mapping[str, n
 
 
 def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_collections.ConfigDict, dict]:
-    """(model_config, params) of an HF ViT directory / config.json / weights file (`sd`: its weights)."""
+    """(model_config, params) of an HF ViT, DeiT, DINOv2 or SigLIP vision directory / config.json / weights
+    file (`sd`: its weights); every fact from its config.json (transformers' defaults where absent)."""
     config_path, weights = hf_files(path)
     hf = _json(config_path)
     model_type = hf.get('model_type', 'vit')
     if model_type in ('siglip_vision_model', 'siglip'):
         return _read_hf_siglip(hf, config_path, weights, sd)
-    if model_type != 'vit':
-        raise CheckpointError(f'{config_path}: model_type={model_type!r} is neither a plain ViT nor a SigLIP '
-                              'vision model')
+    if model_type not in ('vit', 'deit', 'dinov2', 'dinov2_with_registers'):
+        raise CheckpointError(f'{config_path}: model_type={model_type!r} is not one vit_jax reads (vit, '
+                              'deit, dinov2, dinov2_with_registers, siglip, siglip_vision_model)')
+    dinov2 = model_type.startswith('dinov2')
     act = _hf_field(config_path, hf, 'hidden_act', 'gelu', str)
     if act not in HF_GELU:
         raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
     if hf.get('num_channels', 3) != 3:
         raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
+    if dinov2 and _hf_field(config_path, hf, 'use_swiglu_ffn', False, bool):
+        raise CheckpointError(f'{config_path}: use_swiglu_ffn=true: a SwiGLU MLP is not supported')
     if sd is None:
         sd, _ = read_weights(weights)
-    sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
-    if 'classifier.weight' in sd:  # ViTForImageClassification does not use the pooler.
-        sd = {k: v for k, v in sd.items() if not k.startswith('pooler.')}
-    elif 'pooler.dense.weight' in sd and hf.get('pooler_act', 'tanh') != 'tanh':
-        raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
-    canonical = _rename(sd, _HF_NAMES, weights, ignore=[r'embeddings\.mask_token'])
-    # transformers' ViTConfig defaults (num_attention_heads 12, layer_norm_eps 1e-12) are the format's.
-    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
-    eps = _hf_field(config_path, hf, 'layer_norm_eps', HF_LAYER_NORM_EPS, float)
-    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act], source=weights)
+    sd = {re.sub(rf'^{"vit" if model_type == "vit" else model_type}\.', '', k): v for k, v in sd.items()}
+    if dinov2:
+        canonical = _hf_dinov2_canonical(config_path, hf, weights, sd, model_type)
+    else:
+        if 'classifier.weight' in sd or 'cls_classifier.weight' in sd:   # (their classifiers skip the pooler)
+            sd = {k: v for k, v in sd.items() if not k.startswith('pooler.')}
+        elif 'pooler.dense.weight' in sd and hf.get('pooler_act', 'tanh') != 'tanh':
+            raise CheckpointError(f'{config_path}: pooler_act={hf["pooler_act"]!r} (pre_logits needs tanh)')
+        table = _HF_DEIT_NAMES if model_type == 'deit' else _HF_NAMES
+        canonical = _rename(sd, table, weights, ignore=[r'embeddings\.mask_token'])
+        if model_type == 'deit' and 'dist' not in canonical:
+            raise CheckpointError(f'{weights}: no embeddings.distillation_token (every DeiT has one)')
+    _hf_check_qkv_bias(config_path, hf, canonical)
+    # transformers' config defaults (num_attention_heads 12; layer_norm_eps 1e-12, DINOv2's 1e-6) are the
+    # format's. Their position embeddings always have the class (and distillation) token rows.
+    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights,
+                                   no_embed_class=False if model_type != 'vit' else None)
+    eps = _hf_field(config_path, hf, 'layer_norm_eps', 1e-6 if dinov2 else HF_LAYER_NORM_EPS, float)
+    names = hf.get('architectures')
+    name = names[0] if isinstance(names, list) and names else None
+    # Dinov2ForImageClassification's head (an Identity without labels) reads the class token concatenated
+    # with the mean of the patch tokens.
+    token_gap = dinov2 and ('head' in params or name in ('Dinov2ForImageClassification',
+                                                          'Dinov2WithRegistersForImageClassification'))
+    config = arch.infer_config(params, layer_norm_eps=eps, gelu_approximate=HF_GELU[act],
+                               classifier='token_gap' if token_gap else None, source=weights)
+    if model_type == 'vit':
+        return config, params
+    if model_type == 'deit' and 'head_dist' not in params:
+        # DeiTForImageClassification and DeiTModel's pooler read the class token alone; without labels
+        # (Identity heads), ...WithTeacher gives the mean of the class and distillation tokens.
+        config.distillation_head = ('head' not in params and 'pre_logits' not in params
+                                    and name == 'DeiTForImageClassificationWithTeacher')
+    _hf_check_sizes(config_path, hf, params, config, default_patch=14 if model_type == 'dinov2' else 16)
+    if dinov2:
+        config.transformer.layer_scale = float(_hf_field(config_path, hf, 'layerscale_value', 1.0, float))
+        ratio = _hf_field(config_path, hf, 'mlp_ratio', 4, float)
+        if int(config.hidden_size * ratio) != config.transformer.mlp_dim:   # transformers' Dinov2MLP width
+            raise CheckpointError(f'{config_path}: mlp_ratio={ratio!r} gives an MLP of '
+                                  f'{int(config.hidden_size * ratio)} but the weights have '
+                                  f'{config.transformer.mlp_dim}')
     return config, params
+
+
+def _hf_dinov2_canonical(config_path: str, hf: Mapping[str, Any], weights: str,
+                         sd: Mapping[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+    """The canonical weights of a Dinov2Model or Dinov2ForImageClassification, or their WithRegisters
+    versions (the mask token, for masked pre-training, is not used). The registers come after the class
+    token and get no position embedding: zero rows."""
+    table = _HF_DINOV2_NAMES + [(r'embeddings\.register_tokens', 'reg')]
+    canonical = _rename(sd, table, weights, ignore=[r'embeddings\.mask_token'])
+    if model_type == 'dinov2_with_registers':
+        registers = _hf_field(config_path, hf, 'num_register_tokens', 4, int)
+        found = int(np.shape(canonical['reg'])[1]) if 'reg' in canonical else 0
+        if found != registers:
+            raise CheckpointError(f'{config_path}: num_register_tokens={registers} but the weights have '
+                                  f'{found} register tokens')
+        pos = canonical.get('pos')
+        if pos is not None:   # (missing: refused by name when the tree is built)
+            canonical['pos'] = np.concatenate([pos[:, :1], np.zeros_like(pos[:, :1]).repeat(registers, 1),
+                                               pos[:, 1:]], axis=1)
+    elif 'reg' in canonical:
+        raise CheckpointError(f'{weights}: embeddings.register_tokens in a model_type=\'dinov2\' file '
+                              '(Dinov2WithRegisters is model_type=\'dinov2_with_registers\')')
+    blocks = {k.split('.')[0] for k in canonical if k[0].isdigit()}
+    missing = sorted((i for i in blocks if f'{i}.ls1' not in canonical), key=int)
+    if missing:
+        raise CheckpointError(f'{weights}: block {missing[0]} has no layer_scale1.lambda1 '
+                              '(every Dinov2Layer has layer scale)')
+    return canonical
+
+
+def _hf_check_qkv_bias(config_path: str, hf: Mapping[str, Any], canonical: Mapping[str, np.ndarray]) -> None:
+    """The config.json's qkv_bias (transformers' default true) against the weights."""
+    qkv_bias = _hf_field(config_path, hf, 'qkv_bias', True, bool)
+    if '0.q.w' in canonical and ('0.q.b' in canonical) != qkv_bias:
+        raise CheckpointError(f'{config_path}: qkv_bias={str(qkv_bias).lower()} but the weights have '
+                              f'{"" if "0.q.b" in canonical else "no "}query/key/value biases')
+
+
+def _hf_check_sizes(config_path: str, hf: Mapping[str, Any], params: Mapping[str, Any], config: Any,
+                    default_patch: int) -> None:
+    """The config.json's image_size and patch_size (square; transformers' defaults 224 and `default_patch`)
+    against the patch embedding and the position-embedding grid the weights hold."""
+    sizes = {}
+    for key, default in (('image_size', 224), ('patch_size', default_patch)):
+        value = hf.get(key, default)
+        pair = list(value) if isinstance(value, (list, tuple)) else [value, value]
+        if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+            raise CheckpointError(f'{config_path}: {key}={value!r} is not a positive size (N or [N, N])')
+        if pair[0] != pair[1]:
+            raise CheckpointError(f'{config_path}: {key}={value!r}: a non-square size is not supported')
+        sizes[key] = pair[0]
+    patch = int(config.patches.size[0])
+    if sizes['patch_size'] != patch:
+        raise CheckpointError(f'{config_path}: patch_size={sizes["patch_size"]} but the patch embedding is '
+                              f'{patch}x{patch}')
+    grid = arch.image_size(params, config) // patch
+    if sizes['image_size'] // patch != grid:
+        raise CheckpointError(f'{config_path}: image_size={sizes["image_size"]} but the position embedding '
+                              f'is for a {grid}x{grid} grid of {patch}-pixel patches')
 
 
 def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
@@ -1068,14 +1193,16 @@ def check_exportable(params: Mapping[str, Any], config: Any, fmt: str) -> None:
     if 'pre_logits' in params and fmt == 'timm':
         raise CheckpointError('timm has no pre_logits (representation) layer (timm removed it); use --to '
                               'npz, or --to hf --num-classes 0 (a ViTModel whose pooler is pre_logits)')
+    if fmt == 'timm' and 'dist' in params and not arch.model_field(config, 'distillation_head'):
+        raise CheckpointError("timm's distilled DeiT averages the class token's head with the distillation "
+                              "token's; this model reads the class token alone (Hugging Face "
+                              'DeiTForImageClassification / DeiTModel): use --to hf or npz')
     if fmt == 'hf':
         if 'pre_logits' in params and 'head' in params:
             raise CheckpointError(
                 'Hugging Face ViT has no model with both a pooler (the pre_logits layer) and a classifier; '
                 '--num-classes 0 exports the ViTModel with its pooler (as HF publishes the ImageNet-21k '
                 'ViTs), or use --to npz')
-        if 'dist' in params:
-            raise CheckpointError("Hugging Face ViT has no distillation token (DeiT's); use --to timm or npz")
         if 'MAPHead_0' in params:
             raise CheckpointError('Hugging Face ViT has no attention-pooling head; use --to timm or npz')
         if 'LayerScale_0' in params.get('Transformer', {}).get('encoderblock_0', {}):
@@ -1258,13 +1385,17 @@ def timm_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequen
 def hf_files_bytes(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None,
                    eval_pp: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """The files of a Hugging Face ViTForImageClassification directory, or of a ViTModel whose pooler
-    is the pre_logits layer (a model with pre_logits and no head): config.json (with `class_names` as
+    is the pre_logits layer (a model with pre_logits and no head); with a distillation token, DeiT's
+    (DeiTForImageClassificationWithTeacher with both heads, DeiTForImageClassification with the class
+    token's alone, DeiTModel with its pooler): config.json (with `class_names` as
     id2label), model.safetensors, and preprocessor_config.json (`hf_preprocessor`), so that
     `transformers.pipeline('image-classification', model=directory)` runs it as vit-predict does."""
     check_exportable(params, config, 'hf')
-    sd = _to_source_names(_canonical_from_linen(params, qkv=False), _HF_EXPORT)
-    if 'pre_logits' in params:   # ViTModel: its own names have no `vit.` prefix
-        sd = {k.removeprefix('vit.'): v for k, v in sd.items()}
+    table = (_HF_EXPORT if 'dist' not in params else
+             _HF_DEIT_TEACHER_EXPORT if 'head_dist' in params else _HF_DEIT_EXPORT)
+    sd = _to_source_names(_canonical_from_linen(params, qkv=False), table)
+    if 'pre_logits' in params:   # ViTModel / DeiTModel: their own names have no `vit.` / `deit.` prefix
+        sd = {re.sub(r'^(vit|deit)\.', '', k): v for k, v in sd.items()}
     preprocessor = hf_preprocessor(arch.image_size(params, config), eval_pp)
     return {'config.json': json.dumps(_hf_config(params, config, class_names), indent=2).encode(),
             'model.safetensors': _safetensors_bytes(sd, {'format': 'pt'}),
@@ -1295,6 +1426,7 @@ def hf_eval_pp(path: str) -> dict | None:
     config_path, _ = hf_files(path)
     processor_path = paths.join(paths.parent(config_path), 'preprocessor_config.json')
     processor = _json(processor_path) if paths.is_file(processor_path) else {}
+    _warn_hf_normalisation(processor_path, processor)
     size, crop = processor.get('size') or {}, processor.get('crop_size') or {}
     if not (processor.get('do_center_crop') and processor.get('do_resize', True)):
         return None
@@ -1305,6 +1437,23 @@ def hf_eval_pp(path: str) -> dict | None:
                       stacklevel=2)
         return None
     return {'crop': int(crop['height']), 'eval_crop': 'center', 'resize': int(size['height'])}
+
+
+def _warn_hf_normalisation(processor_path: str, processor: Mapping[str, Any]) -> None:
+    """Warns when an image processor normalises pixels otherwise than vit_jax ((x - 127.5) / 127.5, i.e.
+    mean = std = 0.5; DeiT and DINOv2 publish ImageNet's): vit_jax's preprocessing does not follow it."""
+    if not processor.get('do_normalize', True) or not ('image_mean' in processor or 'image_std' in processor):
+        return
+    mean, std = processor.get('image_mean', [0.5] * 3), processor.get('image_std', [0.5] * 3)
+    try:
+        scaled = np.asarray([mean, std], float)
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{processor_path}: image_mean/image_std ({mean!r}, {std!r}) are not numbers'
+                              ) from None
+    if not np.allclose(scaled, 0.5):
+        warnings.warn(f'{processor_path}: normalises pixels with image_mean {mean} and image_std {std}; '
+                      "vit_jax scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from "
+                      "transformers'", stacklevel=3)
 
 
 def hf_class_names(path: str) -> list[str] | None:
@@ -1331,8 +1480,13 @@ def _hf_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str
     if 'pre_logits' in params:
         pooler = {'pooler_act': 'tanh',
                   'pooler_output_size': int(np.shape(params['pre_logits']['kernel'])[1])}
+    if 'dist' in params:
+        model_type, name = 'deit', ('DeiTModel' if pooler else 'DeiTForImageClassificationWithTeacher'
+                                    if 'head_dist' in params else 'DeiTForImageClassification')
+    else:
+        model_type, name = 'vit', 'ViTModel' if pooler else 'ViTForImageClassification'
     return {
-        'architectures': ['ViTModel' if pooler else 'ViTForImageClassification'], 'model_type': 'vit',
+        'architectures': [name], 'model_type': model_type,
         **pooler,
         'hidden_size': int(config.hidden_size), 'num_hidden_layers': int(t.num_layers),
         'num_attention_heads': int(t.num_heads), 'intermediate_size': int(t.mlp_dim),

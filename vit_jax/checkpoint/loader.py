@@ -3,7 +3,7 @@
 Sources: a catalogue name (`ViT-B_16`, `augreg/B_16`, ...: downloaded once, verified, cached by
 `hub`), a vit-train workdir, the original / AugReg `.npz`, a big_vision `.npz`, a timm state
 dict (`.safetensors`, `.pth`/`.bin`, or a timm hub directory: config.json naming an `architecture`
-beside model.safetensors), a Hugging Face ViT directory — local or in a bucket
+beside model.safetensors), a Hugging Face ViT, DeiT, DINOv2 or SigLIP directory — local or in a bucket
 (gs://...). `read(source)` returns a `Checkpoint` (config, per-block Linen params, format,
 class names and eval preprocessing of a workdir); `load(source)` the pair `(model_config,
 params)`; `load_model(source)` a `LoadedModel` ready for inference.
@@ -39,7 +39,7 @@ from vit_jax.models import (
 
 FORMAT_NAMES = {
     'npz': 'original/AugReg .npz', 'big_vision': 'big_vision .npz',
-    'timm': 'timm state dict', 'hf': 'Hugging Face ViT', 'workdir': 'vit-train workdir'}
+    'timm': 'timm state dict', 'hf': 'Hugging Face', 'workdir': 'vit-train workdir'}
 
 
 @dataclasses.dataclass
@@ -249,6 +249,8 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         if not fixed and 'posembed_input' not in params.get('Transformer', {}):
             raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
         config['distillation_token'] = 'dist' in params
+        if 'dist' in params and 'head' in params:
+            config['distillation_head'] = 'head_dist' in params
         # A named config (--model) may differ from the file in its pre-logits layer or class token.
         config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
                                          if 'pre_logits' in params else None)

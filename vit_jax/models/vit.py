@@ -26,8 +26,10 @@ def _field(sub_config: Any, key: str, default: Any = None) -> Any:
     """A field of a sub-config field (`patches`, `transformer`, `resnet`: a dict, ConfigDict or None)."""
     return default if sub_config is None else sub_config.get(key, default)
 
-# 'map': big_vision's multihead attention pooling (pool_type='map', SigLIP image towers).
-CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+# 'map': big_vision's multihead attention pooling (pool_type='map', SigLIP image towers). 'token_gap': the
+# class token concatenated with the mean of the patch tokens (2 x hidden_size features: DINOv2's linear
+# probe, HF Dinov2ForImageClassification).
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled', 'token_gap')
 # 'einsum' is the original Flax formula, always. The others call jax.nn.dot_product_attention, which
 # fuses the softmax: 'auto' (the default) lets JAX choose (XLA on CPUs and TPUs, cuDNN flash attention
 # on GPUs where it applies), 'xla' / 'cudnn' force one. They agree with the formula to float tolerance
@@ -323,8 +325,13 @@ class VisionTransformer(nn.Module):
     fc_norm: bool = False
     # DeiT's distillation token (timm `dist_token`, `head_dist`): `dist` [1, 1, D] after the class
     # token, its own head `head_dist`; the logits are the mean of the two heads (timm's inference, and
-    # its training unless `distilled_training`). Needs classifier='token'.
+    # its training unless `distilled_training`; HF DeiTForImageClassificationWithTeacher). Needs
+    # classifier='token'.
     distillation_token: bool = False
+    # With `distillation_token`: False reads the class token alone (no `head_dist`; features and
+    # `pre_logits` of the class token): HF DeiTForImageClassification and DeiTModel's pooler, where the
+    # distillation token only takes part in the attention.
+    distillation_head: bool = True
     # 'learn': learned position embeddings (`Transformer/posembed_input`), as the original;
     # 'sincos2d': big_vision's fixed 2-D sin-cos embedding of the patch grid (no parameters; the
     # class token gets none), added before the class token is prepended, as big_vision does.
@@ -341,7 +348,7 @@ class VisionTransformer(nn.Module):
     @property
     def has_class_token(self) -> bool:
         if self.class_token is None:
-            return self.classifier in ('token', 'token_unpooled')
+            return self.classifier in ('token', 'token_unpooled', 'token_gap')
         return self.class_token
 
     @property
@@ -368,12 +375,13 @@ class VisionTransformer(nn.Module):
                              f'expected one of {ATTENTION_IMPLS}')
         if _field(self.patches, 'size') is None:
             raise ValueError(f'patches.size is missing (patches={self.patches!r})')
-        if self.classifier in ('token', 'token_unpooled') and not self.has_class_token:
+        if self.classifier in ('token', 'token_unpooled', 'token_gap') and not self.has_class_token:
             raise ValueError(f'classifier={self.classifier!r} needs a class token (class_token=False)')
-        if self.distillation_token and (self.classifier != 'token' or self.representation_size is not None
-                                        or self.transformer is None):
-            raise ValueError("distillation_token needs classifier='token', a transformer and no "
-                             'representation_size (DeiT)')
+        if self.distillation_token and (self.classifier != 'token' or self.transformer is None):
+            raise ValueError("distillation_token needs classifier='token' and a transformer (DeiT)")
+        if self.distillation_token and self.distillation_head and self.representation_size is not None:
+            raise ValueError('distillation_token with its own head (distillation_head=True) has no '
+                             'representation_size (DeiT; HF DeiTModel reads the class token alone)')
         if self.posemb not in POSEMBS:
             raise ValueError(f'posemb={self.posemb!r} is unknown; expected one of {POSEMBS}')
         if self.transformer is not None:
@@ -438,10 +446,14 @@ class VisionTransformer(nn.Module):
 
         distilled = None
         if self.classifier == 'token':
-            x, distilled = x[:, 0], (x[:, 1] if self.distillation_token else None)
+            x, distilled = x[:, 0], (x[:, 1] if self.distillation_token and self.distillation_head else None)
         elif self.classifier == 'gap':
             tokens = x[:, self.num_prefix_tokens:] if x.ndim == 3 else x   # nor class token nor registers
             x = jnp.mean(tokens, axis=list(range(1, x.ndim - 1)))
+        elif self.classifier == 'token_gap':
+            if x.ndim != 3:
+                raise ValueError("classifier='token_gap' needs a transformer (it pools tokens)")
+            x = jnp.concatenate([x[:, 0], jnp.mean(x[:, self.num_prefix_tokens:], axis=1)], axis=-1)
         elif self.classifier == 'map':
             if self.transformer is None:
                 raise ValueError("classifier='map' needs a transformer (it pools tokens)")
