@@ -90,9 +90,11 @@ class DoesNotFit(TrainingError):
 
 def topology_devices(name: str) -> list:
     """The devices of a TPU slice by libtpu's name (e.g. 'v5e:4x4'); ConfigError when unknown."""
-    # libtpu's start-up asks the environment of a TPU VM; off one, say so instead of warning.
+    # libtpu's start-up asks the environment of a TPU VM; off one, say so instead of warning. It
+    # loads only to compile here: other processes (tests, other plans) may load it beside this one.
     os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-4')
     os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     try:
         return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown: both bad input
@@ -178,6 +180,7 @@ class Plan:
     collectives: dict
     has_loops: bool
     compile_s: float
+    compiled: Any = dataclasses.field(default=None, repr=False)   # the jax Compiled object
 
     @property
     def hbm_total(self) -> int:
@@ -246,7 +249,8 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
                     code=int(mem.generated_code_size_in_bytes)),
         compiler_flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
         model_flops=3 * per_image * int(config.batch) / chips if per_image else None,
-        collectives=collectives(text), has_loops=bool(re.search(r'\swhile\(', text)), compile_s=compile_s)
+        collectives=collectives(text), has_loops=bool(re.search(r'\swhile\(', text)), compile_s=compile_s,
+        compiled=compiled)
 
 
 # --- Report ---------------------------------------------------------------------------------------
@@ -385,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print('\n' + __doc__)
         return 0
     args, rest = parser.parse_known_args(argv[1:])
+    if not os.environ.get('JAX_PLATFORMS'):
+        jax.config.update('jax_platforms', 'cpu')   # compile-only: leave this machine's accelerators alone
     if args.list_topologies:
         print(list_topologies())
         return 0
