@@ -180,6 +180,7 @@ class Plan:
     collectives: dict
     has_loops: bool
     compile_s: float
+    remat: bool = False
     compiled: Any = dataclasses.field(default=None, repr=False)   # the jax Compiled object
 
     @property
@@ -189,8 +190,9 @@ class Plan:
 
     @property
     def flops(self) -> float:
-        """FLOPs per chip the roofline uses: the compiler's, or the analytic count where loops hide some."""
-        return max(self.compiler_flops, self.model_flops or 0.0)
+        """FLOPs per chip the roofline uses: the compiler's, or the analytic count (with remat's second
+        forward pass: 4 instead of 3 forwards) where loops hide some from the compiler's."""
+        return max(self.compiler_flops, (self.model_flops or 0.0) * (4 / 3 if self.remat else 1))
 
     @property
     def step_time_bound(self) -> float:
@@ -250,7 +252,7 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
         compiler_flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
         model_flops=3 * per_image * int(config.batch) / chips if per_image else None,
         collectives=collectives(text), has_loops=bool(re.search(r'\swhile\(', text)), compile_s=compile_s,
-        compiled=compiled)
+        remat=bool(config.model.get('remat')), compiled=compiled)
 
 
 # --- Report ---------------------------------------------------------------------------------------
@@ -347,15 +349,51 @@ def search(config: Any, topology: str, num_classes: int, out: Any = sys.stdout) 
     return sorted(fitting, key=lambda r: (r[1].step_time_bound, r[1].hbm_total))
 
 
+def ladder(num_chips: int) -> list[dict]:
+    """Settings from the cheapest to the most frugal: scan_layers, + remat, + fsdp over every chip,
+    + micro-batches (accum_steps 2 ... 16)."""
+    base = {'model.scan_layers': True}
+    steps = [base, {**base, 'model.remat': True}]
+    if num_chips > 1:
+        steps.append({**base, 'model.remat': True, 'mesh.data': 1, 'mesh.fsdp': num_chips})
+    return steps + [{**steps[-1], 'accum_steps': a} for a in (2, 4, 8, 16)]
+
+
+def first_fit(config: Any, topology: str, num_classes: int, devices: list | None = None
+              ) -> tuple[dict, Plan | None, str, float]:
+    """(overrides, plan, last does-not-fit line, seconds of every compile) of the first `ladder`
+    step that fits (plan None: none did). Settings the config already has are not undone (an
+    accum_steps below the config's is skipped)."""
+    devices = devices if devices is not None else topology_devices(topology)
+    chips = len(sharding.one_device_per_chip(devices))
+    t0, last = time.perf_counter(), ''
+    for overrides in ladder(chips):
+        if int(overrides.get('accum_steps', config.accum_steps)) < int(config.accum_steps):
+            continue
+        if overrides.get('model.remat') is None and config.model.get('remat'):
+            continue
+        try:
+            plan = compile_plan(_with_overrides(config, overrides), topology, num_classes, devices)
+        except DoesNotFit as e:
+            last = str(e)
+            continue
+        except ConfigError as e:   # e.g. a batch that accum_steps does not divide
+            last = str(e)
+            break
+        return overrides, plan, last, time.perf_counter() - t0
+    return {}, None, last, time.perf_counter() - t0
+
+
 def _with_overrides(config: Any, overrides: dict) -> Any:
-    trial = config.copy_and_resolve_references() if hasattr(config, 'copy_and_resolve_references') else config
-    trial.unlock() if hasattr(trial, 'unlock') else None
-    for key, value in overrides.items():
-        node = trial
-        *parents, leaf = key.split('.')
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    """A copy of the resolved config with `overrides` ({'model.remat': True, ...}) applied."""
+    trial = config.copy_and_resolve_references()
+    with trial.unlocked():
+        for key, value in overrides.items():
+            *parents, leaf = key.split('.')
+            node = trial
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
     return trial
 
 
