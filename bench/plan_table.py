@@ -26,10 +26,10 @@ PRETRAIN = ['v5e:4x4', 'v4:4x4x4', 'v5p:4x4x4']
 FINETUNE = ['v5e:2x2', 'v4:2x2x1', 'v5p:2x2x1']
 SETUPS = [
     ('pre-train ViT-B_16', 'configs/pretrain.py:ViT-B_16,imagenet21k', PRETRAIN),
-    ('pre-train ViT-L_16', 'configs/pretrain.py:ViT-L_16,imagenet21k', PRETRAIN),
-    ('pre-train ViT-H_14', 'configs/pretrain.py:ViT-H_14,imagenet21k', PRETRAIN),
     ('fine-tune ViT-B_16 384', 'configs/finetune.py:ViT-B_16,imagenet2012', FINETUNE),
+    ('pre-train ViT-L_16', 'configs/pretrain.py:ViT-L_16,imagenet21k', PRETRAIN),
     ('fine-tune ViT-L_16 384', 'configs/finetune.py:ViT-L_16,imagenet2012', FINETUNE),
+    ('pre-train ViT-H_14', 'configs/pretrain.py:ViT-H_14,imagenet21k', PRETRAIN),
     ('fine-tune ViT-H_14 384', 'configs/finetune.py:ViT-H_14,imagenet2012', FINETUNE),
 ]
 COLUMNS = ['setup', 'slice', 'chips', 'fits', 'settings', 'HBM/chip GiB', 'of GiB', 'compile s',
