@@ -46,7 +46,7 @@ def plan_row(setup: str, spec: str, topology: str) -> dict:
     flags = {k: v for k, v in overrides.items() if k != 'model.scan_layers'}
     return dict(row, chips=plan.num_devices, fits='yes',
                 settings=' '.join(f'{k}={v}' for k, v in flags.items()) or '(scan_layers only)',
-                overrides=plan_lib._as_flags(overrides), **{
+                overrides=plan_lib.as_flags(overrides), **{
                     'HBM/chip GiB': plan.hbm_total / GiB, 'of GiB': plan.chip.hbm_bytes / GiB,
                     'compile s': plan.compile_s, 'all compiles s': seconds,
                     'step >= ms': 1e3 * plan.step_time_bound,

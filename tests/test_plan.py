@@ -118,3 +118,18 @@ def test_v4_meshes_take_one_device_per_chip():
     assert dict(mesh.shape) == {'data': 4, 'fsdp': 2}
     assert {d.core_on_chip for d in mesh.devices.flat} == {0}
     assert len({tuple(d.coords) for d in mesh.devices.flat}) == 8
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_search_prints_settings_that_fit_best_first_as_vit_train_flags():
+    proc = _cli(*TINY, '--topology=v5e:2x2', '--search')
+    assert proc.returncode == 0, proc.stderr
+    found = proc.stdout.split('Settings that fit, best first (vit-train overrides):\n')[1].splitlines()
+    assert len(found) == 4   # remat off / on x fsdp 1 / 4: the tiny model fits without micro-batches
+    bounds = [float(line.split('step >= ')[1].split(' ms')[0]) for line in found]
+    assert bounds == sorted(bounds)
+    for line in found:   # each line is flags that vit-train takes as they are
+        flags = line.split('#')[0].split()
+        config, _ = main.parse(['vit-train', *TINY, *flags], require_workdir=False)
+        assert config.model.scan_layers and config.accum_steps == 1

@@ -336,13 +336,13 @@ def search(config: Any, topology: str, num_classes: int, out: Any = sys.stdout) 
         try:
             plan = compile_plan(trial, topology, num_classes, devices)
         except DoesNotFit as e:
-            print(f'  {_as_flags(overrides)}: does not fit ({e})', file=out, flush=True)
+            print(f'  {as_flags(overrides)}: does not fit ({e})', file=out, flush=True)
             continue
         except ConfigError as e:
-            print(f'  {_as_flags(overrides)}: {e}', file=out, flush=True)
+            print(f'  {as_flags(overrides)}: {e}', file=out, flush=True)
             done.add(key)
             continue
-        print(f'  {_as_flags(overrides)}: {_gib(plan.hbm_total)}, step >= '
+        print(f'  {as_flags(overrides)}: {_gib(plan.hbm_total)}, step >= '
               f'{1e3 * plan.step_time_bound:.1f} ms ({plan.compile_s:.0f} s)', file=out, flush=True)
         fitting.append((overrides, plan))
         done.add(key)
@@ -397,7 +397,8 @@ def _with_overrides(config: Any, overrides: dict) -> Any:
     return trial
 
 
-def _as_flags(overrides: dict) -> str:
+def as_flags(overrides: dict) -> str:
+    """The overrides as vit-train's command-line flags."""
     return ' '.join(f'--config.{k}={v}' for k, v in overrides.items())
 
 
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print('Settings that fit, best first (vit-train overrides):')
         for overrides, plan in found:
             mfu = f', MFU <= {100 * plan.mfu_bound:.0f} %' if plan.mfu_bound else ''
-            print(f'  {_as_flags(overrides)}  # {_gib(plan.hbm_total)} of {_gib(plan.chip.hbm_bytes)}, '
+            print(f'  {as_flags(overrides)}  # {_gib(plan.hbm_total)} of {_gib(plan.chip.hbm_bytes)}, '
                   f'step >= {1e3 * plan.step_time_bound:.1f} ms{mfu}')
         return 0
     try:
