@@ -133,3 +133,13 @@ def test_search_prints_settings_that_fit_best_first_as_vit_train_flags():
         flags = line.split('#')[0].split()
         config, _ = main.parse(['vit-train', *TINY, *flags], require_workdir=False)
         assert config.model.scan_layers and config.accum_steps == 1
+
+
+@needs_libtpu
+def test_list_topologies_names_the_slices_libtpu_accepts_one_device_per_chip():
+    proc = _cli('--list-topologies')
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split()[1:5] for line in proc.stdout.splitlines()}
+    assert rows['v5e:4x4'] == ['16', 'chips', '4', 'processes']
+    assert rows['v4:2x2x2'] == ['8', 'chips', '2', 'processes']   # 16 cores, 8 chips
+    assert rows['v5p:8x8x8'][0] == '512' and 'v6e:16x16' in rows
