@@ -143,3 +143,15 @@ def test_list_topologies_names_the_slices_libtpu_accepts_one_device_per_chip():
     assert rows['v5e:4x4'] == ['16', 'chips', '4', 'processes']
     assert rows['v4:2x2x2'] == ['8', 'chips', '2', 'processes']   # 16 cores, 8 chips
     assert rows['v5p:8x8x8'][0] == '512' and 'v6e:16x16' in rows
+
+
+def test_a_plan_above_the_chips_hbm_does_not_fit_even_when_the_compiler_accepted_it():
+    """ViT-L/16 at 256 images per v5e chip compiled with 16.4 GiB of temporaries (16 GiB chips)."""
+    memory = dict(arguments=4098353152, outputs=3921842176, aliased=3921840128, temporaries=17591025152,
+                  code=34240000)
+    p = plan.Plan(topology='v5e:4x4', chip=plan.CHIPS['TPU v5 lite'], num_devices=16, num_processes=4,
+                  mesh={'data': 16, 'fsdp': 1}, memory=memory, compiler_flops=1e12, bytes_accessed=1e10,
+                  model_flops=None, collectives={}, has_loops=True, compile_s=1.0)
+    assert not p.fits and p.hbm_total == 4098353152 + 17591025152 + 2048 + 34240000
+    assert p.does_not_fit_line().startswith('20.23 GiB per chip') and 'of a v5e chip' in p.does_not_fit_line()
+    assert plan.Plan(**{**p.__dict__, 'memory': dict(memory, temporaries=2 ** 30)}).fits
