@@ -30,7 +30,9 @@ SETUPS = [
     ('pre-train ViT-H_14', 'configs/pretrain.py:ViT-H_14,imagenet21k', ['v5p:4x4x4']),
     ('fine-tune ViT-B_16 384', 'configs/finetune.py:ViT-B_16,imagenet2012', ['v5e:2x2', 'v5p:2x2x1']),
     ('fine-tune ViT-L_16 384', 'configs/finetune.py:ViT-L_16,imagenet2012', ['v5e:2x2', 'v5p:2x2x1']),
-    ('fine-tune ViT-H_14 384', 'configs/finetune.py:ViT-H_14,imagenet2012', ['v5p:2x2x1']),
+    # 384 px is not a multiple of 14: the original's H/14 ignores the last 6 pixels (partial patches)
+    ('fine-tune ViT-H_14 384', 'configs/finetune.py:ViT-H_14,imagenet2012 --config.pp.partial_patches=True',
+     ['v5p:2x2x1']),
     # last: the ladders that may compile several programs the compiler accepts but the chip cannot hold
     ('pre-train ViT-L_16', 'configs/pretrain.py:ViT-L_16,imagenet21k', ['v5e:4x4']),
     ('pre-train ViT-H_14', 'configs/pretrain.py:ViT-H_14,imagenet21k', ['v5e:4x4']),
@@ -40,7 +42,8 @@ COLUMNS = ['setup', 'slice', 'chips', 'fits', 'settings', 'HBM/chip GiB', 'of Gi
 
 
 def plan_row(setup: str, spec: str, topology: str) -> dict:
-    config, _ = main_lib.parse(['vit-plan', f'--config={spec}'], require_workdir=False)
+    path, *flags = spec.split()
+    config, _ = main_lib.parse(['vit-plan', f'--config={path}', *flags], require_workdir=False)
     num_classes = plan_lib.NUM_CLASSES[str(config.dataset)]
     overrides, plan, last, seconds = plan_lib.first_fit(config, topology, num_classes)
     row = dict(setup=setup, slice=topology, config=spec)
