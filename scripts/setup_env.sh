@@ -30,6 +30,10 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ constraints.txt -nt "$st
   if [[ "$extras" == *test* ]]; then
     tf_minor=$(.venv/bin/python -c 'import importlib.metadata as m; print(".".join(m.version("tensorflow-cpu").split(".")[:2]))')
     pip_install --no-deps "tensorflow-text==${tf_minor}.*"
+    # vit-plan's tests compile for TPU slices without a TPU: libtpu of the installed jax (~700 MB,
+    # not in any default install). It stays unused under JAX_PLATFORMS=cpu.
+    jax_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')
+    pip_install -c constraints.txt "jax[tpu]==${jax_version}"
   fi
   touch "$stamp"
 fi

@@ -9,7 +9,8 @@ import pytest
 from bench import _util
 
 
-@pytest.mark.parametrize('name', ['throughput', 'train_gap', 'memory', 'xla_flags', 'cli_startup'])
+@pytest.mark.parametrize('name', ['throughput', 'train_gap', 'memory', 'xla_flags', 'cli_startup',
+                                  'plan_table'])
 def test_every_bench_script_imports(name):
     assert callable(importlib.import_module(f'bench.{name}').main)
 

@@ -34,6 +34,8 @@ USER_ERRORS = {
     'vit-fewshot': (['--checkpoint', MISSING, '--dataset', 'digits'], NOT_FOUND),
     'vit-export': (['--checkpoint', MISSING, '--output', 'OUT.zip'], NOT_FOUND),
     'vit-zeroshot': (['--checkpoint', MISSING, '--labels', 'LABELS', 'IMAGE'], NOT_FOUND),
+    'vit-plan': (['--config=configs/digits.py'],
+                 '--topology is required, e.g. --topology=v5e:4x4 (vit-plan --list-topologies)'),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

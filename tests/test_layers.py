@@ -21,6 +21,7 @@ LAYERS = [
     ('preprocessing', 3), ('augment', 3), ('input_pipeline', 3), ('preprocess', 3),
     ('resolve', 4), ('train', 4), ('fewshot', 4), ('inference_time', 4),
     ('main', 5), ('predict', 5), ('analysis', 5), ('convert', 5), ('export', 5), ('zeroshot', 5), ('api', 5),
+    ('plan', 5),
 ]
 NAMES = ['leaves', 'core', 'checkpoint', 'data', 'train', 'entry points']
 

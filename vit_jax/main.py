@@ -46,8 +46,10 @@ def _check_override(config: object, key: str) -> None:
         node = node[part]
 
 
-def parse(argv: list[str]) -> tuple[object, str]:
-    """(resolved config, workdir) from a vit-train command line; ConfigError on bad input."""
+def parse(argv: list[str], require_workdir: bool = True) -> tuple[object, str | None]:
+    """(resolved config, workdir) from a vit-train command line; ConfigError on bad input.
+
+    `require_workdir=False` (vit-plan, which writes nothing): the workdir may be absent (None)."""
     spec = workdir = None
     rest = [argv[0]]
     args = list(argv[1:])
@@ -72,7 +74,7 @@ def parse(argv: list[str]) -> tuple[object, str]:
                               '--config.<field>=<value> overrides)')
     if not spec:
         raise ConfigError('--config is required, e.g. --config=configs/digits.py')
-    if not workdir:
+    if not workdir and require_workdir:
         raise ConfigError('--workdir is required, e.g. --workdir=workdirs/digits')
     config = resolve.complete(config_util.load_file(spec))
     for arg in rest[1:]:
@@ -89,7 +91,9 @@ def parse(argv: list[str]) -> tuple[object, str]:
         name = str(e.args[0] if e.args else e).strip('\'"')
         raise ConfigError(f'--config.{name}: the config has no such field (every field is listed in '
                           'vit_jax/configs/common.py and `vit-train` prints them)') from None
-    return resolve.validate(holder.value), os.path.expanduser(workdir) if '://' not in workdir else workdir
+    if workdir and '://' not in workdir:
+        workdir = os.path.expanduser(workdir)
+    return resolve.validate(holder.value), workdir
 
 
 class _ConfigDumper(yaml.SafeDumper):

@@ -67,9 +67,24 @@ def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
+def one_device_per_chip(devices: list) -> list:
+    """`devices` with one TensorCore per chip where a chip lists several (TPU v4 "megacore").
+
+    A TPU VM presents a v4 chip as one device, but libtpu's compile-only topologies
+    (`jax.experimental.topologies`) list both of its cores, which `jax.make_mesh` refuses
+    ("requires one device per chip"); core 0 stands for the chip, as on the VM. Kinds whose
+    meshes take every core (v2/v3, and v5p/v7 when listed with two) keep them.
+    """
+    kind = str(getattr(devices[0], 'device_kind', '')) if devices else ''
+    every_core = kind in ('TPU v2', 'TPU v3', 'TPU v5', 'TPU v5p') or kind.startswith(('TPU7', 'TPU8'))
+    if not kind.startswith('TPU') or every_core:
+        return devices
+    return [d for d in devices if getattr(d, 'core_on_chip', 0) == 0]
+
+
 def create_mesh(data: int = -1, fsdp: int = 1, devices: Any = None) -> Mesh:
-    """The ('data', 'fsdp') mesh over all devices of all processes (or `devices`)."""
-    devices = list(jax.devices() if devices is None else devices)
+    """The ('data', 'fsdp') mesh over all devices of all processes (or `devices`), one per chip."""
+    devices = one_device_per_chip(list(jax.devices() if devices is None else devices))
     shape = mesh_shape(data, fsdp, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 

@@ -189,7 +189,8 @@ def gather_params(params: Any) -> Any:
 
 # --- State --------------------------------------------------------------------------------------
 
-def _abstract(tree: Any, shardings: Any) -> Any:
+def sharded_abstract(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree` carrying `shardings` (nothing allocated)."""
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   tree, shardings)
 
@@ -247,6 +248,34 @@ def make_setup(config: Any, model: VisionTransformer, mesh: Any, image_size: int
     return Setup(abstract_state, shardings, tx, lr_fn, init_state)
 
 
+def jit_train_step(config: Any, model: VisionTransformer, setup: Setup, mesh: Any) -> Any:
+    """vit-train's step, jitted with its shardings (state donated): what `train` runs and
+    `vit-plan` compiles for a TPU topology."""
+    step_fn = make_train_step(model, setup.tx, setup.lr_fn, accum_steps=int(config.accum_steps),
+                              loss=config.loss)
+    return jax.jit(step_fn, in_shardings=(setup.shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(setup.shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def abstract_batch(config: Any, num_classes: int, image_size: int, mesh: Any) -> dict:
+    """The global train batch as ShapeDtypeStructs with the batch sharding (input_pipeline's
+    layout: float32 images [B, H, W, 3], float32 one-hot labels [B, C])."""
+    batch_sh = sharding.batch_sharding(mesh)
+    b = int(config.batch)
+    return dict(image=jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.float32, sharding=batch_sh),
+                label=jax.ShapeDtypeStruct((b, num_classes), jnp.float32, sharding=batch_sh))
+
+
+def check_batch(config: Any, num_devices: int, num_processes: int) -> None:
+    """ConfigError unless the batches split evenly over the devices, processes and micro-batches."""
+    if config.batch % num_devices or config.batch_eval % num_devices:
+        raise ConfigError(f'config.batch={config.batch} and config.batch_eval={config.batch_eval} '
+                          f'must be divisible by the {num_devices} devices')
+    if (config.batch // num_processes) % config.accum_steps:
+        raise ConfigError(f'config.batch={config.batch} split over {num_processes} '
+                          f'processes is not divisible by accum_steps={config.accum_steps}')
+
+
 def _warn_changed(previous: dict, config: dict, workdir: str, step: int) -> None:
     """A resumed run whose config differs from the workdir's config.json (a new learning rate, more
     steps, ...) is allowed, and said in one warning that names every changed field."""
@@ -262,7 +291,7 @@ def init_or_restore(config: Any, setup: Setup, checkpoints: workdir_lib.Checkpoi
                     ) -> tuple[dict, int | None]:
     """(state, restored step or None): the newest intact checkpoint (with the data position), else
     fresh params (sharded init) with the pretrained weights loaded when configured."""
-    restored = checkpoints.restore(_abstract(setup.abstract_state, setup.shardings))
+    restored = checkpoints.restore(sharded_abstract(setup.abstract_state, setup.shardings))
     if restored is not None:
         state, data_state, step = restored
         if data_state.get('iterator') is not None:
@@ -367,11 +396,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
                 saved['model_npz_step'] = previous['model_npz_step']
             workdir_lib.write_config(workdir, saved)
 
-        batch_sh = sharding.batch_sharding(mesh)
-        step_fn = make_train_step(model, setup.tx, setup.lr_fn, accum_steps=int(config.accum_steps),
-                                  loss=config.loss)
-        train_step = jax.jit(step_fn, in_shardings=(setup.shardings, batch_sh),
-                             out_shardings=(setup.shardings, sharding.replicated(mesh)), donate_argnums=0)
+        train_step = jit_train_step(config, model, setup, mesh)
         writer = metrics_lib.MetricWriter(workdir, total_steps, start_step,
                                           progress=bool(config.progress_bar))
         writer.log(f'Training {config.model.get("model_name") or "ViT"} on {config.dataset}: '
@@ -473,12 +498,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     config = resolve.resolve(config)
     sharding.maybe_initialize_distributed(config)
     mesh = sharding.create_mesh(int(config.mesh.data), int(config.mesh.fsdp))
-    if config.batch % jax.device_count() or config.batch_eval % jax.device_count():
-        raise ConfigError(f'config.batch={config.batch} and config.batch_eval={config.batch_eval} '
-                                      f'must be divisible by the {jax.device_count()} devices')
-    if (config.batch // jax.process_count()) % config.accum_steps:
-        raise ConfigError(f'config.batch={config.batch} split over {jax.process_count()} '
-                                      f'processes is not divisible by accum_steps={config.accum_steps}')
+    check_batch(config, jax.device_count(), jax.process_count())
     train_iter, eval_ds, info = input_pipeline.get_datasets(
         config, batch_sharding=sharding.batch_sharding(mesh))
     model = build_model(config.model, info.num_classes)
