@@ -19,7 +19,7 @@ import numpy as np
 from vit_jax import trees
 from vit_jax.checkpoint import arch, loader
 from vit_jax.errors import CheckpointError
-from vit_jax.models import blocks_to_scan, family
+from vit_jax.models import MlpMixer, VisionTransformer, blocks_to_scan, family
 
 logger = logging.getLogger(__name__)
 
@@ -88,26 +88,34 @@ _SHAPE_FACTS = (('hidden_size', 'hidden_size'), ('transformer.num_layers', 'laye
 
 
 def _fact(config: Any, dotted: str) -> Any:
+    """A field of a model config (mapping) or module, e.g. 'transformer.num_layers'; None if absent."""
     node = config
     for part in dotted.split('.'):
-        node = node.get(part) if node is not None and hasattr(node, 'get') else None
+        node = node.get(part) if hasattr(node, 'get') else getattr(node, part, None)
     return tuple(node) if isinstance(node, list | tuple) else node
+
+
+def _family(config: Any) -> str:
+    """`models.family` of a model config or of a module built from one."""
+    if isinstance(config, VisionTransformer):
+        return 'ViT'
+    return 'Mixer' if isinstance(config, MlpMixer) else family(config)
 
 
 def check_architecture(source: loader.Checkpoint, model_config: Any) -> None:
     """One CheckpointError naming every differing shape fact when `source` is another architecture
     than `model_config` (instead of a list of mismatched tensor shapes)."""
-    if family(source.model_config) != family(model_config):
-        raise CheckpointError(f'{source.path} is a {family(source.model_config)} model but config.model '
-                              f'is a {family(model_config)}')
-    if family(model_config) != 'ViT':
+    if _family(source.model_config) != _family(model_config):
+        raise CheckpointError(f'{source.path} is a {_family(source.model_config)} model but config.model '
+                              f'is a {_family(model_config)}')
+    if _family(model_config) != 'ViT':
         return
     diffs = [f'{label} {_fact(source.model_config, key)} (config.model: {_fact(model_config, key)})'
              for key, label in _SHAPE_FACTS if _fact(source.model_config, key) != _fact(model_config, key)]
     if diffs:
-        name = source.model_config.get('model_name')
+        name, target = _fact(source.model_config, 'model_name'), _fact(model_config, 'model_name')
         raise CheckpointError(f'{source.path}{f" ({name})" if name else ""} has another architecture than '
-                              f'config.model ({model_config.get("model_name") or "custom"}): '
+                              f'config.model ({target or "custom"}): '
                               f'{", ".join(diffs)}; set config.model to the checkpoint\'s (configs/custom.py:'
                               'SOURCE,FOLDER reads it from the source) or use a checkpoint of this model')
 
