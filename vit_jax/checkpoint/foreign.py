@@ -42,7 +42,8 @@ META_PREFIX = 'vit_jax.'    # safetensors metadata keys of our own timm export
 # attention-pooling head map_probe, map_{q,k,v,o,ln,fc1,fc2}.{w,b} (`map_kv` / `map_qkv`: k, v / q, k,
 # v concatenated), pre_logits.{w,b}, head.{w,b}, head_dist.{w,b}; the q/k/v/o/fc weights are torch
 # Linear [out, in].
-_HF_NAMES = [
+# The embeddings and attention of transformers' ViT, DeiT and DINOv2 (the same names in all three).
+_HF_EMBEDDINGS_ATTENTION = [
     (r'embeddings\.cls_token', 'cls'),
     (r'embeddings\.position_embeddings', 'pos'),
     (r'embeddings\.patch_embeddings\.projection\.(weight|bias)', r'patch.\1'),
@@ -50,6 +51,8 @@ _HF_NAMES = [
     (r'encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)', r'\1.k.\2'),
     (r'encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)', r'\1.v.\2'),
     (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)', r'\1.o.\2'),
+]
+_HF_NAMES = _HF_EMBEDDINGS_ATTENTION + [
     (r'encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)', r'\1.fc1.\2'),
     (r'encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)', r'\1.fc2.\2'),
     (r'encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)', r'\1.ln1.\2'),
@@ -71,14 +74,7 @@ _HF_DEIT_NAMES = _HF_NAMES + [
     (r'distillation_classifier\.(weight|bias)', r'head_dist.\1'),
 ]
 # transformers' Dinov2Model (model_type 'dinov2'): its own block names (norm1/2, layer_scale1/2, mlp.fc1/2).
-_HF_DINOV2_NAMES = [
-    (r'embeddings\.cls_token', 'cls'),
-    (r'embeddings\.position_embeddings', 'pos'),
-    (r'embeddings\.patch_embeddings\.projection\.(weight|bias)', r'patch.\1'),
-    (r'encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)', r'\1.q.\2'),
-    (r'encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)', r'\1.k.\2'),
-    (r'encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)', r'\1.v.\2'),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)', r'\1.o.\2'),
+_HF_DINOV2_NAMES = _HF_EMBEDDINGS_ATTENTION + [
     (r'encoder\.layer\.(\d+)\.attention\.(q|k|v|o)_proj\.(weight|bias)', r'\1.\2.\3'),   # transformers >= 5
     (r'encoder\.layer\.(\d+)\.norm(1|2)\.(weight|bias)', r'\1.ln\2.\3'),
     (r'encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
