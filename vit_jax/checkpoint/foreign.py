@@ -959,17 +959,23 @@ def timm_class_names(path: str, meta: Mapping[str, str], num_classes: int) -> li
         raise CheckpointError(f'{where}: label_names must be {num_classes} strings (the head\'s classes)')
     if names is None and fits(pretrained.get('label_names')):
         names = pretrained['label_names']
-    mean, std = pretrained.get('mean', [0.5] * 3), pretrained.get('std', [0.5] * 3)
+    _warn_normalisation(f'{where}: pretrained_cfg', 'mean', 'std', pretrained, "timm's")
+    return list(names) if names else None
+
+
+def _warn_normalisation(where: str, mean_key: str, std_key: str, record: Mapping[str, Any], source: str
+                        ) -> None:
+    """Warns when a file records a pixel normalisation other than vit_jax's (x - 127.5) / 127.5, i.e.
+    mean = std = 0.5 (timm's pretrained_cfg, an HF image processor): vit_jax does not follow it."""
+    mean, std = record.get(mean_key, [0.5] * 3), record.get(std_key, [0.5] * 3)
     try:
         scaled = np.asarray([mean, std], float)
     except (TypeError, ValueError):
-        raise CheckpointError(f'{where}: pretrained_cfg mean/std ({mean!r}, {std!r}) are not numbers'
-                              ) from None
+        raise CheckpointError(f'{where} {mean_key}/{std_key} ({mean!r}, {std!r}) are not numbers') from None
     if not np.allclose(scaled, 0.5):
-        warnings.warn(f'{where}: pretrained_cfg normalises pixels with mean {mean} and std {std}; vit_jax '
-                      "scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from timm's",
-                      stacklevel=3)
-    return list(names) if names else None
+        warnings.warn(f'{where} normalises pixels with {mean_key} {mean} and {std_key} {std}; vit_jax scales '
+                      f'them to [-1, 1] (mean = std = 0.5), so its predictions differ from {source}',
+                      stacklevel=4)
 
 
 def _weight_facts(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -1440,16 +1446,7 @@ def _warn_hf_normalisation(processor_path: str, processor: Mapping[str, Any]) ->
     mean = std = 0.5; DeiT and DINOv2 publish ImageNet's): vit_jax's preprocessing does not follow it."""
     if not processor.get('do_normalize', True) or not ('image_mean' in processor or 'image_std' in processor):
         return
-    mean, std = processor.get('image_mean', [0.5] * 3), processor.get('image_std', [0.5] * 3)
-    try:
-        scaled = np.asarray([mean, std], float)
-    except (TypeError, ValueError):
-        raise CheckpointError(f'{processor_path}: image_mean/image_std ({mean!r}, {std!r}) are not numbers'
-                              ) from None
-    if not np.allclose(scaled, 0.5):
-        warnings.warn(f'{processor_path}: normalises pixels with image_mean {mean} and image_std {std}; '
-                      "vit_jax scales them to [-1, 1] (mean = std = 0.5), so its predictions differ from "
-                      "transformers'", stacklevel=3)
+    _warn_normalisation(f'{processor_path}:', 'image_mean', 'image_std', processor, "transformers'")
 
 
 def hf_class_names(path: str) -> list[str] | None:
