@@ -323,17 +323,20 @@ def test_bert_npz_needs_heads_and_length(tmp_path):
         loader.read(str(tmp_path / 'LiT-B16B.npz'), model_name='ViT-B_16')
 
 
-def test_siglip_two_tower_file_gives_its_image_tower(tmp_path):
-    """A big_vision SigLIP file (img/ + txt/ towers, temperature t and bias b) is LiT-shaped but is not
-    LiT: its image tower is read (with a warning saying so), not the file as a LiT model."""
+def test_siglip_two_tower_file_reads_both_towers_and_serves_its_image_tower(tmp_path):
+    """A big_vision SigLIP file (img/ + txt/ towers, temperature t and bias b) is read whole, as a SigLIP
+    model (vit-zeroshot; tests/test_siglip.py checks it against transformers); vit-predict and features
+    get its image tower, with a warning saying so."""
     _, params = init(tiny_config('text_transformer'))
     flat = {f'params/{k}': np.asarray(v) for k, v in trees.flatten(params).items()}
     flat['params/b'] = np.zeros((1,), np.float32)
     np.savez(tmp_path / 'siglip.npz', **flat)
-    with pytest.warns(UserWarning, match='siglip.npz: a two-tower SigLIP model; reading its image tower'):
-        found = loader.read(str(tmp_path / 'siglip.npz'))
-    assert found.format == 'big_vision' and family(found.model_config) == 'ViT'
-    assert trees.flatten(found.params).keys() == trees.flatten(params['img']).keys()
+    found = loader.read(str(tmp_path / 'siglip.npz'))
+    assert found.format == 'big_vision' and loader.is_siglip(found.model_config)
+    assert trees.flatten(found.params).keys() == trees.flatten({**params, 'b': 0}).keys()
+    with pytest.warns(UserWarning, match='siglip.npz: a two-tower SigLIP model; using its image tower'):
+        loaded = loader.load_model(str(tmp_path / 'siglip.npz'))
+    assert trees.flatten(loaded.params).keys() == trees.flatten(params['img']).keys()
 
 
 def test_catalogue_names_and_vocabulary_download(tmp_path, monkeypatch):

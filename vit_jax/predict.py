@@ -45,9 +45,12 @@ def make_predict_fn(loaded: LoadedModel, batch_size: int):
     return predict
 
 
-def top_k(logits: np.ndarray, k: int, class_names: Sequence[str] | None) -> list[list[dict]]:
-    """Per row, the k most probable classes (softmax) as {rank, index, label, probability}."""
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+def top_k(logits: np.ndarray, k: int, class_names: Sequence[str] | None,
+          normalize: Callable[[np.ndarray], np.ndarray] | None = None) -> list[list[dict]]:
+    """Per row, the k most probable classes as {rank, index, label, probability}; probabilities by
+    `normalize` (default: softmax)."""
+    probs = (np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)) if normalize is None
+             else np.asarray(normalize(logits)))
     k = min(k, probs.shape[-1])
     order = np.argsort(-probs, axis=-1, kind='stable')[:, :k]
     return [[{'rank': r + 1, 'index': int(i),
@@ -58,10 +61,11 @@ def top_k(logits: np.ndarray, k: int, class_names: Sequence[str] | None) -> list
 
 def score_files(paths: Sequence[str], batches: Callable[[Callable[[str, str], None]], Iterable],
                 score: Callable[[np.ndarray], np.ndarray], k: int, names: Sequence[str] | None,
-                progress: bool = False) -> tuple[list[dict], list[dict]]:
+                progress: bool = False, normalize: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> tuple[list[dict], list[dict]]:
     """`score` (model inputs -> logits) over `batches(on_error)` of (paths, inputs) (see
-    `preprocessing.image_batches`): per image its top k, and the unreadable files (reported on stderr,
-    skipped), with a progress bar on stderr."""
+    `preprocessing.image_batches`): per image its top k (probabilities: `top_k`'s `normalize`), and the
+    unreadable files (reported on stderr, skipped), with a progress bar on stderr."""
     skipped: list[dict] = []
 
     def on_error(path: str, message: str) -> None:
@@ -71,7 +75,7 @@ def score_files(paths: Sequence[str], batches: Callable[[Callable[[str, str], No
     results = []
     bar = tqdm(total=len(paths), unit='img', file=sys.stderr) if progress else None
     for batch_paths, batch in batches(on_error=on_error):
-        for path, preds in zip(batch_paths, top_k(score(batch), k, names), strict=True):
+        for path, preds in zip(batch_paths, top_k(score(batch), k, names, normalize), strict=True):
             results.append({'path': path, 'predictions': preds})
         if bar is not None:
             bar.update(len(batch_paths))

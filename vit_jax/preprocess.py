@@ -11,7 +11,9 @@
   dependency: the tests check this tokenizer against it).
 - `SentencepieceTokenizer(vocab_path, max_len)`: the small text towers' SentencePiece model with
   `</s>` appended, cut to `max_len - 1` pieces and padded with `</s>`, so the last token is always
-  `</s>` (the tower reads the last token).
+  `</s>` (the tower reads the last token). SigLIP's (`canonical=True`) first canonicalises the text as
+  big_vision's zero-shot evaluator and transformers' `SiglipTokenizer` do (`canonicalize`), and may
+  name another end or padding piece (a tokenizer_config.json's `eos_token`, `pad_token`).
 - `PreprocessImages(size, crop)`: bilinear resize to `size` x `size` (or, with `crop`, of the
   shorter side to `size` and the central square), truncated to uint8, then [-1, 1] as x / 255 * 2 - 1.
 - `get_pp(...)`: a `tf.data` map function for {'image', 'text'} features (text -> 'tokens').
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import string
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,13 +136,31 @@ class BertTokenizer:
         return _in_graph(self, text)
 
 
+def canonicalize(text: str, lower: bool = True) -> str:
+    """SigLIP's text canonicalisation (big_vision's `prompt_engineering._canonicalize`, transformers'
+    `SiglipTokenizer.canonicalize_text`): SentencePiece's '▁' a space, lower-cased (when `lower`), ASCII
+    punctuation removed, runs of white space one space, ends stripped."""
+    text = text.replace('\u2581', ' ')
+    if lower:
+        text = text.lower()
+    text = text.translate(str.maketrans('', '', string.punctuation))
+    return re.sub(r'\s+', ' ', text).strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class SentencepieceTokenizer:
-    """SentencePiece with a sticky `</s>` (see the module doc); `eos_token` is also the padding."""
+    """SentencePiece with a sticky end piece (see the module doc): `eos_piece` (default `</s>`) appended,
+    padded with `pad_piece` (default: the end piece). `canonical`: SigLIP's text canonicalisation first
+    (`canonicalize`, lower-casing when `lower`)."""
 
     vocab_path: str
     max_len: int
+    canonical: bool = False
+    lower: bool = False
+    eos_piece: str = '</s>'
+    pad_piece: str | None = None
     eos_token: int = dataclasses.field(init=False)
+    pad_token: int = dataclasses.field(init=False)
     vocab_size: int = dataclasses.field(init=False)
     _tokenizer: Any = dataclasses.field(init=False, repr=False)
 
@@ -152,17 +173,21 @@ class SentencepieceTokenizer:
         except (RuntimeError, TypeError) as e:
             raise DataError(f'{self.vocab_path}: not a SentencePiece model '
                             f'({" ".join(str(e).split())})') from None
-        eos = tokenizer.piece_to_id('</s>')
-        if tokenizer.id_to_piece(eos) != '</s>':
-            raise DataError(f'{self.vocab_path}: the SentencePiece model has no </s> piece')
+        for name, piece in (('end', self.eos_piece), ('padding', self.pad_piece or self.eos_piece)):
+            if tokenizer.id_to_piece(tokenizer.piece_to_id(piece)) != piece:
+                raise DataError(f'{self.vocab_path}: the SentencePiece model has no {piece} piece (the '
+                                f'{name} token)')
+        eos = tokenizer.piece_to_id(self.eos_piece)
         object.__setattr__(self, 'eos_token', eos)
+        object.__setattr__(self, 'pad_token', tokenizer.piece_to_id(self.pad_piece or self.eos_piece))
         object.__setattr__(self, 'vocab_size', tokenizer.get_piece_size())
         object.__setattr__(self, '_tokenizer', tokenizer)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.full((len(texts), self.max_len), self.eos_token, np.int32)
+        out = np.full((len(texts), self.max_len), self.pad_token, np.int32)
         for row, text in zip(out, texts, strict=True):
-            ids = self._tokenizer.encode(_text(text), add_eos=True)[:self.max_len - 1]
+            text = canonicalize(_text(text), self.lower) if self.canonical else _text(text)
+            ids = self._tokenizer.encode(text)[:self.max_len - 1] + [self.eos_token]
             row[:len(ids)] = ids
         return out
 

@@ -1,16 +1,23 @@
-"""`vit-zeroshot`: classify images with a LiT model from class names alone (no training).
+"""`vit-zeroshot`: classify images with a LiT or SigLIP model from class names alone (no training).
 
     vit-zeroshot photos/ cat.jpg --checkpoint LiT-B16B --labels "cat,dog,airplane"
     vit-zeroshot img.jpg --checkpoint LiT-L16L --labels imagenet2012 --top-k 3 --json
     vit-zeroshot img.jpg --checkpoint my/LiT-B16B.npz --labels classes.txt --templates none
+    vit-zeroshot img.jpg --checkpoint siglip-base-patch16-224/ --labels "a cat,a dog"
+    vit-zeroshot img.jpg --checkpoint webli_en_b16_224_63724782.npz --vocab c4_en.model --labels ...
 
-Each label becomes texts through prompt templates (default: the LiT Colab's eight, e.g.
-'itap of a {}.', 'a photo of the large {}.', '{}'), whose text embeddings are averaged per label;
-an image's probabilities are softmax(t * image embedding . label embeddings), t the model's learned
-temperature. `--checkpoint` is a LiT catalogue name (`LiT-B16B`, `LiT-B16B_2`, `LiT-L16L`,
-`LiT-L16S`, `LiT-L16Ti`: weights and vocabulary downloaded once, verified) or a LiT `.npz`, local
-or in a bucket; its vocabulary is `--vocab`, else the `.txt` / `.model` beside the weights, else
-the public one of the named model. Images are preprocessed as LiT's (`vit_jax.preprocess`).
+Each label becomes texts through prompt templates, whose text embeddings are averaged per label.
+LiT (default templates: the LiT Colab's eight, e.g. 'itap of a {}.', '{}'): an image's probabilities
+are softmax(t * image embedding . label embeddings), t the model's learned temperature; they sum to
+1 over the labels. SigLIP (default template: the label itself, as big_vision's SigLIP demo; the mean
+of several templates is renormalised, as big_vision's zero-shot evaluator): each label's probability
+is sigmoid(t * image embedding . label embedding + b), b the learned bias, on its own — they are
+independent and need not sum to 1. `--checkpoint` is a LiT catalogue name (`LiT-B16B`, `LiT-B16B_2`,
+`LiT-L16L`, `LiT-L16S`, `LiT-L16Ti`: weights and vocabulary downloaded once, verified), a LiT or
+big_vision SigLIP `.npz`, or a Hugging Face SiglipModel directory, local or in a bucket; its
+vocabulary is `--vocab`, else the HF directory's spiece.model (and tokenizer_config.json), else the
+`.txt` / `.model` beside the weights, else the public one of the named model; never guessed. Images
+are preprocessed as LiT's and big_vision's (`vit_jax.preprocess`).
 
 From Python: `zs = zeroshot.load('LiT-B16B'); zs.classify(images, ['cat', 'dog'])`, or
 `zs.model.apply(zs.variables, images=..., tokens=zs.tokenizer(texts))` as in the original Colab.
@@ -31,20 +38,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import cli, images, labels, paths, preprocess, preprocessing
-from vit_jax.checkpoint import arch, hub, loader
+from vit_jax.checkpoint import arch, foreign, hub, loader
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import LitModel, build_model
+from vit_jax.models.lit import scores
 from vit_jax.predict import format_text, score_files
 
 # The LiT Colab's default prompts (the shortlist of the CLIP prompt-engineering notebook).
 PROMPTS = ('itap of a {}.', 'a bad photo of the {}.', 'a origami {}.', 'a photo of the large {}.',
            'a {} in a video game.', 'art of the {}.', 'a photo of the small {}.', '{}')
 TEMPLATE_SETS = {'lit': PROMPTS, 'none': ('{}',)}
+SIGMOID_NOTE = ('sigmoid scores: each label\'s probability on its own (SigLIP); they need not sum to 1')
 
 
 @dataclasses.dataclass
 class ZeroShot:
-    """A LiT model ready for zero-shot use: module, parameters, tokenizer."""
+    """A LiT or SigLIP model ready for zero-shot use: module, parameters, tokenizer."""
 
     model: LitModel
     params: Any
@@ -68,6 +77,21 @@ class ZeroShot:
     def temperature(self) -> float:
         return float(np.exp(np.asarray(self.params['t'])[0]))
 
+    @property
+    def sigmoid(self) -> bool:
+        """Whether the model scores each image-text pair with a sigmoid (SigLIP), not a softmax (LiT)."""
+        return 'b' in self.params
+
+    @property
+    def bias(self) -> float:
+        """SigLIP's learned bias (0 for LiT, which has none)."""
+        return float(np.asarray(self.params['b'])[0]) if self.sigmoid else 0.0
+
+    @property
+    def default_templates(self) -> tuple[str, ...]:
+        """The label itself for SigLIP (big_vision's SigLIP demo), the LiT Colab's prompts for LiT."""
+        return TEMPLATE_SETS['none'] if self.sigmoid else PROMPTS
+
     def image_preprocessing(self, crop: bool = False) -> preprocess.PreprocessImages:
         """uint8 images -> model inputs (the original's `get_image_preprocessing()`)."""
         return preprocess.PreprocessImages(size=self.image_size, crop=crop)
@@ -81,22 +105,34 @@ class ZeroShot:
         """L2-normalised embeddings [N, D] of texts."""
         return _batched(lambda t: self._apply_tokens(self.params, t), self.tokenizer(list(texts)), batch_size)
 
-    def label_embeddings(self, label_names: Sequence[str], templates: Sequence[str] = PROMPTS) -> np.ndarray:
-        """[labels, D]: per label, the mean embedding of its prompts (as the LiT Colab, not renormalised)."""
+    def label_embeddings(self, label_names: Sequence[str], templates: Sequence[str] | None = None
+                         ) -> np.ndarray:
+        """[labels, D]: per label, the mean embedding of its prompts (`templates`, default
+        `default_templates`); LiT's as the LiT Colab (not renormalised), SigLIP's renormalised as
+        big_vision's zero-shot evaluator (its bias is learned for unit embeddings)."""
+        templates = self.default_templates if templates is None else templates
         check_labels(label_names)
         check_templates(templates)
         texts = [t.format(name) for name in label_names for t in templates]
-        return self.embed_texts(texts).reshape(len(label_names), len(templates), -1).mean(axis=1)
+        mean = self.embed_texts(texts).reshape(len(label_names), len(templates), -1).mean(axis=1)
+        if self.sigmoid and len(templates) > 1:
+            mean = mean / (np.linalg.norm(mean, axis=1, keepdims=True) + 1e-8)
+        return mean
 
     def logits(self, image_embeddings: np.ndarray, label_embeddings: np.ndarray) -> np.ndarray:
-        """t * image . label similarities [N, labels]: softmax gives the zero-shot probabilities."""
-        return self.temperature * np.asarray(image_embeddings) @ np.asarray(label_embeddings).T
+        """t * image . label similarities [N, labels] (+ b for SigLIP): `scores` of them are the
+        zero-shot probabilities."""
+        return self.temperature * np.asarray(image_embeddings) @ np.asarray(label_embeddings).T + self.bias
 
-    def classify(self, images: np.ndarray, label_names: Sequence[str], templates: Sequence[str] = PROMPTS
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities of `logits`: SigLIP's sigmoid per label, LiT's softmax over the labels."""
+        return np.asarray(scores(jnp.asarray(logits), self.sigmoid))
+
+    def classify(self, images: np.ndarray, label_names: Sequence[str], templates: Sequence[str] | None = None
                  ) -> np.ndarray:
-        """Zero-shot probabilities [N, labels] of preprocessed images."""
-        logits = self.logits(self.embed_images(images), self.label_embeddings(label_names, templates))
-        return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+        """Zero-shot probabilities [N, labels] of preprocessed images (see `scores`)."""
+        label_embeddings = self.label_embeddings(label_names, templates)
+        return self.scores(self.logits(self.embed_images(images), label_embeddings))
 
 
 def _batched(fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
@@ -152,19 +188,43 @@ def vocab_path(found: loader.Checkpoint, source: str, vocab: str | None = None) 
                           f'{paths.name(beside)} beside the weights')
 
 
+def tokenizer_for(found: loader.Checkpoint, source: str, vocab: str | None = None
+                  ) -> preprocess.BertTokenizer | preprocess.SentencepieceTokenizer:
+    """The tokenizer of an image-text checkpoint. LiT: its vocabulary (`vocab_path`). SigLIP: SentencePiece
+    with the text canonicalised (`preprocess.canonicalize`) and a sticky end piece; an HF directory's
+    from its spiece.model (or `vocab`) and tokenizer_config.json, whose model_max_length must be the
+    text tower's length; a big_vision file's from `vocab_path`, lower-cased and padded with </s> (its
+    `tokenize` op's defaults, `pad_value=1`)."""
+    config = found.model_config
+    max_len = int(config.pp.max_len)
+    if not loader.is_siglip(config):
+        return preprocess.get_tokenizer(config.pp.tokenizer_name)(
+            vocab_path=vocab_path(found, source, vocab), max_len=max_len)
+    if found.format != 'hf':
+        return preprocess.SentencepieceTokenizer(vocab_path(found, source, vocab), max_len, canonical=True,
+                                                 lower=True)
+    facts = foreign.hf_siglip_tokenizer(found.path, None if vocab is None else hub.resolve(vocab))
+    recorded = facts.pop('max_len')
+    if recorded is not None and recorded != max_len:
+        where = paths.join(paths.parent(foreign.hf_files(found.path)[0]), 'tokenizer_config.json')
+        raise CheckpointError(f'{where}: model_max_length={recorded} but the text tower\'s position '
+                              f'embedding has {max_len} positions')
+    return preprocess.SentencepieceTokenizer(max_len=max_len, canonical=True, **facts)
+
+
 def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = None,
          text_heads: int | None = None, max_len: int | None = None) -> ZeroShot:
-    """A LiT checkpoint (catalogue name, file or URL) with its tokenizer (see `vocab_path`).
+    """A LiT or SigLIP checkpoint (catalogue name, file, directory or URL) with its tokenizer (see
+    `tokenizer_for`).
 
     `model_name` (a LiT MODEL_CONFIGS name) states the architecture of a file that is not named
     after it; `text_heads` and `max_len` state what a BERT text tower does not record.
     """
     found = loader.read(checkpoint, model_name=model_name, text_heads=text_heads, max_len=max_len)
     if found.model_config.get('text_model') is None:
-        raise CheckpointError(f'{found.path} is not a LiT image-text model: use vit-predict')
+        raise CheckpointError(f'{found.path} is not a LiT or SigLIP image-text model: use vit-predict')
     config = found.model_config
-    tokenizer = preprocess.get_tokenizer(config.pp.tokenizer_name)(
-        vocab_path=vocab_path(found, str(checkpoint), vocab), max_len=int(config.pp.max_len))
+    tokenizer = tokenizer_for(found, str(checkpoint), vocab)
     embedded = _vocab_size(found.params)
     if tokenizer.vocab_size > embedded:   # larger ids would embed as NaN, silently
         raise CheckpointError(f'{tokenizer.vocab_path}: the vocabulary gives ids up to '
@@ -181,17 +241,23 @@ def _vocab_size(params: dict) -> int:
 
 
 def classify_files(zs: ZeroShot, files: Sequence[str], label_names: Sequence[str], *,
-                   templates: Sequence[str] = PROMPTS, k: int = 5, batch_size: int = 32, crop: bool = False,
-                   progress: bool = False, max_pixels: int = images.MAX_PIXELS) -> dict:
-    """Zero-shot classifies image files; returns the `--json` document {results, skipped, ...}."""
+                   templates: Sequence[str] | None = None, k: int = 5, batch_size: int = 32,
+                   crop: bool = False, progress: bool = False, max_pixels: int = images.MAX_PIXELS) -> dict:
+    """Zero-shot classifies image files; returns the `--json` document {results, skipped, ...}
+    (`scoring`: 'sigmoid', independent probabilities, or 'softmax', summing to 1)."""
+    templates = zs.default_templates if templates is None else tuple(templates)
     label_embeddings = zs.label_embeddings(label_names, templates)
     batches = functools.partial(preprocessing.image_batches, files, zs.image_size, batch_size,
                                 prepare=zs.image_preprocessing(crop).preprocess_tf, max_pixels=max_pixels)
     score = lambda batch: zs.logits(zs.embed_images(batch, batch_size), label_embeddings)  # noqa: E731
-    results, skipped = score_files(files, batches, score, k, label_names, progress)
-    return {'checkpoint': zs.source, 'image_size': zs.image_size, 'labels': list(label_names),
-            'templates': list(templates), 'temperature': zs.temperature, 'results': results,
-            'skipped': skipped}
+    results, skipped = score_files(files, batches, score, k, label_names, progress,
+                                   normalize=zs.scores)
+    doc = {'checkpoint': zs.source, 'image_size': zs.image_size, 'labels': list(label_names),
+           'templates': list(templates), 'scoring': 'sigmoid' if zs.sigmoid else 'softmax',
+           'temperature': zs.temperature, 'results': results, 'skipped': skipped}
+    if zs.sigmoid:
+        doc['bias'] = zs.bias
+    return doc
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -226,16 +292,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or globs')
     parser.add_argument('--checkpoint', required=True,
                         help='LiT catalogue name (LiT-B16B, LiT-B16B_2, LiT-L16L, LiT-L16S, LiT-L16Ti), '
-                             '.npz file or bucket URL')
+                             'LiT or big_vision SigLIP .npz, Hugging Face SiglipModel directory, or a '
+                             'bucket URL')
     parser.add_argument('--labels', required=True,
                         help='"cat,dog,..." | imagenet2012 | imagenet21k | a file with one label per line')
-    parser.add_argument('--templates', default='lit',
+    parser.add_argument('--templates', default=None,
                         help="prompt templates: 'lit' (the LiT Colab's eight), 'none' (the label alone) or a "
-                             "file with one template per line, '{}' where the label goes")
+                             "file with one template per line, '{}' where the label goes (default: 'lit' for "
+                             "LiT, 'none' for SigLIP, as big_vision's SigLIP demo)")
     parser.add_argument('--vocab', default=None,
-                        help='vocabulary (.txt WordPiece or .model SentencePiece; default: beside the '
-                             'weights, '
-                             "else the named model's public one)")
+                        help='vocabulary (.txt WordPiece or .model SentencePiece; default: a Hugging Face '
+                             "directory's spiece.model, else beside the weights, else the named model's "
+                             'public one)')
     parser.add_argument('--model', default=None, metavar='NAME',
                         help='the LiT architecture by name, for a file not named after it')
     parser.add_argument('--text-heads', type=cli.positive_int, default=None,
@@ -249,6 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=cli.positive_int, default=32, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
     cli.add_max_pixels_arg(parser)
+    parser.epilog = ('Probabilities: LiT scores with a softmax over the labels (they sum to 1); SigLIP '
+                     'with a sigmoid per label, sigmoid(t * image . label + b): independent, they need not '
+                     'sum to 1.')
     return parser
 
 
@@ -257,14 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     label_names = read_labels(args.labels)
     check_labels(label_names)   # before the checkpoint is loaded
-    templates = read_templates(args.templates)
+    templates = None if args.templates is None else read_templates(args.templates)
     files = images.find_images(args.inputs)
     zs = load(args.checkpoint, vocab=args.vocab, model_name=args.model, text_heads=args.text_heads,
               max_len=args.max_len)
     doc = classify_files(zs, files, label_names, templates=templates, k=args.top_k,
                          batch_size=args.batch_size, crop=args.crop, progress=len(files) > args.batch_size,
                          max_pixels=args.max_image_pixels)
-    print(json.dumps(doc, indent=2) if args.json else format_text(doc))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f'({SIGMOID_NOTE})\n' + format_text(doc) if doc['scoring'] == 'sigmoid' else format_text(doc))
     if not doc['results']:
         print('vit-zeroshot: error: none of the images could be read', file=sys.stderr)
         return 1

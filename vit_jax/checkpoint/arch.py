@@ -5,7 +5,8 @@ size, width, depth, MLP width, heads from the [D, heads, head_dim] attention ker
 token, pre-logits, ResNet stem); the numerics (LayerNorm epsilon, GELU form) are not in the
 weights and come from the caller (the file format states them). `infer_lit_config` does the same
 for LiT trees (`img`, `txt`, `t`), where a BERT text tower records neither its heads (flaxformer
-keeps 2-D kernels) nor the token length it was trained with. `check_params` builds the model
+keeps 2-D kernels) nor the token length it was trained with, and `infer_siglip_config` for SigLIP
+trees (those and the bias `b`). `check_params` builds the model
 abstractly and checks every key and shape.
 """
 
@@ -156,9 +157,11 @@ def infer_lit_config(params: Mapping[str, Any], *, text_heads: int | None = None
     missing = [k for k in ('img', 'txt', 't') if k not in params]
     if missing:
         raise CheckpointError(f'{source}: not a LiT parameter tree (no {missing[0]})')
-    if 'b' in params or 'pos_embedding' in params['img']:
-        raise CheckpointError(f'{source}: a big_vision two-tower model (SigLIP: a learned bias b, big_vision '
-                              'towers) is not supported; LiT models (vit-zeroshot) are')
+    if 'b' in params:
+        return infer_siglip_config(params, source=source)
+    if 'pos_embedding' in params['img']:
+        raise CheckpointError(f'{source}: a big_vision two-tower model without the SigLIP bias b is not '
+                              'supported; LiT and SigLIP models (vit-zeroshot) are')
     image = infer_config(params['img'], source=f'{source} (img)')
     out_img = num_classes(params['img']) or None
     image_size_ = _lit_image_size(params['img'], image)
@@ -182,6 +185,37 @@ def infer_lit_config(params: Mapping[str, Any], *, text_heads: int | None = None
         raise CheckpointError(f'{source}: a TextTransformer text tower needs its txt/head')
     config.out_dim = (out_img, out_txt)
     config.pp = ml_collections.ConfigDict(dict(tokenizer_name=tokenizer, size=image_size_, max_len=length))
+    return config
+
+
+# big_vision's SigLIP configs (its SigLIP demo: temperature_init=10, bias_init=-10); the values only
+# matter for a fresh init, the file holds the learned t and b.
+SIGLIP_INIT = dict(temperature_init=10.0, bias_init=-10.0)
+
+
+def infer_siglip_config(params: Mapping[str, Any], *, image: Mapping[str, Any] | None = None,
+                        text: Mapping[str, Any] | None = None, source: str = 'checkpoint'
+                        ) -> ml_collections.ConfigDict:
+    """The SigLIP model config (a `LitModel` with the learned bias `b`) of a two-tower tree (`img`: a ViT,
+    `txt`: a `TextTransformer`, `t`, `b`), from its shapes. `image` / `text`: the numerics the format
+    states for each tower (`layer_norm_eps`, `gelu_approximate`; None: big_vision's, Flax's defaults).
+    The text tower takes as many tokens as its position embedding has rows."""
+    missing = [k for k in ('img', 'txt', 't', 'b') if k not in params]
+    if missing:
+        raise CheckpointError(f'{source}: not a SigLIP parameter tree (no {missing[0]})')
+    image_config = infer_config(params['img'], **dict(image or {}), source=f'{source} (img)')
+    txt = params['txt']
+    text_config, length = _infer_text_transformer(txt, source)
+    text_config.update({k: v for k, v in dict(text or {}).items() if v is not None})
+    config = ml_collections.ConfigDict()
+    config.model_name = None
+    config.image = image_config
+    config.text_model, config.text = 'text_transformer', text_config
+    config.out_dim = (num_classes(params['img']) or None, num_classes(txt) or None)
+    config.update(SIGLIP_INIT)
+    config.pp = ml_collections.ConfigDict(dict(tokenizer_name='sentencepiece',
+                                               size=_lit_image_size(params['img'], image_config),
+                                               max_len=length))
     return config
 
 

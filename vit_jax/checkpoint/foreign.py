@@ -82,21 +82,32 @@ _HF_DINOV2_NAMES = _HF_EMBEDDINGS_ATTENTION + [
     (r'layernorm\.(weight|bias)', r'norm.\1'),
     (r'classifier\.(weight|bias)', r'head.\1'),   # Dinov2ForImageClassification: on [class, mean patch]
 ]
-# transformers' SiglipVisionModel (and the vision tower of SiglipModel): no class token, position
-# embeddings an nn.Embedding [N, D], the attention-pooling head an nn.MultiheadAttention (q, k, v packed).
-_HF_SIGLIP_NAMES = [
-    (r'embeddings\.patch_embedding\.(weight|bias)', r'patch.\1'),
-    (r'embeddings\.position_embedding\.weight', 'pos'),
+# transformers' SiglipEncoder (both towers of SiglipModel).
+_HF_SIGLIP_ENCODER = [
     (r'encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)', r'\1.\2.\3'),
     (r'encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)', r'\1.o.\2'),
     (r'encoder\.layers\.(\d+)\.layer_norm(1|2)\.(weight|bias)', r'\1.ln\2.\3'),
     (r'encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)', r'\1.\2.\3'),
+]
+# transformers' SiglipVisionModel (and the vision tower of SiglipModel): no class token, position
+# embeddings an nn.Embedding [N, D], the attention-pooling head an nn.MultiheadAttention (q, k, v packed).
+_HF_SIGLIP_NAMES = _HF_SIGLIP_ENCODER + [
+    (r'embeddings\.patch_embedding\.(weight|bias)', r'patch.\1'),
+    (r'embeddings\.position_embedding\.weight', 'pos'),
     (r'post_layernorm\.(weight|bias)', r'norm.\1'),
     (r'head\.probe', 'map_probe'),
     (r'head\.attention\.in_proj_(weight|bias)', r'map_qkv.\1'),
     (r'head\.attention\.out_proj\.(weight|bias)', r'map_o.\1'),
     (r'head\.layernorm\.(weight|bias)', r'map_ln.\1'),
     (r'head\.mlp\.(fc1|fc2)\.(weight|bias)', r'map_\1.\2'),
+]
+# transformers' SiglipTextModel (the text tower of SiglipModel): token and position embeddings (nn.Embedding),
+# the SigLIP encoder, a final LayerNorm, the last token's `head` into the image-text embedding space.
+_HF_SIGLIP_TEXT_NAMES = _HF_SIGLIP_ENCODER + [
+    (r'embeddings\.token_embedding\.weight', 'tok'),
+    (r'embeddings\.position_embedding\.weight', 'pos'),
+    (r'final_layer_norm\.(weight|bias)', r'norm.\1'),
+    (r'head\.(weight|bias)', r'head.\1'),
 ]
 _TIMM_NAMES = [
     (r'cls_token', 'cls'),
@@ -227,11 +238,7 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str,
             if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]:
                 raise CheckpointError(f'{source}: SwiGLU MLP is not supported (block {i}: fc1 has '
                                       f'{fc1.shape[0]} outputs, twice the {fc2.shape[1]} inputs of fc2)')
-            ln, dense = _norm_dense(c, f'{i}.')
-            enc[f'encoderblock_{i}'] = {
-                'LayerNorm_0': ln('ln1'),
-                'MultiHeadDotProductAttention_0': _attention(c, f'{i}.', num_heads, d),
-                'LayerNorm_1': ln('ln2'), 'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
+            enc[f'encoderblock_{i}'] = _encoder_block(c, i, num_heads, d)
             for n, name in (('ls1', 'LayerScale_0'), ('ls2', 'LayerScale_1')):
                 if f'{i}.{n}' in c:
                     enc[f'encoderblock_{i}'][name] = {'scale': c.pop(f'{i}.{n}')}
@@ -255,6 +262,13 @@ def _linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str,
     if c:
         raise CheckpointError(f'{source}: unused weights {sorted(c)[:6]}')
     return jax.tree_util.tree_map(np.ascontiguousarray, params)
+
+
+def _encoder_block(c: dict[str, np.ndarray], i: int, num_heads: int, d: int) -> dict:
+    """Canonical block `i` ({i}.{ln1,q,k,v,o,ln2,fc1,fc2}) -> the Linen `Encoder1DBlock` tree."""
+    ln, dense = _norm_dense(c, f'{i}.')
+    return {'LayerNorm_0': ln('ln1'), 'MultiHeadDotProductAttention_0': _attention(c, f'{i}.', num_heads, d),
+            'LayerNorm_1': ln('ln2'), 'MlpBlock_0': {'Dense_0': dense('fc1'), 'Dense_1': dense('fc2')}}
 
 
 def _norm_dense(c: dict[str, np.ndarray], prefix: str):
@@ -494,6 +508,10 @@ def read_hf(path: str, sd: Mapping[str, np.ndarray] | None = None) -> tuple[ml_c
     model_type = hf.get('model_type', 'vit')
     if model_type in ('siglip_vision_model', 'siglip'):
         return _read_hf_siglip(hf, config_path, weights, sd)
+    if model_type.startswith('siglip2'):
+        raise CheckpointError(f'{config_path}: model_type={model_type!r}: SigLIP 2 with NaFlex (variable '
+                              'resolution and aspect ratio) is not supported; SigLIP (siglip, '
+                              'siglip_vision_model) is')
     if model_type not in ('vit', 'deit', 'dinov2', 'dinov2_with_registers'):
         raise CheckpointError(f'{config_path}: model_type={model_type!r} is not one vit_jax reads (vit, '
                               'deit, dinov2, dinov2_with_registers, siglip, siglip_vision_model)')
@@ -613,31 +631,114 @@ def _hf_check_sizes(config_path: str, hf: Mapping[str, Any], params: Mapping[str
 
 def _read_hf_siglip(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
                     ) -> tuple[ml_collections.ConfigDict, dict]:
-    """A SiglipVisionModel, or the vision tower of a two-tower SiglipModel (its text tower is not
-    read: the model gives SigLIP's image embeddings, the attention-pooled features)."""
+    """A SiglipVisionModel (the attention-pooled image features), or a two-tower SiglipModel
+    (`_read_hf_siglip_model`)."""
     if hf['model_type'] == 'siglip':
-        hf = _hf_field(config_path, hf, 'vision_config', {}, dict)
-        warnings.warn(f'{config_path}: a two-tower SigLIP model; reading its vision tower only', stacklevel=4)
-    # transformers' SiglipVisionConfig defaults are the format's.
-    act = _hf_field(config_path, hf, 'hidden_act', 'gelu_pytorch_tanh', str)
-    if act not in HF_GELU:
-        raise CheckpointError(f'{config_path}: hidden_act={act!r} is not supported (expected one of '
-                              f'{sorted(HF_GELU)})')
-    if not _hf_field(config_path, hf, 'vision_use_head', True, bool):
-        raise CheckpointError(f'{config_path}: vision_use_head=false: a SigLIP vision model without its '
-                              'attention-pooling head pools nothing')
-    if hf.get('num_channels', 3) != 3:
-        raise CheckpointError(f'{config_path}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
+        return _read_hf_siglip_model(hf, config_path, weights, sd)
     if sd is None:
         sd, _ = read_weights(weights)
-    vision = {k.removeprefix('vision_model.'): v for k, v in sd.items()
-              if not k.startswith(('text_model.', 'logit_scale', 'logit_bias'))}
-    canonical = _rename(vision, _HF_SIGLIP_NAMES, weights)
+    params, numerics = _hf_siglip_vision(hf, config_path, weights, {k.removeprefix('vision_model.'): v
+                                                                    for k, v in sd.items()})
+    return arch.infer_config(params, **numerics, source=weights), params
+
+
+def _hf_siglip_vision(hf: Mapping[str, Any], where: str, weights: str, sd: Mapping[str, np.ndarray]
+                      ) -> tuple[dict, dict]:
+    """(ViT params, numerics) of a SigLIP vision tower and its config (`where` names it in errors);
+    transformers' SiglipVisionConfig defaults are the format's."""
+    act = _hf_field(where, hf, 'hidden_act', 'gelu_pytorch_tanh', str)
+    if act not in HF_GELU:
+        raise CheckpointError(f'{where}: hidden_act={act!r} is not supported (expected one of '
+                              f'{sorted(HF_GELU)})')
+    if not _hf_field(where, hf, 'vision_use_head', True, bool):
+        raise CheckpointError(f'{where}: vision_use_head=false: a SigLIP vision model without its '
+                              'attention-pooling head pools nothing')
+    if hf.get('num_channels', 3) != 3:
+        raise CheckpointError(f'{where}: num_channels={hf["num_channels"]} (VisionTransformer needs 3)')
+    canonical = _rename(sd, _HF_SIGLIP_NAMES, weights)
     if np.ndim(canonical.get('pos')) == 2:   # an nn.Embedding [N, D]
         canonical['pos'] = canonical['pos'][None]
-    params = _linen_from_canonical(canonical, _hf_heads(config_path, hf, canonical), weights)
-    return arch.infer_config(params, layer_norm_eps=_hf_field(config_path, hf, 'layer_norm_eps', 1e-6, float),
-                             gelu_approximate=HF_GELU[act], source=weights), params
+    params = _linen_from_canonical(canonical, _hf_heads(where, hf, canonical), weights)
+    numerics = dict(layer_norm_eps=_hf_field(where, hf, 'layer_norm_eps', 1e-6, float),
+                    gelu_approximate=HF_GELU[act])
+    config = arch.infer_config(params, **numerics, source=weights)
+    _hf_check_sizes(where, hf, params, config, default_patch=16)
+    return params, numerics
+
+
+def _hf_siglip_text(hf: Mapping[str, Any], where: str, weights: str, sd: Mapping[str, np.ndarray]
+                    ) -> tuple[dict, dict]:
+    """(TextTransformer params, numerics) of a SiglipTextModel and its config (`where` names it in errors),
+    every size in the config checked against the weights; transformers' SiglipTextConfig defaults are the
+    format's."""
+    act = _hf_field(where, hf, 'hidden_act', 'gelu_pytorch_tanh', str)
+    if act not in HF_GELU:
+        raise CheckpointError(f'{where}: hidden_act={act!r} is not supported (expected one of '
+                              f'{sorted(HF_GELU)})')
+    c = _rename(sd, _HF_SIGLIP_TEXT_NAMES, weights)
+    try:
+        vocab, d = np.shape(c['tok'])
+        heads = _hf_field(where, hf, 'num_attention_heads', 12, int)
+        if d % heads:
+            raise CheckpointError(f'{where}: num_attention_heads={heads} does not divide the hidden size {d}')
+        layers = sorted({int(k.split('.')[0]) for k in c if k.split('.')[0].isdigit()})
+        if layers != list(range(len(layers))) or not layers:
+            raise CheckpointError(f'{weights}: text encoder layers {layers} are not numbered 0..L-1')
+        found = dict(vocab_size=vocab, hidden_size=d, intermediate_size=np.shape(c['0.fc1.w'])[0],
+                     num_hidden_layers=len(layers), max_position_embeddings=np.shape(c['pos'])[0],
+                     projection_size=np.shape(c['head.w'])[0])
+        defaults = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        max_position_embeddings=64, projection_size=hf.get('hidden_size', 768))
+        for key, have in found.items():
+            value = _hf_field(where, hf, key, defaults[key], int)
+            if value != have:
+                raise CheckpointError(f'{where}: {key}={value} but the weights have {have}')
+        encoder = {f'encoderblock_{i}': _encoder_block(c, i, heads, d) for i in layers}
+        encoder['encoder_norm'] = {'scale': c.pop('norm.w'), 'bias': c.pop('norm.b')}
+        params = {'Embed_0': {'embedding': c.pop('tok')}, 'pos_embedding': c.pop('pos')[None],
+                  'Encoder_0': encoder, 'head': {'kernel': c.pop('head.w').T, 'bias': c.pop('head.b')}}
+    except KeyError as e:
+        raise CheckpointError(f'{weights}: missing text_model weight for {e.args[0]!r}') from None
+    except ValueError as e:
+        raise CheckpointError(f'{weights}: inconsistent text_model shapes ({e})') from None
+    if c:
+        raise CheckpointError(f'{weights}: unused text_model weights {sorted(c)[:6]}')
+    numerics = dict(layer_norm_eps=_hf_field(where, hf, 'layer_norm_eps', 1e-6, float),
+                    gelu_approximate=HF_GELU[act])
+    return jax.tree_util.tree_map(np.ascontiguousarray, params), numerics
+
+
+def _read_hf_siglip_model(hf: dict, config_path: str, weights: str, sd: Mapping[str, np.ndarray] | None
+                          ) -> tuple[ml_collections.ConfigDict, dict]:
+    """A two-tower SiglipModel: both towers into one `LitModel` tree (`img`, `txt`), `logit_scale` as
+    its temperature `t` (exp(t) scales the image-text dot products) and `logit_bias` as its bias `b`;
+    every fact from config.json's vision_config and text_config."""
+    if sd is None:
+        sd, _ = read_weights(weights)
+    towers = {'vision_model.': {}, 'text_model.': {}}
+    scalars, unknown = {}, []
+    for key, value in sd.items():
+        prefix = next((p for p in towers if key.startswith(p)), None)
+        if prefix is not None:
+            towers[prefix][key.removeprefix(prefix)] = value
+        elif key in ('logit_scale', 'logit_bias'):
+            scalars[key] = np.asarray(value, np.float32).reshape(-1)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f'{weights}: unsupported keys for a SiglipModel '
+                              f'({", ".join(sorted(unknown)[:6])})')
+    for key in ('logit_scale', 'logit_bias'):
+        if np.shape(scalars.get(key, ())) != (1,):
+            raise CheckpointError(f'{weights}: no {key} (a single number) in a SiglipModel')
+    vision_where, text_where = f'{config_path} (vision_config)', f'{config_path} (text_config)'
+    img, image_numerics = _hf_siglip_vision(_hf_field(config_path, hf, 'vision_config', {}, dict),
+                                            vision_where, weights, towers['vision_model.'])
+    txt, text_numerics = _hf_siglip_text(_hf_field(config_path, hf, 'text_config', {}, dict),
+                                         text_where, weights, towers['text_model.'])
+    params = {'img': img, 'txt': txt, 't': scalars['logit_scale'], 'b': scalars['logit_bias']}
+    config = arch.infer_siglip_config(params, image=image_numerics, text=text_numerics, source=weights)
+    return config, params
 
 
 # timm's VisionTransformer architectures that vit_jax.models.VisionTransformer expresses exactly:
@@ -1459,6 +1560,43 @@ def hf_class_names(path: str) -> list[str] | None:
     except KeyError:
         raise CheckpointError(f'{config_path}: id2label keys are not 0..{len(id2label) - 1}') from None
     return None if names == [f'LABEL_{i}' for i in range(len(names))] or not names else names
+
+
+HF_SIGLIP_VOCAB = 'spiece.model'   # SiglipTokenizer's SentencePiece model in an HF directory
+
+
+def hf_siglip_tokenizer(path: str, vocab: str | None = None) -> dict[str, Any]:
+    """The SentencePiece tokenizer of an HF SiglipModel directory, as `SentencepieceTokenizer` fields:
+    `vocab_path` (`vocab`, else the directory's spiece.model; neither: a CheckpointError naming both),
+    `lower`, `eos_piece`, `pad_piece` and `max_len` (None where unrecorded) from its tokenizer_config.json
+    (`do_lower_case`, `eos_token`, `pad_token`, `model_max_length`; absent: SiglipTokenizer's defaults,
+    lower-cased, </s> for both). Another tokenizer class (SigLIP 2's Gemma tokenizer) is refused by name."""
+    config_path, _ = hf_files(path)
+    directory = paths.parent(config_path)
+    vocab_path = vocab or paths.join(directory, HF_SIGLIP_VOCAB)
+    if not paths.exists(vocab_path):
+        raise CheckpointError(f'{directory}: no {HF_SIGLIP_VOCAB} (the SentencePiece model of the text '
+                              'tower): give --vocab FILE')
+    where = paths.join(directory, 'tokenizer_config.json')
+    record = _json(where) if paths.exists(where) else {}
+    name = record.get('tokenizer_class', 'SiglipTokenizer')
+    if name not in ('SiglipTokenizer', 'SiglipTokenizerFast'):
+        raise CheckpointError(f'{where}: tokenizer_class={name!r} is not supported (SiglipTokenizer, a '
+                              f'SentencePiece {HF_SIGLIP_VOCAB}, is)')
+
+    def piece(key: str) -> str:
+        value = record.get(key, '</s>')
+        value = value.get('content') if isinstance(value, dict) else value
+        if not isinstance(value, str) or not value:
+            raise CheckpointError(f'{where}: {key}={record[key]!r} is not a token')
+        return value
+
+    max_len = record.get('model_max_length')
+    if max_len is not None:
+        max_len = _hf_field(where, record, 'model_max_length', None, int)
+    return dict(vocab_path=vocab_path, lower=_hf_field(where, record, 'do_lower_case', True, bool),
+                eos_piece=piece('eos_token'), pad_piece=piece('pad_token'),
+                max_len=max_len if max_len is None or max_len < 10 ** 6 else None)   # (1e30: no limit)
 
 
 def _hf_config(params: Mapping[str, Any], config: Any, class_names: Sequence[str] | None = None) -> dict:

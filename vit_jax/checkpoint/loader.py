@@ -143,12 +143,10 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
         found = _from_workdir(path)
     elif kind == 'npz':
         flat = npz.read(path)
+        params = npz.two_tower(flat, path) if npz.is_siglip(flat) else npz.normalize(flat, path)
         if npz.is_siglip(flat):
-            warnings.warn(f'{path}: a two-tower SigLIP model; reading its image tower only (its head, if '
-                          'any, projects into the image-text embedding space)', stacklevel=2)
-            flat = npz.image_tower(flat)
-        params = npz.normalize(flat, path)
-        if npz.is_lit(flat):
+            config = arch.infer_siglip_config(params, source=path)
+        elif npz.is_lit(flat):
             config = _lit_config(source, path, params, model_name, text_heads, max_len)
         else:
             config = arch.infer_config(params, source=path)
@@ -200,6 +198,11 @@ def warn_numerics(found: Checkpoint, model_config: Any) -> None:
         if have != want:
             warnings.warn(f'{found.path} has {key}={have} but the model uses {want}; set it in the model '
                           'config to reproduce the source model', stacklevel=3)
+
+
+def is_siglip(model_config: Any) -> bool:
+    """Whether a model config is SigLIP's: a two-tower model with the learned bias of the sigmoid loss."""
+    return family(model_config) == 'LiT' and model_config.get('bias_init') is not None
 
 
 # --- Inference ---------------------------------------------------------------------------------
@@ -281,7 +284,11 @@ def load_model(source: str, model_name: str | None = None, **facts: Any) -> Load
         raise ConfigError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
     found = read(source, **facts)
     model_config = found.model_config
-    if family(model_config) == 'LiT':
+    if is_siglip(model_config):
+        warnings.warn(f'{found.path}: a two-tower SigLIP model; using its image tower (the image embeddings '
+                      'SigLIP scores against texts; vit-zeroshot classifies with both towers)', stacklevel=2)
+        model_config, found.params = model_config.image, found.params['img']
+    elif family(model_config) == 'LiT':
         raise CheckpointError(f'{found.path} is a LiT image-text model: classify with it zero-shot '
                               '(vit-zeroshot, vit_jax.zeroshot)')
     if model_name is not None:

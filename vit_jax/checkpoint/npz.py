@@ -169,6 +169,32 @@ def image_tower(flat: Mapping[str, Any]) -> dict[str, Any]:
             if k.startswith('img/')}
 
 
+def text_tower(flat: Mapping[str, Any], source: str = 'checkpoint') -> dict:
+    """The `txt/` tower of a big_vision two-tower model's flat keys as the per-block Linen tree of
+    `TextTransformer`, as big_vision's `text_transformer.load` reads it: pre-Linen names renumbered,
+    scan-stacked blocks split, and the position embedding some older files also hold under
+    `Encoder_0` (added twice by mistake, big_vision says) merged into `pos_embedding`."""
+    txt = {k.removeprefix('txt/'): v for k, v in strip_prefix(flat).items() if k.startswith('txt/')}
+    tree = convert_pre_linen(trees.unflatten(txt, source=source))
+    encoder = dict(tree.get('Encoder_0', {}))
+    if 'pos_embedding' in encoder and 'pos_embedding' in tree:
+        tree['pos_embedding'] = np.asarray(tree['pos_embedding']) + np.asarray(encoder.pop('pos_embedding'))
+    if 'encoderblock' in encoder:
+        encoder = jax.tree_util.tree_map(np.asarray, scan_to_blocks({'Transformer': encoder})['Transformer'])
+    if encoder:
+        tree['Encoder_0'] = encoder
+    return tree
+
+
+def two_tower(flat: Mapping[str, Any], source: str = 'checkpoint') -> dict:
+    """A big_vision two-tower (SigLIP) file's flat keys as the `LitModel` tree: `img` (a big_vision ViT,
+    see `normalize`), `txt` (`text_tower`), the temperature `t` and the bias `b`."""
+    names = strip_prefix(flat)
+    tree = {'img': normalize(image_tower(flat), source), 'txt': text_tower(flat, source)}
+    tree.update({k: names[k] for k in ('t', 'b') if k in names})
+    return tree
+
+
 def normalize(flat: Mapping[str, np.ndarray], source: str = 'checkpoint') -> dict:
     """A flat checkpoint dict in any published layout -> the per-block Linen tree."""
     tree = trees.unflatten(strip_prefix(flat), source=source)

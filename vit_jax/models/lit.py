@@ -212,8 +212,10 @@ class BertModel(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """The small text tower: token embedding + learned position embedding, the ViT `Encoder`
-    (pre-LayerNorm, no attention dropout), the *last* token (SentencePiece's sticky </s>), `head`."""
+    """The small text tower (LiT's, and big_vision's `text_transformer` of SigLIP): token embedding +
+    learned position embedding, the ViT `Encoder` (pre-LayerNorm, no attention dropout), the *last*
+    token (SentencePiece's sticky </s>), `head`. `layer_norm_eps` and `gelu_approximate` as the ViT's
+    (big_vision's: Flax's defaults, 1e-6 and the tanh GELU)."""
 
     num_classes: int
     width: int = 512
@@ -222,6 +224,8 @@ class TextTransformer(nn.Module):
     num_heads: int = 8
     dropout_rate: float = 0.0
     vocab_size: int = 32_000
+    layer_norm_eps: float = 1e-6
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, tokens: Array) -> tuple[Array, dict]:
@@ -233,14 +237,15 @@ class TextTransformer(nn.Module):
                            (1, length, width), x.dtype)
         x, _ = Encoder(num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                        dropout_rate=self.dropout_rate, attention_dropout_rate=0.0,
-                       add_position_embedding=False, name='Encoder_0')(x, train=False)
+                       add_position_embedding=False, layer_norm_eps=self.layer_norm_eps,
+                       gelu_approximate=self.gelu_approximate, name='Encoder_0')(x, train=False)
         x = out['pre_logits'] = x[:, -1, :]
         x = out['logits'] = nn.Dense(self.num_classes, name='head')(x)
         return x, out
 
 
 class LitModel(nn.Module):
-    """A LiT model with the original's fields.
+    """A LiT or SigLIP model with the original's fields (and big_vision's two-tower ones).
 
     `image`: the ViT config of the image tower (its head has `out_dim[0]` outputs, or none);
     `text_model`: 'bert' or 'text_transformer'; `text`: that tower's fields (`config` for BERT);
@@ -248,9 +253,15 @@ class LitModel(nn.Module):
     (image side), used by `vit_jax.preprocess`; `out_dim`: (image, text) head sizes, an int for
     both, None for no head; `model_name`: its `MODEL_CONFIGS` name.
 
+    `temperature_init`, `bias_init`: big_vision's two-tower fields (only a fresh init reads their
+    values); with a `bias_init` the model has the learned bias `b` of SigLIP ("Sigmoid Loss for
+    Language Image Pre-Training", Zhai et al. 2023; big_vision's SigLIP configs: 10 and -10).
+
     `model.apply(variables, images=..., tokens=...)` -> `(zimg, ztxt, out)`: L2-normalised
     embeddings (None for an input not given) and `out` with `out['t']`, the learned temperature
-    that scales the dot products before a softmax, and the towers' intermediate values.
+    that scales the dot products, for a SigLIP model `out['b']`, the bias added to them, and the
+    towers' intermediate values. `scores` turns them into probabilities: LiT's softmax over the texts,
+    SigLIP's sigmoid of each image-text pair on its own.
     """
 
     image: Any
@@ -259,6 +270,8 @@ class LitModel(nn.Module):
     pp: Any
     out_dim: Any
     model_name: str | None = None
+    temperature_init: float = 1.0
+    bias_init: float | None = None
 
     @nn.compact
     def __call__(self, *, images: Array | None = None, tokens: Array | None = None
@@ -283,6 +296,17 @@ class LitModel(nn.Module):
             out['img/norm'] = jnp.linalg.norm(zimg, axis=1, keepdims=True)
             out['img/normalized'] = zimg = zimg / (out['img/norm'] + 1e-8)
 
-        t = self.param('t', nn.initializers.zeros, (1,), jnp.float32)
+        t_init = jnp.log(self.temperature_init)
+        t = self.param('t', lambda key, shape, dtype: t_init * jnp.ones(shape, dtype), (1,), jnp.float32)
         out['t'] = jnp.exp(t)
+        if self.bias_init is not None:
+            b_init = self.bias_init
+            out['b'] = self.param('b', lambda key, shape, dtype: b_init * jnp.ones(shape, dtype), (1,),
+                                  jnp.float32)
         return zimg, ztxt, out
+
+
+def scores(logits: Array, sigmoid: bool) -> Array:
+    """Zero-shot probabilities of image-text logits [images, texts]: SigLIP's sigmoid, each pair on its
+    own (an image may match several texts, or none), or LiT's softmax over the texts (they sum to 1)."""
+    return jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
