@@ -26,7 +26,7 @@ from PIL import Image
 from vit_jax import checkpoint, preprocess, trees, zeroshot
 from vit_jax.checkpoint import hub, loader
 from vit_jax.errors import CheckpointError, ConfigError, DataError
-from vit_jax.models import build_model, family, get_config, get_model
+from vit_jax.models import build_model, get_config, get_model
 
 IMAGE = dict(patches=dict(size=(4, 4)), hidden_size=8, classifier='token', representation_size=None,
              transformer=dict(num_layers=1, mlp_dim=16, num_heads=2, dropout_rate=0.0,

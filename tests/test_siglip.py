@@ -25,7 +25,8 @@ TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_laye
 VISION = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=32,
               patch_size=8)
 CORPUS = ['a photo of a cat', 'a photo of a dog', 'an airplane in the sky', 'a red apple on a table',
-          'the quick brown fox jumps over the lazy dog', 'two guys in need of caffeine', 'zurich and the alps',
+          'the quick brown fox jumps over the lazy dog', 'two guys in need of caffeine',
+          'zurich and the alps',
           'a cow on the beach', 'autumn in toronto', 'a robot on a sign'] * 10
 TEXTS = ['a photo of a Cat.', 'Zürich, and the ALPS!!', '  two   guys ', 'dog', 'A cow_on the beach?',
          'the quick brown fox jumps over the lazy dog', 'x', '\u2581sky', 'robots & signs: 100% (maybe)']
@@ -38,9 +39,9 @@ def siglip_dir(tmp_path_factory):
     SentencePiece model trained here; the learned scale and bias set to SigLIP-like values."""
     root = tmp_path_factory.mktemp('siglip')
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=TEXT['vocab_size'],
-                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=out,
+                                   vocab_size=TEXT['vocab_size'], pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
     (root / 'sp.model').write_bytes(out.getvalue())
     torch.manual_seed(0)
     model = transformers.SiglipModel(transformers.SiglipConfig(text_config=TEXT, vision_config=VISION)).eval()
@@ -80,15 +81,16 @@ def _ours(found, images_uint8, tokens):
 
 
 def _max_err(got, want, label):
+    """The max abs error (printed with the relative one, max abs error / max abs value, the docs' measure)."""
     err = float(np.abs(np.asarray(got) - np.asarray(want)).max())
-    print(f'\nmax abs error [{label}]: {err:.2e}')
+    print(f'\nmax abs error [{label}]: {err:.2e} (relative {err / float(np.abs(want).max()):.2e})')
     return err
 
 
 def _hf_tokenizer(directory):
-    return preprocess.SentencepieceTokenizer(max_len=MAX_LEN, canonical=True,
-                                             **{k: v for k, v in foreign.hf_siglip_tokenizer(str(directory)).items()
-                                                if k != 'max_len'})
+    facts = foreign.hf_siglip_tokenizer(str(directory))
+    facts.pop('max_len')
+    return preprocess.SentencepieceTokenizer(max_len=MAX_LEN, canonical=True, **facts)
 
 
 @pytest.mark.slow
@@ -96,21 +98,24 @@ def test_hf_siglip_model_matches_transformers(siglip_dir):
     """Both towers, the temperature and the bias of an HF SiglipModel load into one LitModel tree whose
     embeddings and logits are transformers'."""
     found = loader.read(str(siglip_dir))
-    assert found.format == 'hf' and family(found.model_config) == 'LiT' and loader.is_siglip(found.model_config)
+    assert found.format == 'hf' and family(found.model_config) == 'LiT'
+    assert loader.is_siglip(found.model_config)
     config = found.model_config
     assert config.out_dim == (None, TEXT['projection_size']) and config.pp.max_len == MAX_LEN
     assert config.image.classifier == 'map' and config.text.gelu_approximate and config.text.num_heads == 2
     images = _images()
     want = _reference(siglip_dir, images, TEXTS)
     got = _ours(found, images, _hf_tokenizer(siglip_dir)(TEXTS))
-    for g, w, label in zip(got, want, ('image embeddings', 'text embeddings', 'logits_per_image'), strict=True):
+    labels = ('image embeddings', 'text embeddings', 'logits_per_image')
+    for g, w, label in zip(got, want, labels, strict=True):
         assert g.shape == w.shape
         assert _max_err(g, w, f'HF SiglipModel {label}') <= TOLERANCE
 
 
 def test_tokenizer_matches_siglip_tokenizer(siglip_dir):
     """The SigLIP tokenizer from the directory's spiece.model and tokenizer_config.json gives transformers'
-    SiglipTokenizer ids (padding='max_length', truncation): canonicalised text, a sticky </s>, </s> padding."""
+    SiglipTokenizer ids (padding='max_length', truncation): canonicalised text, a sticky </s>, </s>
+    padding."""
     ours = _hf_tokenizer(siglip_dir)
     theirs = transformers.SiglipTokenizer.from_pretrained(siglip_dir)
     want = theirs(TEXTS, padding='max_length', truncation=True)['input_ids']
@@ -124,8 +129,8 @@ def test_tokenizer_matches_siglip_tokenizer(siglip_dir):
     facts = foreign.hf_siglip_tokenizer(str(cased))
     assert facts['lower'] is False and facts['max_len'] == MAX_LEN
     theirs = transformers.SiglipTokenizer.from_pretrained(cased)
-    np.testing.assert_array_equal(_hf_tokenizer(cased)(TEXTS),
-                                  np.asarray(theirs(TEXTS, padding='max_length', truncation=True)['input_ids']))
+    want = theirs(TEXTS, padding='max_length', truncation=True)['input_ids']
+    np.testing.assert_array_equal(_hf_tokenizer(cased)(TEXTS), np.asarray(want))
 
 
 def _big_vision_npz(directory, path, scan_text=True):
@@ -137,15 +142,17 @@ def _big_vision_npz(directory, path, scan_text=True):
     def block(prefix, src, heads, d):
         hd = d // heads
         names = {'q': 'query', 'k': 'key', 'v': 'value'}
-        out = {}
+        attn, out = f'{src}.self_attn', {}
         for n, name in names.items():
-            out[f'MultiHeadDotProductAttention_0/{name}/kernel'] = sd[f'{src}.self_attn.{n}_proj.weight'].T.reshape(
-                d, heads, hd)
-            out[f'MultiHeadDotProductAttention_0/{name}/bias'] = sd[f'{src}.self_attn.{n}_proj.bias'].reshape(heads, hd)
-        out['MultiHeadDotProductAttention_0/out/kernel'] = sd[f'{src}.self_attn.out_proj.weight'].T.reshape(heads, hd, d)
-        out['MultiHeadDotProductAttention_0/out/bias'] = sd[f'{src}.self_attn.out_proj.bias']
+            w, b = sd[f'{attn}.{n}_proj.weight'], sd[f'{attn}.{n}_proj.bias']
+            out[f'MultiHeadDotProductAttention_0/{name}/kernel'] = w.T.reshape(d, heads, hd)
+            out[f'MultiHeadDotProductAttention_0/{name}/bias'] = b.reshape(heads, hd)
+        w = sd[f'{attn}.out_proj.weight']
+        out['MultiHeadDotProductAttention_0/out/kernel'] = w.T.reshape(heads, hd, d)
+        out['MultiHeadDotProductAttention_0/out/bias'] = sd[f'{attn}.out_proj.bias']
         for i, ln in ((0, 'layer_norm1'), (1, 'layer_norm2')):
-            out[f'LayerNorm_{i}/scale'], out[f'LayerNorm_{i}/bias'] = sd[f'{src}.{ln}.weight'], sd[f'{src}.{ln}.bias']
+            out[f'LayerNorm_{i}/scale'] = sd[f'{src}.{ln}.weight']
+            out[f'LayerNorm_{i}/bias'] = sd[f'{src}.{ln}.bias']
         for i, fc in ((0, 'fc1'), (1, 'fc2')):
             out[f'MlpBlock_0/Dense_{i}/kernel'] = sd[f'{src}.mlp.{fc}.weight'].T
             out[f'MlpBlock_0/Dense_{i}/bias'] = sd[f'{src}.mlp.{fc}.bias']
@@ -181,7 +188,8 @@ def _big_vision_npz(directory, path, scan_text=True):
     if scan_text:   # big_vision's scan=True: one `encoderblock`, its arrays stacked on a depth axis
         flat.update({f'txt/Encoder_0/encoderblock{k}': np.stack([b[k] for b in blocks]) for k in blocks[0]})
     else:
-        flat.update({f'txt/Encoder_0/encoderblock_{i}{k}': x for i, b in enumerate(blocks) for k, x in b.items()})
+        flat.update({f'txt/Encoder_0/encoderblock_{i}{k}': x
+                     for i, b in enumerate(blocks) for k, x in b.items()})
     flat['txt/Encoder_0/encoder_norm/scale'] = sd[f'{t}.final_layer_norm.weight']
     flat['txt/Encoder_0/encoder_norm/bias'] = sd[f'{t}.final_layer_norm.bias']
     flat['txt/head/kernel'] = sd[f'{t}.head.weight'].T
@@ -193,7 +201,8 @@ def _big_vision_npz(directory, path, scan_text=True):
 @pytest.mark.parametrize('scan_text', [True, False])
 def test_big_vision_npz_gives_the_same_logits(siglip_dir, tmp_path, scan_text):
     """A big_vision SigLIP npz (params/img + params/txt + t + b) of the same weights loads both towers to
-    transformers' logits; its tokenizer is the stated or beside-the-weights SentencePiece model, never guessed."""
+    transformers' logits; its tokenizer is the stated or beside-the-weights SentencePiece model, never
+    guessed."""
     path = tmp_path / 'webli_siglip.npz'
     _big_vision_npz(siglip_dir, path, scan_text)
     found = loader.read(str(path))
@@ -202,8 +211,8 @@ def test_big_vision_npz_gives_the_same_logits(siglip_dir, tmp_path, scan_text):
     want = _reference(siglip_dir, images, TEXTS)
     got = _ours(found, images, _hf_tokenizer(siglip_dir)(TEXTS))
     assert _max_err(got[2], want[2], 'big_vision SigLIP npz logits_per_image') <= TOLERANCE
-    with pytest.raises(CheckpointError, match=r'webli_siglip.npz: no vocabulary: give --vocab FILE \(a \.model '
-                                              r'file\) or put webli_siglip.model beside the weights'):
+    message = r'webli_siglip.npz: no vocabulary: give --vocab FILE \(a \.model file\) or put '
+    with pytest.raises(CheckpointError, match=message + 'webli_siglip.model beside the weights'):
         zeroshot.load(str(path))
     zs = zeroshot.load(str(path), vocab=str(siglip_dir / 'spiece.model'))
     assert zs.sigmoid and zs.tokenizer.canonical and zs.tokenizer.lower   # big_vision's tokenize: lower=True
@@ -223,8 +232,8 @@ def test_vit_zeroshot_scores_siglip_with_sigmoids(siglip_dir, tmp_path, capsys):
     """vit-zeroshot on an HF SiglipModel directory: the label itself as the prompt, and per label
     sigmoid(t * image . label + b), transformers' logits_per_image through a sigmoid; LiT stays softmax."""
     files = _write_images(tmp_path / 'photos')
-    assert zeroshot.main([str(tmp_path / 'photos'), '--checkpoint', str(siglip_dir), '--labels', ','.join(LABELS),
-                          '--json', '--top-k', '3']) == 0
+    assert zeroshot.main([str(tmp_path / 'photos'), '--checkpoint', str(siglip_dir),
+                          '--labels', ','.join(LABELS), '--json', '--top-k', '3']) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc['scoring'] == 'sigmoid' and doc['templates'] == ['{}']
     assert doc['bias'] == pytest.approx(-1.5) and doc['temperature'] == pytest.approx(10.0, rel=1e-6)
@@ -232,7 +241,8 @@ def test_vit_zeroshot_scores_siglip_with_sigmoids(siglip_dir, tmp_path, capsys):
     want = 1 / (1 + np.exp(-_reference(siglip_dir, images, LABELS)[2]))
     for result, row in zip(doc['results'], want, strict=True):
         got = {p['label']: p['probability'] for p in result['predictions']}
-        assert _max_err([got[name] for name in LABELS], row, 'vit-zeroshot sigmoid probabilities') <= TOLERANCE
+        got = [got[name] for name in LABELS]
+        assert _max_err(got, row, 'vit-zeroshot sigmoid probabilities') <= TOLERANCE
     assert zeroshot.main([files[0], '--checkpoint', str(siglip_dir), '--labels', ','.join(LABELS)]) == 0
     text = capsys.readouterr().out
     assert "(sigmoid scores: each label's probability on its own (SigLIP); they need not sum to 1)" in \

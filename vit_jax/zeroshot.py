@@ -80,7 +80,7 @@ class ZeroShot:
     @property
     def sigmoid(self) -> bool:
         """Whether the model scores each image-text pair with a sigmoid (SigLIP), not a softmax (LiT)."""
-        return 'b' in self.params
+        return self.model.bias_init is not None
 
     @property
     def bias(self) -> float:
