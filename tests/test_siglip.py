@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 from PIL import Image
 
-from vit_jax import preprocess, zeroshot
+from vit_jax import convert, preprocess, trees, zeroshot
 from vit_jax.checkpoint import foreign, loader
 from vit_jax.errors import CheckpointError
 from vit_jax.models import build_model, family
@@ -268,6 +268,23 @@ def test_image_tower_alone_for_vit_predict(siglip_dir):
             images.astype(np.float32) / 255 * 2 - 1).permute(0, 3, 1, 2)).pooler_output.numpy()
     ours = loaded.model.apply({'params': loaded.params}, images.astype(np.float32) / 255 * 2 - 1, train=False)
     assert _max_err(ours, pooled, 'SigLIP image tower features') <= TOLERANCE
+
+
+def test_vit_convert_keeps_both_towers_in_npz_and_the_image_tower_elsewhere(siglip_dir, tmp_path, capsys):
+    """vit-convert: to .npz both towers (read back as the same SigLIP model); to timm the image tower,
+    saying so."""
+    assert convert.main([str(siglip_dir), str(tmp_path / 'siglip.npz')]) == 0
+    found, back = loader.read(str(siglip_dir)), loader.read(str(tmp_path / 'siglip.npz'))
+    assert loader.is_siglip(back.model_config) and back.model_config.to_dict() == found.model_config.to_dict()
+    want, got = trees.flatten(found.params), trees.flatten(back.params)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+    capsys.readouterr()
+    assert convert.main([str(siglip_dir), str(tmp_path / 'image.safetensors')]) == 0
+    assert 'note: a two-tower SigLIP model: converting its image tower' in capsys.readouterr().out
+    assert trees.flatten(loader.read(str(tmp_path / 'image.safetensors')).params).keys() == \
+        trees.flatten(found.params['img']).keys()
 
 
 def _variant(siglip_dir, tmp_path, config=None, tokenizer_config=None, drop=()):

@@ -161,11 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = loader.read(path, **cli.checkpoint_facts(args))
     print(f'detected: {loader.FORMAT_NAMES[found.format]} ({found.path})')
     config, params = found.model_config, found.params
+    to = args.to or _default_format(args.dst)
+    if loader.is_siglip(config) and (to != 'npz' or args.num_classes is not None):
+        print('note: a two-tower SigLIP model: converting its image tower (timm and Hugging Face ViT have no '
+              'text tower; --to npz keeps both)')
+        config, params = config.image, params['img']
+    elif loader.is_siglip(config):
+        _save_siglip_npz(config, params, args.dst)
+        return 0
     if args.num_classes is not None:
         params = adapt.replace_head(params, args.num_classes,
                                     bool(arch.model_field(config, 'distillation_head')))
     print(describe(config, params))
-    to = args.to or _default_format(args.dst)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         # A replaced head has no class names; the source's eval preprocessing still applies.
@@ -179,6 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"timm: timm.create_model({record['architecture']!r}, **model_args) loads it strictly, "
               f"model_args = {json.dumps(record['model_args'])}")
     return 0
+
+
+def _save_siglip_npz(config: Any, params: Mapping[str, Any], dst: str) -> None:
+    """Both towers of a SigLIP model as an .npz (`img/`, `txt/`, `t`, `b`, read back as big_vision's), which
+    records no numerics: refused unless both towers have big_vision's (LayerNorm eps 1e-6, tanh GELU)."""
+    for tower, fields in (('vision', config.image), ('text', config.text)):
+        if arch.numerics(fields) != (1e-6, True):
+            eps, tanh = arch.numerics(fields)
+            raise CheckpointError(f'an .npz does not record that the {tower} tower has LayerNorm eps '
+                                  f'{eps:g} and {"tanh" if tanh else "exact"} GELU: keep the source')
+    print(f'wrote: {npz.save(params, dst)}')
 
 
 def run(argv: Sequence[str] | None = None) -> None:

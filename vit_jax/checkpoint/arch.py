@@ -206,7 +206,7 @@ def infer_siglip_config(params: Mapping[str, Any], *, image: Mapping[str, Any] |
     image_config = infer_config(params['img'], **dict(image or {}), source=f'{source} (img)')
     txt = params['txt']
     text_config, length = _infer_text_transformer(txt, source)
-    text_config.update({k: v for k, v in dict(text or {}).items() if v is not None})
+    text_config.layer_norm_eps, text_config.gelu_approximate = numerics(dict(text or {}))
     config = ml_collections.ConfigDict()
     config.model_name = None
     config.image = image_config
