@@ -317,9 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=cli.positive_int, default=32, help='images per forward pass')
     parser.add_argument('--json', action='store_true', help='print one JSON document to stdout')
     cli.add_max_pixels_arg(parser)
-    parser.epilog = ('Probabilities: LiT scores with a softmax over the labels (they sum to 1); SigLIP '
-                     'with a sigmoid per label, sigmoid(t * image . label + b): independent, they need not '
-                     'sum to 1.')
+    parser.epilog = ('Probabilities: LiT scores with a softmax over the labels (they sum to 1);\n'
+                     'SigLIP with a sigmoid per label, sigmoid(t * image . label + b): independent\n'
+                     'probabilities that need not sum to 1.')
     return parser
 
 

@@ -1573,16 +1573,16 @@ def hf_siglip_tokenizer(path: str, vocab: str | None = None) -> dict[str, Any]:
     lower-cased, </s> for both). Another tokenizer class (SigLIP 2's Gemma tokenizer) is refused by name."""
     config_path, _ = hf_files(path)
     directory = paths.parent(config_path)
-    vocab_path = vocab or paths.join(directory, HF_SIGLIP_VOCAB)
-    if not paths.exists(vocab_path):
-        raise CheckpointError(f'{directory}: no {HF_SIGLIP_VOCAB} (the SentencePiece model of the text '
-                              'tower): give --vocab FILE')
     where = paths.join(directory, 'tokenizer_config.json')
     record = _json(where) if paths.exists(where) else {}
     name = record.get('tokenizer_class', 'SiglipTokenizer')
     if name not in ('SiglipTokenizer', 'SiglipTokenizerFast'):
         raise CheckpointError(f'{where}: tokenizer_class={name!r} is not supported (SiglipTokenizer, a '
                               f'SentencePiece {HF_SIGLIP_VOCAB}, is)')
+    vocab_path = vocab or paths.join(directory, HF_SIGLIP_VOCAB)
+    if not paths.exists(vocab_path):
+        raise CheckpointError(f'{directory}: no {HF_SIGLIP_VOCAB} (the SentencePiece model of the text '
+                              'tower): give --vocab FILE')
 
     def piece(key: str) -> str:
         value = record.get(key, '</s>')

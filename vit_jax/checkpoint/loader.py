@@ -131,7 +131,9 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     when the config.json timm saves beside its weights names the architecture and its model_args (then
     one that contradicts it is a CheckpointError). A LiT `.npz` takes the
     config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
-    its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither);
+    its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither); a SigLIP
+    model (big_vision `.npz` with the bias `b`, HF SiglipModel) is read whole, both towers, from its shapes
+    and config.json (`is_siglip`; `load_model` serves its image tower);
     the ViT `model_name` is `load_model`'s. `image_size`: the input size of a model with a fixed
     sin-cos position embedding (big_vision's `posemb='sincos2d'`, which records none); for other
     models it must be the one their position embedding records. Raises CheckpointError (one line)
