@@ -218,6 +218,10 @@ def test_big_vision_npz_gives_the_same_logits(siglip_dir, tmp_path, scan_text):
     assert zs.sigmoid and zs.tokenizer.canonical and zs.tokenizer.lower   # big_vision's tokenize: lower=True
     shutil.copy(siglip_dir / 'spiece.model', tmp_path / 'webli_siglip.model')
     assert zeroshot.load(str(path)).tokenizer.vocab_path.endswith('webli_siglip.model')
+    # vit-convert: its image tower to timm (saying so), both towers to .npz.
+    assert convert.main([str(path), str(tmp_path / 'image.safetensors')]) == 0
+    assert trees.flatten(loader.read(str(tmp_path / 'image.safetensors')).params).keys() == \
+        trees.flatten(found.params['img']).keys()
 
 
 def _write_images(directory):

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_classes is not None and args.num_classes < 0:
         raise ConfigError(f'--num-classes must be >= 0, got {args.num_classes}')
     path = hub.resolve(args.src)
-    if path.endswith('.npz') and npz.is_lit(npz.keys(path)):
+    if path.endswith('.npz') and npz.is_lit(npz.keys(path)) and not npz.is_siglip(npz.keys(path)):
         if args.to not in (None, 'npz') or not args.dst.endswith('.npz') or args.num_classes is not None:
             raise CheckpointError(f'{args.src} is a LiT image-text model: timm and Hugging Face have no LiT '
                                   'model and its heads are not classifiers; the public .npz is its only '
