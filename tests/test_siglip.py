@@ -29,7 +29,8 @@ CORPUS = ['a photo of a cat', 'a photo of a dog', 'an airplane in the sky', 'a r
           'zurich and the alps',
           'a cow on the beach', 'autumn in toronto', 'a robot on a sign'] * 10
 TEXTS = ['a photo of a Cat.', 'Zürich, and the ALPS!!', '  two   guys ', 'dog', 'A cow_on the beach?',
-         'the quick brown fox jumps over the lazy dog', 'x', '\u2581sky', 'robots & signs: 100% (maybe)']
+         'the quick brown fox jumps over the lazy dog', 'x', '\u2581sky', 'robots & signs: 100% (maybe)', '',
+         '!!!', 'a\tb\nc', 'ÀB']
 LABELS = ['a cat', 'a dog', 'an apple']
 
 
