@@ -11,9 +11,10 @@
   dependency: the tests check this tokenizer against it).
 - `SentencepieceTokenizer(vocab_path, max_len)`: the small text towers' SentencePiece model with
   `</s>` appended, cut to `max_len - 1` pieces and padded with `</s>`, so the last token is always
-  `</s>` (the tower reads the last token). SigLIP's (`canonical=True`) first canonicalises the text as
-  big_vision's zero-shot evaluator and transformers' `SiglipTokenizer` do (`canonicalize`), and may
-  name another end or padding piece (a tokenizer_config.json's `eos_token`, `pad_token`).
+  `</s>` (the tower reads the last token). SigLIP's (`canonical='transformers'` or `'big_vision'`)
+  first canonicalises the text as transformers' `SiglipTokenizer` or big_vision's zero-shot evaluator
+  does (`canonicalize`), and may name another end or padding piece (a tokenizer_config.json's
+  `eos_token`, `pad_token`).
 - `PreprocessImages(size, crop)`: bilinear resize to `size` x `size` (or, with `crop`, of the
   shorter side to `size` and the central square), truncated to uint8, then [-1, 1] as x / 255 * 2 - 1.
 - `get_pp(...)`: a `tf.data` map function for {'image', 'text'} features (text -> 'tokens').
@@ -136,11 +137,17 @@ class BertTokenizer:
         return _in_graph(self, text)
 
 
-def canonicalize(text: str, lower: bool = True) -> str:
-    """SigLIP's text canonicalisation (big_vision's `prompt_engineering._canonicalize`, transformers'
-    `SiglipTokenizer.canonicalize_text`): SentencePiece's '▁' a space, lower-cased (when `lower`), ASCII
-    punctuation removed, runs of white space one space, ends stripped."""
+CANONICAL = ('transformers', 'big_vision')
+
+
+def canonicalize(text: str, lower: bool = True, underscores: bool = False) -> str:
+    """SigLIP's text canonicalisation, transformers' `SiglipTokenizer.canonicalize_text` (its '▁' typed
+    as a space): lower-cased (when `lower`), ASCII punctuation removed, runs of white space one space,
+    ends stripped; `underscores`: '_' a space first, as big_vision's `prompt_engineering._canonicalize`
+    (whose evaluator canonicalises class names and prompts so)."""
     text = text.replace('\u2581', ' ')
+    if underscores:
+        text = text.replace('_', ' ')
     if lower:
         text = text.lower()
     text = text.translate(str.maketrans('', '', string.punctuation))
@@ -150,12 +157,12 @@ def canonicalize(text: str, lower: bool = True) -> str:
 @dataclasses.dataclass(frozen=True)
 class SentencepieceTokenizer:
     """SentencePiece with a sticky end piece (see the module doc): `eos_piece` (default `</s>`) appended,
-    padded with `pad_piece` (default: the end piece). `canonical`: SigLIP's text canonicalisation first
-    (`canonicalize`, lower-casing when `lower`)."""
+    padded with `pad_piece` (default: the end piece). `canonical` ('transformers' | 'big_vision'): SigLIP's
+    text canonicalisation first (`canonicalize`, lower-casing when `lower`)."""
 
     vocab_path: str
     max_len: int
-    canonical: bool = False
+    canonical: str | None = None
     lower: bool = False
     eos_piece: str = '</s>'
     pad_piece: str | None = None
@@ -173,6 +180,8 @@ class SentencepieceTokenizer:
         except (RuntimeError, TypeError) as e:
             raise DataError(f'{self.vocab_path}: not a SentencePiece model '
                             f'({" ".join(str(e).split())})') from None
+        if self.canonical not in (None, *CANONICAL):
+            raise ValueError(f'canonical={self.canonical!r} is not one of {CANONICAL}')
         for name, piece in (('end', self.eos_piece), ('padding', self.pad_piece or self.eos_piece)):
             if tokenizer.id_to_piece(tokenizer.piece_to_id(piece)) != piece:
                 raise DataError(f'{self.vocab_path}: the SentencePiece model has no {piece} piece (the '
@@ -186,7 +195,9 @@ class SentencepieceTokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         out = np.full((len(texts), self.max_len), self.pad_token, np.int32)
         for row, text in zip(out, texts, strict=True):
-            text = canonicalize(_text(text), self.lower) if self.canonical else _text(text)
+            text = _text(text)
+            if self.canonical:
+                text = canonicalize(text, self.lower, underscores=self.canonical == 'big_vision')
             ids = self._tokenizer.encode(text)[:self.max_len - 1] + [self.eos_token]
             row[:len(ids)] = ids
         return out

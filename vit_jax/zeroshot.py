@@ -192,24 +192,25 @@ def tokenizer_for(found: loader.Checkpoint, source: str, vocab: str | None = Non
                   ) -> preprocess.BertTokenizer | preprocess.SentencepieceTokenizer:
     """The tokenizer of an image-text checkpoint. LiT: its vocabulary (`vocab_path`). SigLIP: SentencePiece
     with the text canonicalised (`preprocess.canonicalize`) and a sticky end piece; an HF directory's
-    from its spiece.model (or `vocab`) and tokenizer_config.json, whose model_max_length must be the
-    text tower's length; a big_vision file's from `vocab_path`, lower-cased and padded with </s> (its
-    `tokenize` op's defaults, `pad_value=1`)."""
+    as transformers' SiglipTokenizer, from its spiece.model (or `vocab`) and tokenizer_config.json, whose
+    model_max_length must be the text tower's length; a big_vision file's from `vocab_path`, as its
+    zero-shot evaluator (class names and prompts canonicalised, '_' a space) and `tokenize` op
+    (lower-cased, padded with </s>: `pad_value=1`) do."""
     config = found.model_config
     max_len = int(config.pp.max_len)
     if not loader.is_siglip(config):
         return preprocess.get_tokenizer(config.pp.tokenizer_name)(
             vocab_path=vocab_path(found, source, vocab), max_len=max_len)
     if found.format != 'hf':
-        return preprocess.SentencepieceTokenizer(vocab_path(found, source, vocab), max_len, canonical=True,
-                                                 lower=True)
+        return preprocess.SentencepieceTokenizer(vocab_path(found, source, vocab), max_len,
+                                                 canonical='big_vision', lower=True)
     facts = foreign.hf_siglip_tokenizer(found.path, None if vocab is None else hub.resolve(vocab))
     recorded = facts.pop('max_len')
     if recorded is not None and recorded != max_len:
         where = paths.join(paths.parent(foreign.hf_files(found.path)[0]), 'tokenizer_config.json')
         raise CheckpointError(f'{where}: model_max_length={recorded} but the text tower\'s position '
                               f'embedding has {max_len} positions')
-    return preprocess.SentencepieceTokenizer(max_len=max_len, canonical=True, **facts)
+    return preprocess.SentencepieceTokenizer(max_len=max_len, canonical='transformers', **facts)
 
 
 def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = None,
