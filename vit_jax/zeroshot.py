@@ -32,6 +32,7 @@ import numpy as np
 
 from vit_jax import cli, images, labels, paths, preprocess, preprocessing
 from vit_jax.checkpoint import arch, hub, loader
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import LitModel, build_model
 from vit_jax.predict import format_text, score_files
@@ -159,7 +160,7 @@ def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = 
     `model_name` (a LiT MODEL_CONFIGS name) states the architecture of a file that is not named
     after it; `text_heads` and `max_len` state what a BERT text tower does not record.
     """
-    found = loader.read(checkpoint, model_name=model_name, text_heads=text_heads, max_len=max_len)
+    found = loader.read(checkpoint, Facts(model_name=model_name, text_heads=text_heads, max_len=max_len))
     if found.model_config.get('text_model') is None:
         raise CheckpointError(f'{found.path} is not a LiT image-text model: use vit-predict')
     config = found.model_config
