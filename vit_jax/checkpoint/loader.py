@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax import paths, trees
+from vit_jax import paths
 from vit_jax.checkpoint import arch, hf, hub, npz, tensors, timm, workdir
 from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, ConfigError
@@ -262,16 +262,10 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         fixed = arch.model_field(config, 'posemb') == 'sincos2d'
         if not fixed and 'posembed_input' not in params.get('Transformer', {}):
             raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
-        config['distillation_token'] = 'dist' in params
-        if 'dist' in params and 'head' in params:
-            config['distillation_head'] = 'head_dist' in params
-        # A named config (--model) may differ from the file in its pre-logits layer or class token.
-        config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
-                                         if 'pre_logits' in params else None)
-        config['num_registers'] = int(trees.shape(params['reg'])[1]) if 'reg' in params else 0
-        config['fc_norm'] = 'fc_norm' in params
-        if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
-            config['classifier'] = 'map' if 'MAPHead_0' in params else 'gap'
+        # What the parameters record (the same reading as for a config read from them); a named config
+        # (--model) may differ from the file in its pre-logits layer, tokens or fc_norm.
+        config.update({k: arch.model_default(k) for k in ('num_registers', 'fc_norm', 'distillation_token')})
+        config.update(arch.tree_fields(params, config.get('classifier', 'token'), source))
     model = build_model(config, num_classes, inference=True)
     if image_size is not None:   # stated (a sin-cos position embedding); a recorded one tiles
         check_image_size(model, image_size, '--image-size')
