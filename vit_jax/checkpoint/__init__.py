@@ -31,6 +31,7 @@ from vit_jax.checkpoint.adapt import (
     resize_patch_embedding,
 )
 from vit_jax.checkpoint.arch import inspect_params
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.checkpoint.npz import save
 from vit_jax.errors import CheckpointError
 
@@ -48,5 +49,5 @@ def recover_tree(keys: Sequence[str], values: Sequence[Any]) -> dict:
     return trees.unflatten(dict(zip(keys, values, strict=True)))
 
 
-__all__ = ['CheckpointError', 'inspect_params', 'interpolate_posembed', 'load', 'load_pretrained',
+__all__ = ['CheckpointError', 'Facts', 'inspect_params', 'interpolate_posembed', 'load', 'load_pretrained',
            'recover_tree', 'replace_head', 'resize_patch_embedding', 'save']

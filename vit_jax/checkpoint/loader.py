@@ -164,9 +164,7 @@ def read(source: str, facts: Facts | None = None) -> Checkpoint:
         if npz.is_lit(flat):
             config = _lit_config(source, path, params, facts)
         else:
-            config = arch.infer_config(params, source=path)
-            if npz.is_big_vision(flat) and 'posembed_input' not in params.get('Transformer', {'': 0}):
-                config.posemb = 'sincos2d'   # big_vision's only position embedding without parameters
+            config = npz.vit_config(flat, params, path)
         found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
         found = Checkpoint(*hf.read_hf(path), 'hf', path)
