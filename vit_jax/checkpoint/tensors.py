@@ -26,7 +26,7 @@ from vit_jax.checkpoint import arch
 from vit_jax.errors import CheckpointError
 from vit_jax.models import family
 
-# --- Canonical "torch-style" names: the shared naming ----------------------------
+# --- Canonical "torch-style" names: the naming every torch format is read through -------------
 # Canonical keys: cls, dist (DeiT's distillation token), reg, pos, patch.{w,b},
 # {i}.{ln1,q,k,v,o,ln2,fc1,fc2}.{w,b}, {i}.{ls1,ls2} (layer scale), norm.{w,b}, fc_norm.{w,b}, the
 # attention-pooling head map_probe, map_{q,k,v,o,ln,fc1,fc2}.{w,b} (`map_kv` / `map_qkv`: k, v / q, k,
@@ -48,7 +48,7 @@ _UNSUPPORTED_FEATURES = (
 
 
 def rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], source: str,
-            ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
+           ignore: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Source names -> canonical names; unknown keys are an error naming them."""
     out, unknown = {}, []
     for key, value in sd.items():

@@ -32,6 +32,7 @@ from vit_jax.models import family
 TIMM_LAYER_NORM_EPS = 1e-6  # built into timm's VisionTransformer (with exact GELU)
 META_PREFIX = 'vit_jax.'    # safetensors metadata keys of our own timm export
 
+# timm's names -> canonical (`tensors.rename`).
 _TIMM_NAMES = [
     (r'cls_token', 'cls'),
     (r'reg_token', 'reg'),
@@ -55,7 +56,7 @@ _TIMM_NAMES = [
     (r'head\.(weight|bias)', r'head.\1'),
     (r'head_dist\.(weight|bias)', r'head_dist.\1'),
 ]
-
+# Canonical -> timm's names, for export (`tensors.to_source_names`).
 _TIMM_EXPORT = {
     'cls': 'cls_token', 'dist': 'dist_token', 'reg': 'reg_token', 'pos': 'pos_embed',
     'patch': 'patch_embed.proj',
