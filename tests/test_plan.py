@@ -44,11 +44,17 @@ def test_collectives_counts_each_channel_once_and_the_results_of_async_starts():
         '  %ags = (f32[4,8]{1,0}, f32[16,8]{1,0}) all-gather-start(%p), channel_id=9, dimensions={0}',
         '  %ar = (f32[10]{0}, bf16[3,4]{1,0}) all-reduce(%a, %b), channel_id=3, to_apply=%add',
         '  ROOT %rs = f32[2,8]{1,0} reduce-scatter(%x), channel_id=4, dimensions={0}',
+        '}',
+        # libtpu's reduce-scatter: an all-reduce in a fusion that keeps this device's slice
+        '%all-reduce-scatter.10 (input_0: f32[64,128], input_1: f32[16]) -> (f32[64,32], f32[4]) {',
+        '  %all-reduce.80 = (f32[64,128]{0,1:T(8,128)}, f32[16]{0}) all-reduce(%input_0, %input_1), '
+        'channel_id=5, to_apply=%add',
+        '  ROOT %tuple.30 = (f32[64,32]{0,1:T(8,128)S(1)}, f32[4]{0}) tuple(%dynamic-slice.75, %ds)',
         '}'])
     found = plan.collectives(hlo)
     assert found['all-gather'] == dict(count=2, bytes=64 * 64 * 2 + 16 * 8 * 4)
     assert found['all-reduce'] == dict(count=1, bytes=10 * 4 + 12 * 2)
-    assert found['reduce-scatter'] == dict(count=1, bytes=2 * 8 * 4)
+    assert found['reduce-scatter'] == dict(count=2, bytes=2 * 8 * 4 + (64 * 32 + 4) * 4)
     assert found['all-to-all']['count'] == 0
 
 
@@ -73,9 +79,13 @@ def test_plan_reports_the_compiled_programs_own_figures():
     # No loop (accum_steps 1, no scan): the compiler counts every matmul; the analytic count is the matmuls'.
     assert not p.has_loops
     assert 0.85 < p.model_flops / p.compiler_flops <= 1.0
+    # fsdp=2: the kernels gathered, their gradients reduce-scattered (libtpu: an all-reduce-scatter
+    # fusion); the replicated rest all-reduced
     assert p.collectives['all-gather']['count'] > 0 and p.collectives['all-reduce']['count'] > 0
+    assert p.collectives['reduce-scatter']['count'] > 0 and '%all-reduce-scatter' in text
     for op, found in p.collectives.items():
-        assert (found['count'] > 0) == (f' {op}(' in text or f' {op}-start(' in text), op
+        written = f' {op}(' in text or f' {op}-start(' in text or f'%all-{op}' in text
+        assert (found['count'] > 0) == written, op
     assert p.chip.name == 'v5e' and p.hbm_total < p.chip.hbm_bytes
 
 

@@ -176,6 +176,7 @@ _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16
 _COLLECTIVE_RE = re.compile(
     r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.*?)\s(?P<op>' + '|'.join(COLLECTIVES)
     + r')(?P<start>-start)?\(')
+_COMPUTATION_RE = re.compile(r'^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s+\(.*\)\s+->\s+(?P<results>.*)\{\s*$')
 _ARRAY_RE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\]')
 
 
@@ -248,19 +249,28 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
     TPU programs wrap a collective into fusions (async-collective-start) that may repeat its
     instruction; one `channel_id` is one collective. An async `*-start` of all-gather /
-    collective-permute returns (operands, results, ...): its results count. Counted as written: one
-    inside a loop body runs once per iteration but is counted once.
+    collective-permute returns (operands, results, ...): its results count. libtpu writes a
+    reduce-scatter as an all-reduce inside an `all-reduce-scatter` fusion that keeps this device's
+    slice: it counts as a reduce-scatter of the fusion's results. Counted as written: one inside a
+    loop body runs once per iteration but is counted once.
     """
     seen: dict[tuple, int] = {}
+    scatter_results: str | None = None   # the result types of the enclosing all-reduce-scatter fusion
     for i, line in enumerate(hlo_text.splitlines()):
+        header = _COMPUTATION_RE.match(line)
+        if header:
+            scatter_results = header['results'] if header['name'].startswith('all-reduce-scatter') else None
+            continue
         m = _COLLECTIVE_RE.match(line)
         if not m:
             continue
-        sizes = _array_bytes(m['type'])
-        if m['start'] and m['op'] != 'all-reduce' and len(sizes) >= 2:
-            sizes = sizes[len(sizes) // 2:] if m['op'] != 'collective-permute' else sizes[1:2]
+        op, sizes = m['op'], _array_bytes(m['type'])
+        if op == 'all-reduce' and scatter_results is not None:
+            op, sizes = 'reduce-scatter', _array_bytes(scatter_results)
+        elif m['start'] and op != 'all-reduce' and len(sizes) >= 2:
+            sizes = sizes[len(sizes) // 2:] if op != 'collective-permute' else sizes[1:2]
         channel = re.search(r'channel_id=(\d+)', line)
-        key = (m['op'], channel[1] if channel else f'line {i}')
+        key = (op, channel[1] if channel else f'line {i}')
         seen[key] = max(seen.get(key, 0), sum(sizes))
     found = {op: dict(count=0, bytes=0) for op in COLLECTIVES}
     for (op, _), size in seen.items():
