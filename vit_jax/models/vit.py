@@ -9,6 +9,8 @@ original behaviour.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +41,60 @@ ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
 POSEMBS = ('learn', 'sincos2d')
 
 
+def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                      preferred_element_type=None) -> Array:
+    """`lax.dot_general` for dense layers (the inputs' trailing axes against the kernel's leading
+    axes, no batch axes) whose weight gradient reaches XLA CPU's fast dot path (YNNPACK).
+
+    jax.grad's weight gradient X^T @ dY contracts the batch x tokens rows; XLA's CPU backend folds
+    the transpose into the dot, then copies dY transposed and hands the dot to Eigen. Here the
+    backward transposes the smaller of X and dY itself, behind an optimization barrier, so that
+    every dot is a row-major [m, k] @ [k, n] that YNNPACK takes: the same products, summed in
+    another order (equal to jax.grad's to f32 rounding; tests/test_models.py). Any other
+    contraction is plain `lax.dot_general`.
+    """
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    n = len(lhs_contract)
+    if (any(batch) or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim))
+            or tuple(rhs_contract) != tuple(range(n))):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    return _dense_dot(lhs, rhs, n, precision, preferred_element_type)
+
+
+def _dot_general(fast_weight_grad: bool) -> Callable | None:
+    """The dense layers' `dot_general`: `dense_dot_general` on CPU with `fast_weight_grad`, else
+    Flax's default (other backends' compilers lay the weight gradient out themselves)."""
+    return dense_dot_general if fast_weight_grad and jax.default_backend() == 'cpu' else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _dense_dot(x: Array, w: Array, n: int, precision, preferred_element_type) -> Array:
+    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
+                               precision=precision, preferred_element_type=preferred_element_type)
+
+
+def _dense_dot_fwd(x, w, n, precision, preferred_element_type):
+    return _dense_dot(x, w, n, precision, preferred_element_type), (x, w)
+
+
+def _dense_dot_bwd(n, precision, preferred_element_type, residuals, g):
+    x, w = residuals
+    k, f = math.prod(w.shape[:n]), math.prod(w.shape[n:])
+    x2, g2, w2 = x.reshape(-1, k), g.reshape(-1, f), w.reshape(k, f)
+    matmul = lambda a, b: jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)  # noqa: E731
+    dx = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), precision=precision)
+    barrier = jax.lax.optimization_barrier
+    if k <= f:   # dW = X^T dY, X^T copied row-major
+        dw = matmul(barrier(x2.T), g2)
+    else:        # dW = (dY^T X)^T: the copy is of dY, the final transpose only of a kernel-sized array
+        dw = barrier(matmul(barrier(g2.T), x2)).T
+    return dx.reshape(x.shape).astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+_dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per example with prob `rate`."""
 
@@ -60,6 +116,7 @@ class MultiHeadDotProductAttention(nn.Module):
     num_heads: int
     dropout_rate: float = 0.0
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()
@@ -72,7 +129,8 @@ class MultiHeadDotProductAttention(nn.Module):
         head_dim = features // self.num_heads
         dense = lambda name: nn.DenseGeneral(  # noqa: E731
             features=(self.num_heads, head_dim), axis=-1, kernel_init=self.kernel_init,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            dtype=self.dtype, param_dtype=self.param_dtype, dot_general=_dot_general(self.fast_weight_grad),
+            name=name)
         kv = x if kv is None else kv
         q, k, v = dense('query')(x), dense('key')(kv), dense('value')(kv)
 
@@ -93,7 +151,8 @@ class MultiHeadDotProductAttention(nn.Module):
             y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
 
         out = nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.kernel_init,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name='out')(y)
+                              dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=_dot_general(self.fast_weight_grad), name='out')(y)
         return out, (weights if return_attention else None)
 
 
@@ -103,6 +162,7 @@ class MlpBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.1
     gelu_approximate: bool = True
+    fast_weight_grad: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     out_dim: int | None = None
@@ -113,8 +173,8 @@ class MlpBlock(nn.Module):
     def __call__(self, x: Array, deterministic: bool) -> Array:
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
         dense = lambda f, name: nn.Dense(  # noqa: E731
-            features=f, kernel_init=self.kernel_init, bias_init=self.bias_init,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            features=f, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype,
+            param_dtype=self.param_dtype, dot_general=_dot_general(self.fast_weight_grad), name=name)
         x = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x), approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, 'Dense_1')(x)
@@ -175,6 +235,7 @@ class Encoder1DBlock(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     drop_path: bool = False
     layer_scale: float | None = None
     dtype: Any = None
@@ -188,7 +249,8 @@ class Encoder1DBlock(nn.Module):
         y = norm('LayerNorm_0')(x)
         y, weights = MultiHeadDotProductAttention(
             num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
-            attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl, fast_weight_grad=self.fast_weight_grad,
+            dtype=self.dtype, param_dtype=self.param_dtype,
             name='MultiHeadDotProductAttention_0')(y, deterministic, return_attention)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
         scale = lambda y, name: (  # noqa: E731
@@ -199,8 +261,8 @@ class Encoder1DBlock(nn.Module):
 
         y = norm('LayerNorm_1')(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                     gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
+                     gelu_approximate=self.gelu_approximate, fast_weight_grad=self.fast_weight_grad,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
         x = x + drop_path(scale(y, 'LayerScale_1'), 'DropPath_1')
         return x, weights
 
@@ -227,6 +289,7 @@ class Encoder(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     remat: bool = False
     scan_layers: bool = False
     dtype: Any = None
@@ -244,7 +307,8 @@ class Encoder(nn.Module):
             mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             layer_norm_eps=self.layer_norm_eps, gelu_approximate=self.gelu_approximate,
-            attention_impl=self.attention_impl, drop_path=self.stochastic_depth > 0,
+            attention_impl=self.attention_impl, fast_weight_grad=self.fast_weight_grad,
+            drop_path=self.stochastic_depth > 0,
             layer_scale=self.layer_scale, dtype=self.dtype, param_dtype=self.param_dtype)
         block = Encoder1DBlock
         if self.remat:
@@ -342,6 +406,10 @@ class VisionTransformer(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    # On CPU, the dense layers' backward (attention and MLP kernels) computes the weight gradients
+    # from explicitly transposed activations so that XLA's fast dot path takes them
+    # (`dense_dot_general`; equal to jax.grad's to f32 rounding). False: jax.grad's own backward.
+    fast_weight_grad: bool = True
     remat: bool = False
     scan_layers: bool = False
 
@@ -440,7 +508,8 @@ class VisionTransformer(nn.Module):
             x, weights = Encoder(
                 **transformer, layer_norm_eps=self.layer_norm_eps,
                 gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
-                remat=self.remat, scan_layers=self.scan_layers, final_norm=not self.fc_norm,
+                fast_weight_grad=self.fast_weight_grad, remat=self.remat, scan_layers=self.scan_layers,
+                final_norm=not self.fc_norm,
                 dtype=self.dtype, param_dtype=self.param_dtype, name='Transformer',
             )(x, train=train, return_attention=return_attention)
 
