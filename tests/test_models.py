@@ -225,16 +225,17 @@ def test_fused_attention_matches_the_einsum_formula(impl, dtype, classifier):
 @pytest.mark.parametrize('overrides', [
     {}, pytest.param({'scan_layers': True, 'remat': True}, marks=pytest.mark.slow),
     pytest.param({'classifier': 'map'}, marks=pytest.mark.slow)])
-def test_fast_weight_grad_gives_jax_grads_gradients_and_logits(overrides):
-    """The dense layers' own backward (`fast_weight_grad`, the default) gives the logits and the
-    gradients (parameters and images, dropout active) of jax.grad's backward to f32 rounding."""
+def test_cpu_backwards_give_jax_grads_gradients_and_logits(overrides):
+    """The defaults' own backward passes on CPU (the dense layers' `fast_weight_grad` and 'auto''s
+    head-major attention) give the logits and gradients (parameters and images, dropout active) of
+    jax.grad through jax.nn.dot_product_attention and plain dense layers to f32 rounding."""
     x = _images()
     kw = {'transformer.dropout_rate': 0.1, **overrides}
     params = _randomize(_init(_tiny(**kw), x)['params'])
     rngs = {'dropout': jax.random.PRNGKey(3)}
 
     def grads(fast):
-        model = _tiny(fast_weight_grad=fast, **kw)
+        model = _tiny(**kw) if fast else _tiny(fast_weight_grad=False, attention_impl='xla', **kw)
         loss = lambda p, x: jnp.sum(model.apply({'params': p}, x, train=True, rngs=rngs) ** 2)  # noqa: E731
         return model.apply({'params': params}, x, train=False), jax.jit(jax.grad(loss, (0, 1)))(params, x)
 

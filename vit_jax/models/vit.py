@@ -32,11 +32,14 @@ def _field(sub_config: Any, key: str, default: Any = None) -> Any:
 # class token concatenated with the mean of the patch tokens (2 x hidden_size features: DINOv2's linear
 # probe, HF Dinov2ForImageClassification).
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled', 'token_gap')
-# 'einsum' is the original Flax formula, always. The others call jax.nn.dot_product_attention, which
-# fuses the softmax: 'auto' (the default) lets JAX choose (XLA on CPUs and TPUs, cuDNN flash attention
-# on GPUs where it applies), 'xla' / 'cudnn' force one. They agree with the formula to float tolerance
-# (tests/test_models.py); where the attention weights are returned or attention dropout is active,
-# every setting computes the formula, since the fused kernels have neither.
+# 'einsum' is the original Flax formula, always. 'auto' (the default) is, on CPU, vit_jax's head-major
+# attention (`head_major_attention`: the formula with each (batch, head) a row-major matrix, its
+# backward written so that XLA's fast dot path takes every product) and elsewhere
+# jax.nn.dot_product_attention, letting JAX choose (XLA on TPUs, cuDNN flash attention on GPUs where
+# it applies); 'xla' / 'cudnn' call jax.nn.dot_product_attention with that implementation. They
+# agree with the formula to float tolerance (tests/test_models.py); where the attention weights are
+# returned or attention dropout is active, every setting computes the formula, since the fused
+# kernels have neither.
 ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
 POSEMBS = ('learn', 'sincos2d')
 
@@ -60,6 +63,53 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
     return _dense_dot(lhs, rhs, n, precision, preferred_element_type)
+
+
+def _heads_matmul(a: Array, b: Array, contract_a: int, contract_b: int) -> Array:
+    """Per (batch, head) matrix product of [batch, heads, ., .] arrays, contracting the given axes."""
+    return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0, 1), (0, 1))))
+
+
+def _attention_probs(q: Array, k: Array) -> Array:
+    logits = _heads_matmul(q, k, 3, 3) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+
+
+def head_major_attention(q: Array, k: Array, v: Array) -> Array:
+    """softmax(q k^T / sqrt(head_dim)) v of [batch, tokens, heads, head_dim] queries, keys and values
+    (the softmax in float32, as the original formula), computed head-major: each (batch, head) is a
+    row-major [tokens, head_dim] matrix, so on CPU every product, forward and backward, is a
+    [m, k] @ [k, n] (or @ [n, k]) dot that XLA hands to YNNPACK; the backward's key and value
+    gradients are formed transposed (head_dim x tokens, from copies of the small q^T and dY^T), not
+    by a dot contracting the probabilities' rows, which XLA would give to Eigen."""
+    heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731
+    return heads_first(_head_major_attention(heads_first(q), heads_first(k), heads_first(v)))
+
+
+@jax.custom_vjp
+def _head_major_attention(q: Array, k: Array, v: Array) -> Array:
+    return _heads_matmul(_attention_probs(q, k), v, 3, 2)
+
+
+def _head_major_attention_fwd(q, k, v):
+    probs = _attention_probs(q, k)
+    return _heads_matmul(probs, v, 3, 2), (q, k, v, probs)
+
+
+def _head_major_attention_bwd(residuals, dy):
+    q, k, v, probs = residuals
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    dprobs = _heads_matmul(dy, v, 3, 3).astype(jnp.float32)
+    p = probs.astype(jnp.float32)
+    dlogits = (p * (dprobs - jnp.sum(dprobs * p, axis=-1, keepdims=True))).astype(q.dtype)
+    transposed = lambda a: jax.lax.optimization_barrier(jnp.swapaxes(a, 2, 3))  # noqa: E731
+    dq = _heads_matmul(dlogits, k, 3, 2) * scale
+    dk = jnp.swapaxes(jax.lax.optimization_barrier(_heads_matmul(transposed(q), dlogits, 3, 2)), 2, 3) * scale
+    dv = jnp.swapaxes(jax.lax.optimization_barrier(_heads_matmul(transposed(dy), probs, 3, 2)), 2, 3)
+    return dq, dk, dv
+
+
+_head_major_attention.defvjp(_head_major_attention_fwd, _head_major_attention_bwd)
 
 
 def _dot_general(fast_weight_grad: bool) -> Callable | None:
@@ -146,6 +196,8 @@ class MultiHeadDotProductAttention(nn.Module):
                                             weights.shape)
                 weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0).astype(q.dtype)
             y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+        elif self.attention_impl == 'auto' and jax.default_backend() == 'cpu':
+            y = head_major_attention(q, k, v)
         else:
             impl = None if self.attention_impl == 'auto' else self.attention_impl
             y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
