@@ -49,12 +49,14 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
     """`lax.dot_general` for dense layers (the inputs' trailing axes against the kernel's leading
     axes, no batch axes) whose weight gradient reaches XLA CPU's fast dot path (YNNPACK).
 
-    jax.grad's weight gradient X^T @ dY contracts the batch x tokens rows; XLA's CPU backend folds
-    the transpose into the dot, then copies dY transposed and hands the dot to Eigen. Here the
-    backward transposes the smaller of X and dY itself, behind an optimization barrier, so that
-    every dot is a row-major [m, k] @ [k, n] that YNNPACK takes: the same products, summed in
-    another order (equal to jax.grad's to f32 rounding; tests/test_models.py). Any other
-    contraction is plain `lax.dot_general`.
+    jax.grad's weight gradient X^T @ dY contracts the batch and token axes; in a network (an MLP's
+    backward) XLA's CPU backend hands that dot to Eigen after copying the wider operand transposed,
+    a copy that recomputes its fused producer (bench/xla_dot_layout.py reproduces it). Here the
+    backward transposes the smaller of X and dY itself, behind an optimization barrier (else the
+    simplifier folds the transpose back into the dot), so that every dot is a row-major
+    [m, k] @ [k, n] that YNNPACK takes: the same products, summed in another order (equal to
+    jax.grad's to f32 rounding; tests/test_models.py). Any other contraction is plain
+    `lax.dot_general`.
     """
     (lhs_contract, rhs_contract), batch = dimension_numbers
     n = len(lhs_contract)
@@ -112,12 +114,6 @@ def _head_major_attention_bwd(residuals, dy):
 _head_major_attention.defvjp(_head_major_attention_fwd, _head_major_attention_bwd)
 
 
-def _dot_general(fast_weight_grad: bool) -> Callable | None:
-    """The dense layers' `dot_general`: `dense_dot_general` on CPU with `fast_weight_grad`, else
-    Flax's default (other backends' compilers lay the weight gradient out themselves)."""
-    return dense_dot_general if fast_weight_grad and jax.default_backend() == 'cpu' else None
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _dense_dot(x: Array, w: Array, n: int, precision, preferred_element_type) -> Array:
     return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
@@ -143,6 +139,12 @@ def _dense_dot_bwd(n, precision, preferred_element_type, residuals, g):
 
 
 _dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+def _dot_general(fast_weight_grad: bool) -> Callable | None:
+    """The dense layers' `dot_general`: `dense_dot_general` on CPU with `fast_weight_grad`, else
+    Flax's default (other backends' compilers lay the weight gradient out themselves)."""
+    return dense_dot_general if fast_weight_grad and jax.default_backend() == 'cpu' else None
 
 
 class DropPath(nn.Module):
