@@ -64,7 +64,12 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
             or tuple(rhs_contract) != tuple(range(n))):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
-    return _dense_dot(lhs, rhs, n, precision, preferred_element_type)
+    # Chosen when the program is lowered, for the platform it is compiled for (vit-plan compiles
+    # on a CPU for TPUs and GPUs, whose compilers lay the weight gradient out themselves).
+    return jax.lax.platform_dependent(
+        lhs, rhs, cpu=lambda x, w: _dense_dot(x, w, n, precision, preferred_element_type),
+        default=lambda x, w: jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
+                                                 preferred_element_type=preferred_element_type))
 
 
 def _heads_matmul(a: Array, b: Array, contract_a: int, contract_b: int) -> Array:
@@ -142,9 +147,9 @@ _dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
 
 
 def _dot_general(fast_weight_grad: bool) -> Callable | None:
-    """The dense layers' `dot_general`: `dense_dot_general` on CPU with `fast_weight_grad`, else
-    Flax's default (other backends' compilers lay the weight gradient out themselves)."""
-    return dense_dot_general if fast_weight_grad and jax.default_backend() == 'cpu' else None
+    """The dense layers' `dot_general`: `dense_dot_general` with `fast_weight_grad` (its own backward
+    on CPU only), else Flax's default."""
+    return dense_dot_general if fast_weight_grad else None
 
 
 class DropPath(nn.Module):
@@ -198,11 +203,11 @@ class MultiHeadDotProductAttention(nn.Module):
                                             weights.shape)
                 weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0).astype(q.dtype)
             y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
-        elif self.attention_impl == 'auto' and jax.default_backend() == 'cpu':
-            y = head_major_attention(q, k, v)
+        elif self.attention_impl == 'auto':   # per platform at lowering, as dense_dot_general
+            y = jax.lax.platform_dependent(q, k, v, cpu=head_major_attention,
+                                           default=jax.nn.dot_product_attention)
         else:
-            impl = None if self.attention_impl == 'auto' else self.attention_impl
-            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
 
         out = nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.kernel_init,
                               dtype=self.dtype, param_dtype=self.param_dtype,
