@@ -5,7 +5,8 @@ Times, in paired, order-rotated rounds (medians), for one ViT block's shapes (ba
   weight gradient X^T @ dY (the MLP-in shape), jitted XLA beside torch;
 - the forward + backward of the MLP (dense, tanh-GELU, dense) and of self-attention (q/k/v
   projection and `jax.nn.dot_product_attention` / `F.scaled_dot_product_attention`), jitted
-  `jax.grad` beside `backward()`.
+  `jax.grad` beside `backward()`; and the same with vit_jax's CPU formulation (the models'
+  defaults: `dense_dot_general` for every projection, `head_major_attention`).
 If XLA's GEMMs keep up with PyTorch's alone but the layers' backward does not, the gap is in what
 XLA's CPU backend compiles around the GEMMs, not in the GEMM library. Writes
 bench/results/train_gap.json.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,9 @@ import numpy as np
 
 from bench._util import paired_rounds, print_table, write_results
 from bench.throughput import tokens
+from bench.xla_dot_layout import lowered_ops
 from vit_jax.models import get_config
+from vit_jax.models.vit import dense_dot_general, head_major_attention
 
 
 def main() -> None:
@@ -52,12 +54,18 @@ def main() -> None:
     def heads(y):
         return y.reshape(b, t, h, d // h)
 
-    def mlp(p, x):
-        return jax.nn.gelu(x @ p[0]) @ p[1]
+    def matmul(x, w):
+        return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
-    def attention(p, x):
-        q, k, v = jnp.split(x @ p[0], 3, axis=-1)
-        return jax.nn.dot_product_attention(heads(q), heads(k), heads(v)).reshape(b, t, d)
+    def vit_matmul(x, w):
+        return dense_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+    def mlp(p, x, matmul=matmul):
+        return matmul(jax.nn.gelu(matmul(x, p[0])), p[1])
+
+    def attention(p, x, matmul=matmul, core=jax.nn.dot_product_attention):
+        q, k, v = jnp.split(matmul(x, p[0]), 3, axis=-1)
+        return core(heads(q), heads(k), heads(v)).reshape(b, t, d)
 
     tx, t1, t2, tq = (torch.tensor(a) for a in (x, w1.T.copy(), w2.T.copy(), wqkv.T.copy()))
     for p in (tx, t1, t2, tq):
@@ -83,22 +91,24 @@ def main() -> None:
         fns[('torch', name)] = lambda tf=tf, t1_=t1_, t2_=t2_: tf(t1_, t2_)
         flops[name] = 2 * b * t * d * m
     jx, compiled = jnp.asarray(x), {}
+    attention_flops = 3 * (2 * b * t * d * 3 * d + 2 * 2 * b * t * t * d)
     for name, f, params, torch_fn, n_flops in (
             ('MLP forward + backward', mlp, (w1, w2), torch_mlp, 3 * 2 * 2 * b * t * d * m),
-            ('attention forward + backward', attention, (wqkv,), torch_attention,
-             3 * (2 * b * t * d * 3 * d + 2 * 2 * b * t * t * d))):
+            ('attention forward + backward', attention, (wqkv,), torch_attention, attention_flops),
+            ('MLP forward + backward, vit_jax CPU', lambda p, x: mlp(p, x, vit_matmul), (w1, w2), torch_mlp,
+             3 * 2 * 2 * b * t * d * m),
+            ('attention forward + backward, vit_jax CPU',
+             lambda p, x: attention(p, x, vit_matmul, head_major_attention), (wqkv,), torch_attention,
+             attention_flops)):
         params = tuple(map(jnp.asarray, params))
         compiled[name] = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) ** 2), argnums=(0, 1))).lower(
             params, jx).compile()
         fns[('xla', name)] = lambda g=compiled[name], p=params: jax.block_until_ready(g(p, jx))
         fns[('torch', name)] = torch_fn
         flops[name] = n_flops
-    hlo = compiled['MLP forward + backward'].as_text()
-    entry = hlo[hlo.index('\nENTRY'):]   # the top-level instructions (fusions named for what they hold)
-    lowered = {'YNNPACK dots': len(re.findall(r'= \S+ fusion\(.*"__ynn_fusion"', entry)),
-               'Eigen dots': len(re.findall(r'= \S+ dot\(', entry)),
-               'transposing copies': len(re.findall(r'%(?:copy|transpose)[\w.]* = ', entry))}
-    print('compiled MLP forward + backward:', lowered)
+    lowered = {name: lowered_ops(compiled[name])
+               for name in ('MLP forward + backward', 'MLP forward + backward, vit_jax CPU')}
+    print('compiled:', lowered)
     seconds = paired_rounds(fns, rounds=args.rounds, calls=3)
     rows = []
     for name in flops:

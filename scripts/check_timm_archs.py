@@ -1,4 +1,4 @@
-"""Compares vit_jax's table of timm architectures (`foreign.TIMM_ARCHS`) with timm's own source.
+"""Compares vit_jax's table of timm architectures (`timm_archs.TIMM_ARCHS`) with timm's own source.
 
     python scripts/check_timm_archs.py path/to/timm/models/vision_transformer.py path/to/timm/models/deit.py
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 
-from vit_jax.checkpoint.foreign import TIMM_ARCHS
+from vit_jax.checkpoint.timm_archs import TIMM_ARCHS
 
 
 def _arg(args: str, key: str, default: str | None = None) -> str | None:

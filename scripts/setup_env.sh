@@ -34,6 +34,12 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ constraints.txt -nt "$st
     # not in any default install). It stays unused under JAX_PLATFORMS=cpu.
     jax_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')
     pip_install -c constraints.txt "jax[tpu]==${jax_version}"
+    # ... and for NVIDIA GPUs without a GPU: JAX's CUDA plugin and the CUDA runtime (~490 MB), in a
+    # folder of their own that only those tests put on PYTHONPATH (in .venv itself, every JAX program
+    # here would look for a GPU).
+    rm -rf .venv/jax-cuda-plugin
+    pip_install -c constraints.txt --no-deps --target .venv/jax-cuda-plugin "jax-cuda12-plugin==${jax_version}" \
+      "jax-cuda12-pjrt==${jax_version}" nvidia-cuda-runtime-cu12
   fi
   touch "$stamp"
 fi

@@ -10,7 +10,7 @@ from bench import _util
 
 
 @pytest.mark.parametrize('name', ['throughput', 'train_gap', 'memory', 'xla_flags', 'cli_startup',
-                                  'plan_table'])
+                                  'plan_table', 'xla_dot_layout'])
 def test_every_bench_script_imports(name):
     assert callable(importlib.import_module(f'bench.{name}').main)
 

@@ -302,3 +302,20 @@ def test_unflatten_error_names_the_key_and_the_file(tmp_path):
     np.savez(tmp_path / 'clash.npz', **{'cls': np.zeros(2), 'cls/x': np.zeros(2)})
     with pytest.raises(CheckpointError, match=r"clash\.npz: key 'cls/x' nests below the array 'cls'"):
         checkpoint.load(tmp_path / 'clash.npz')
+
+
+def test_a_named_config_reads_the_tokens_and_pooling_of_the_parameters_as_a_read_config_does():
+    """`loader.from_params` (a named config: --model) and `arch.infer_config` read what the parameters
+    record by one rule (`arch.tree_fields`): a class token the named config does not pool is used, not
+    dropped (the logits are the source's), and pooling a class token the parameters lack is refused."""
+    from vit_jax.checkpoint import loader
+
+    source = get_model('testing', num_classes=5, classifier='gap', class_token=True, **TINY)
+    params = _random_params(source)
+    named = get_config('testing', classifier='gap', **TINY)   # pools the average; no class token stated
+    loaded = loader.from_params(named, params, 'cls+gap')
+    np.testing.assert_allclose(_logits(loaded.model, params), _logits(source, params), atol=1e-5)
+    gap = get_model('testing', num_classes=5, classifier='gap', **TINY)
+    with pytest.raises(CheckpointError, match=r"no-cls: classifier='token' pools the class token, but the "
+                                              r'parameters have none'):
+        loader.from_params(get_config('testing', **TINY), _random_params(gap), 'no-cls')

@@ -18,7 +18,9 @@ import pytest
 
 from tests.faults import full_disk
 from vit_jax import analysis, checkpoint, convert, trees
-from vit_jax.checkpoint import CheckpointError, adapt, arch, foreign, loader
+from vit_jax.checkpoint import CheckpointError, adapt, arch, loader, timm
+from vit_jax.checkpoint.facts import Facts
+from vit_jax.checkpoint.hf import hf_preprocessor
 from vit_jax.models import VisionTransformer, get_config, get_model, num_params
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -150,7 +152,7 @@ def test_big_vision_map_head(tmp_path):
     exported = load_file(convert.export(loaded, config, str(tmp_path / 'map.safetensors'), format='timm'))
     assert exported['attn_pool.kv.weight'].shape == (64, 32)
     # Its tanh GELU is timm's act_layer='gelu_tanh', recorded in the model_args of the timm export.
-    assert foreign.timm_config(loaded, config)['model_args']['act_layer'] == 'gelu_tanh'
+    assert timm.timm_config(loaded, config)['model_args']['act_layer'] == 'gelu_tanh'
     assert _rel_err(_timm_reference(exported, IMAGES, heads=2, tanh=True), reference,
                     'big_vision MAP head -> timm attn_pool') <= TOLERANCE
     _assert_same_tree(loader.load(tmp_path / 'map.safetensors')[1], loaded)
@@ -185,11 +187,11 @@ def test_big_vision_sincos_position_embedding(tmp_path):
         with pytest.raises(CheckpointError, match=rf'{name}: a fixed sin-cos position embedding records no '
                                                   r'image size; give it \(--image-size N\)'):
             loader.load_model(str(tmp_path / name))
-        loaded = loader.load_model(str(tmp_path / name), image_size=32)
+        loaded = loader.load_model(str(tmp_path / name), Facts(image_size=32))
         assert _rel_err(np.asarray(loaded.model.apply({'params': loaded.params}, IMAGES, train=False)),
                         reference, f'big_vision sin-cos {name}') <= 1e-5
     assert convert.main([str(tmp_path / 'bv_bare.npz'), str(tmp_path / 'b.npz'), '--image-size', '32']) == 0
-    loaded = loader.load_model(str(tmp_path / 'bv.npz'), image_size=32)
+    loaded = loader.load_model(str(tmp_path / 'bv.npz'), Facts(image_size=32))
     assert loaded.model.posemb == 'sincos2d' and loaded.image_size == 32
     # the paper's position-similarity figure, of the fixed table
     doc = analysis.analyze(loaded, [], str(tmp_path / 'figures'))
@@ -208,7 +210,7 @@ def test_big_vision_sincos_position_embedding(tmp_path):
             convert.export(loaded.params, config, str(tmp_path / f'x.{fmt}'), format=fmt)
     checkpoint.save(as_table, tmp_path / 'learned.npz')
     with pytest.raises(CheckpointError, match='--image-size 64, but the position embedding is for 32-pixel'):
-        loader.load_model(str(tmp_path / 'learned.npz'), image_size=64)
+        loader.load_model(str(tmp_path / 'learned.npz'), Facts(image_size=64))
 
 
 def test_hf_export_of_pre_logits_is_a_vitmodel_with_its_pooler(tmp_path):
@@ -366,16 +368,16 @@ def test_timm_safetensors_matches_timm_forward_and_round_trips(exact, tmp_path):
                        r'architecture \(--arch NAME'):
         loader.load(tmp_path / 'plain.safetensors')
     with pytest.raises(CheckpointError, match='record neither the pooling'):
-        loader.load(tmp_path / 'plain.safetensors', num_heads=2)
+        loader.load(tmp_path / 'plain.safetensors', Facts(num_heads=2))
     # A class token with average pooling (timm class_token=True, global_pool='avg').
-    config, loaded = loader.load(tmp_path / 'plain.safetensors', num_heads=2, pool='avg')
+    config, loaded = loader.load(tmp_path / 'plain.safetensors', Facts(num_heads=2, pool='avg'))
     assert (config.classifier, config.class_token) == ('gap', True)
     reference = _timm_reference(sd, IMAGES, heads=2, pool='avg')
     assert _rel_err(_ours(config, loaded), reference, 'timm cls + avg') <= TOLERANCE
     torch.save({'model': {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / 'plain.pth')
     for name in ('plain.safetensors', 'plain.pth'):
         assert loader.detect_format(str(tmp_path / name)) == 'timm'
-        config, loaded = loader.load(tmp_path / name, num_heads=2, pool='token')
+        config, loaded = loader.load(tmp_path / name, Facts(num_heads=2, pool='token'))
         assert (config.layer_norm_eps, config.gelu_approximate) == (1e-6, False)
         reference = _timm_reference(sd, IMAGES, heads=2)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
@@ -394,18 +396,18 @@ def test_timm_average_pooling_and_architecture_names(exact, tmp_path):
     del sd['cls_token']
     sd['pos_embed'] = np.ascontiguousarray(sd['pos_embed'][:, 1:])
     save_file(sd, str(tmp_path / 'gap.safetensors'))
-    config, loaded = loader.load(tmp_path / 'gap.safetensors', num_heads=2, pool='avg')
+    config, loaded = loader.load(tmp_path / 'gap.safetensors', Facts(num_heads=2, pool='avg'))
     assert config.classifier == 'gap'
     reference = _timm_reference(sd, IMAGES, heads=2)
     assert _rel_err(_ours(config, loaded), reference, 'timm gap') <= TOLERANCE
     with pytest.raises(CheckpointError, match='token pooling but the weights have no cls_token'):
-        loader.load(tmp_path / 'gap.safetensors', num_heads=2, pool='token')
+        loader.load(tmp_path / 'gap.safetensors', Facts(num_heads=2, pool='token'))
 
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
                                               'vit_base_patch16_gap_224 has 768'):
-        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_gap_224.sam_in1k')
+        loader.load(tmp_path / 'gap.safetensors', Facts(arch='vit_base_patch16_gap_224.sam_in1k'))
     with pytest.raises(CheckpointError, match="timm architecture 'vit_base_patch16_clip_224' is not one"):
-        loader.load(tmp_path / 'gap.safetensors', timm_arch='vit_base_patch16_clip_224')   # pre_norm
+        loader.load(tmp_path / 'gap.safetensors', Facts(arch='vit_base_patch16_clip_224'))   # pre_norm
     with open(tmp_path / 'config.json', 'w') as f:   # timm hub checkpoints carry this beside the weights
         json.dump({'architecture': 'vit_small_patch16_224.augreg_in21k', 'num_classes': 5}, f)
     with pytest.raises(CheckpointError, match='the weights have width 32 but timm architecture '
@@ -444,7 +446,7 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     for name, variant in variants.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
         pool = 'avg' if 'gap' in name or 'avg' in name else 'token'
-        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool=pool)
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', Facts(num_heads=2, pool=pool))
         reference = _timm_reference(variant, IMAGES, heads=2, pool=pool)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
         # Exported back as a plain timm ViT that computes the same.
@@ -462,14 +464,14 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
     with pytest.raises(CheckpointError, match='a class token and an fc_norm, but the weights do not record'):
         arch.infer_config(loaded)
     assert not os.path.exists(tmp_path / 'mae.npz')
-    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', num_heads=2, pool='token')
+    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', Facts(num_heads=2, pool='token'))
     assert config.transformer.layer_scale is not None and config.num_registers == 4
     assert 'LayerScale_1' in loaded['Transformer']['encoderblock_1']
     assert 'blocks.1.ls2.gamma' in load_file(str(tmp_path / 'dinov2_reg4_back.safetensors'))
     with pytest.raises(CheckpointError, match='Hugging Face ViT has no layer scale'):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')
     # Fine-tuning at another resolution keeps the class and register rows and resizes the grid.
-    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', num_heads=2, pool='token')
+    config, loaded = loader.load(tmp_path / 'dinov2_reg4.safetensors', Facts(num_heads=2, pool='token'))
     checkpoint.save(loaded, str(tmp_path / 'dinov2_reg4.npz'))
     pos = loaded['Transformer']['posembed_input']['pos_embedding']
     grid = int(np.sqrt(pos.shape[1] - 5))
@@ -487,10 +489,10 @@ def test_timm_qkv_bias_false_no_embed_class_and_layer_scale(exact, tmp_path):
                  'pos_embed': rng.normal(0, 1, (1, 25, 32)).astype(np.float32)}
     save_file(ambiguous, str(tmp_path / 'ambiguous.safetensors'))
     with pytest.raises(CheckpointError, match='pos_embed has 25 rows: a square grid with or without the 9'):
-        loader.load(tmp_path / 'ambiguous.safetensors', num_heads=2, pool='token')
-    assert foreign.timm_arch('deit3_base_patch16_224.fb_in22k_ft_in1k')['num_heads'] == 12
-    assert foreign.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
-    assert foreign.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16
+        loader.load(tmp_path / 'ambiguous.safetensors', Facts(num_heads=2, pool='token'))
+    assert timm.timm_arch('deit3_base_patch16_224.fb_in22k_ft_in1k')['num_heads'] == 12
+    assert timm.timm_arch('vit_base_patch16_224_miil.in21k_ft_in1k')['num_heads'] == 12
+    assert timm.timm_arch('flexivit_base.1200ep_in1k')['patch'] == 16
 
 
 def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, monkeypatch):
@@ -514,12 +516,12 @@ def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, mo
     deit = {**sd, 'dist_token': r(1, 1, 32), 'head_dist.weight': r(5, 32), 'head_dist.bias': r(5),
             'pos_embed': np.concatenate([sd['pos_embed'][:, :1], r(1, 1, 32), sd['pos_embed'][:, 1:]], 1)}
     # Tiny entries in the table's own format (the real ones are 768+ wide).
-    monkeypatch.setitem(foreign.TIMM_ARCHS, 'tiny_siglip', (32, 2, 2, 8, 'map', 'gelu_tanh'))
-    monkeypatch.setitem(foreign.TIMM_ARCHS, 'tiny_distilled', (32, 2, 2, 8, 'token', 'gelu'))
+    monkeypatch.setitem(timm.TIMM_ARCHS, 'tiny_siglip', (32, 2, 2, 8, 'map', 'gelu_tanh'))
+    monkeypatch.setitem(timm.TIMM_ARCHS, 'tiny_distilled', (32, 2, 2, 8, 'token', 'gelu'))
     for name, variant, arch_name, tanh in (('siglip', siglip, 'tiny_siglip', True),
                                           ('deit_distilled', deit, 'tiny_distilled', False)):
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
-        config, loaded = loader.load(tmp_path / f'{name}.safetensors', timm_arch=arch_name)
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', Facts(arch=arch_name))
         assert config.gelu_approximate == tanh
         reference = _timm_reference(variant, IMAGES, heads=2, tanh=tanh)
         assert _rel_err(_ours(config, loaded), reference, f'timm {name}') <= TOLERANCE
@@ -549,38 +551,38 @@ def test_timm_siglip_attention_pooling_and_deit_distillation(exact, tmp_path, mo
     np.testing.assert_array_equal(pos[:, :2], loaded['Transformer']['posembed_input']['pos_embedding'][:, :2])
     # Without a name: the pooling is in the weights (attn_pool), the heads must be given; the GELU is
     # then timm's default (exact).
-    config, _ = loader.load(tmp_path / 'siglip.safetensors', num_heads=2)
+    config, _ = loader.load(tmp_path / 'siglip.safetensors', Facts(num_heads=2))
     assert config.classifier == 'map' and not config.gelu_approximate
     with pytest.raises(CheckpointError, match='--pool token but the weights have an attention-pooling head'):
-        loader.load(tmp_path / 'siglip.safetensors', num_heads=2, pool='token')
+        loader.load(tmp_path / 'siglip.safetensors', Facts(num_heads=2, pool='token'))
     save_file(sd, str(tmp_path / 'plain.safetensors'))   # without the record of our export's metadata
     with pytest.raises(CheckpointError, match='the weights have no distillation token but timm architecture '
                                               'tiny_distilled has one'):
-        loader.load(tmp_path / 'plain.safetensors', timm_arch='tiny_distilled')
+        loader.load(tmp_path / 'plain.safetensors', Facts(arch='tiny_distilled'))
     with pytest.raises(CheckpointError, match=r'vit.safetensors: --arch tiny_distilled but .*vit.safetensors '
                                               r'\(metadata\) records architecture vit_base_patch16_224'):
-        loader.load(tmp_path / 'vit.safetensors', timm_arch='tiny_distilled')
+        loader.load(tmp_path / 'vit.safetensors', Facts(arch='tiny_distilled'))
     save_file({k: v for k, v in siglip.items() if not k.startswith('attn_pool.')},
               str(tmp_path / 'gap.safetensors'))
     with pytest.raises(CheckpointError, match='the weights have pool avg but timm architecture tiny_siglip '
                                               'has map'):
-        loader.load(tmp_path / 'gap.safetensors', timm_arch='tiny_siglip')
-    assert foreign.timm_arch('vit_so400m_patch14_siglip_384') == dict(
+        loader.load(tmp_path / 'gap.safetensors', Facts(arch='tiny_siglip'))
+    assert timm.timm_arch('vit_so400m_patch14_siglip_384') == dict(
         name='vit_so400m_patch14_siglip_384', width=1152, depth=27, num_heads=16, patch=14, pool='map',
         act='gelu')
-    assert foreign.timm_arch('vit_so400m_patch16_siglip_256.webli_i18n')['act'] == 'gelu_tanh'
-    assert foreign.timm_arch('deit_base_distilled_patch16_384')['num_heads'] == 12
+    assert timm.timm_arch('vit_so400m_patch16_siglip_256.webli_i18n')['act'] == 'gelu_tanh'
+    assert timm.timm_arch('deit_base_distilled_patch16_384')['num_heads'] == 12
 
 
 def test_timm_architecture_table():
-    assert foreign.timm_arch('vit_base_patch16_224.augreg2_in21k_ft_in1k') == dict(
+    assert timm.timm_arch('vit_base_patch16_224.augreg2_in21k_ft_in1k') == dict(
         name='vit_base_patch16_224', width=768, depth=12, num_heads=12, patch=16, pool='token', act='gelu')
     # Not the head_dim=64 rule: timm's own arguments (16 heads at width 768).
-    assert foreign.timm_arch('vit_base_patch16_gap_224')['num_heads'] == 16
-    assert foreign.timm_arch('vit_huge_patch14_224')['num_heads'] == 16
+    assert timm.timm_arch('vit_base_patch16_gap_224')['num_heads'] == 16
+    assert timm.timm_arch('vit_huge_patch14_224')['num_heads'] == 16
     listing = convert.list_archs()
     assert 'vit_base_patch16_gap_224' in listing and 'vit_large_patch16_384' in listing
-    assert len(listing.splitlines()) == len(foreign.TIMM_ARCHS) + 1
+    assert len(listing.splitlines()) == len(timm.TIMM_ARCHS) + 1
 
 
 # --- timm's config.json: model_args are the source of truth ------------------------------------------
@@ -682,14 +684,15 @@ def test_timm_config_json_model_args_override_the_architecture(exact, tmp_path):
         'pool': (dict(pool='token'),
                  r'avg.model.safetensors: --pool token but .*avg.config\.json global_pool has avg'),
         'heads': (dict(num_heads=4), r'--num-heads 4 but .*avg.config\.json model_args has 2 heads'),
-        'arch': (dict(timm_arch='vit_small_patch16_224'),
+        'arch': (dict(arch='vit_small_patch16_224'),
                  r'--arch vit_small_patch16_224 but .*avg.config\.json records architecture '
                  r'vit_base_patch16_224\.augreg2_in21k_ft_in1k'),
     }
     for facts, message in contradictions.values():
         with pytest.raises(CheckpointError, match=message):
-            loader.load(avg, **facts)
-    assert loader.load(avg, pool='avg', num_heads=2, timm_arch='vit_base_patch16_224')[0].classifier == 'gap'
+            loader.load(avg, Facts(**facts))
+    stated = Facts(pool='avg', num_heads=2, arch='vit_base_patch16_224')
+    assert loader.load(avg, stated)[0].classifier == 'gap'
     # The labels it records are the class names; a normalisation other than vit_jax's is said.
     names = ['cat', 'dog', 'eel', 'fox', 'gnu']
     record = json.loads((avg / 'config.json').read_text())
@@ -772,7 +775,7 @@ def test_timm_export_strict_loads_into_the_architecture_it_names(exact, tmp_path
     }
     for name, (variant, pool) in variants.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
-        config, loaded = loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool=pool)
+        config, loaded = loader.load(tmp_path / f'{name}.safetensors', Facts(num_heads=2, pool=pool))
         out = convert.export(loaded, config, str(tmp_path / f'{name}_timm'), format='timm')
         record = json.loads((tmp_path / f'{name}_timm' / 'config.json').read_text())
         exported = load_file(os.path.join(out, 'model.safetensors'))
@@ -833,7 +836,7 @@ def test_timm_features_without_an_architecture_are_refused_by_name(exact, tmp_pa
     for name, (variant, message) in cases.items():
         save_file(variant, str(tmp_path / f'{name}.safetensors'))
         with pytest.raises(CheckpointError, match=re.escape(message)):
-            loader.load(tmp_path / f'{name}.safetensors', num_heads=2, pool='token')
+            loader.load(tmp_path / f'{name}.safetensors', Facts(num_heads=2, pool='token'))
 
 
 # --- Hugging Face -----------------------------------------------------------------------------
@@ -952,7 +955,7 @@ def test_hf_export_runs_in_the_transformers_pipeline_with_its_labels(tmp_path):
     assert {o['label'] for o in ours} == set(names)
     np.testing.assert_allclose([t['score'] for t in theirs], [o['probability'] for o in ours], atol=1e-5)
     # A vit-train workdir that evaluated with a center crop exports that crop.
-    crop = foreign.hf_preprocessor(32, {'crop': 32, 'eval_crop': 'center', 'resize': 36})
+    crop = hf_preprocessor(32, {'crop': 32, 'eval_crop': 'center', 'resize': 36})
     assert (crop['image_processor_type'], crop['size'], crop['crop_size']) == (
         'DeiTImageProcessor', {'height': 36, 'width': 36}, {'height': 32, 'width': 32})
     # ... and reading such an export back applies it (what the file records about itself).
@@ -1145,7 +1148,7 @@ def test_timm_export_pretrained_cfg_is_vit_jax_preprocessing(exact, tmp_path, ev
 
     from safetensors.numpy import save_file
     save_file(_timm_sd(exact, tmp_path), str(tmp_path / 'm.safetensors'))
-    config, params = loader.load(tmp_path / 'm.safetensors', num_heads=2, pool='token')
+    config, params = loader.load(tmp_path / 'm.safetensors', Facts(num_heads=2, pool='token'))
     convert.export(params, config, str(tmp_path / 'out'), format='timm', eval_pp=eval_pp)
     cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']
     size = cfg['input_size'][1]

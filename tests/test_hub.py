@@ -17,7 +17,7 @@ import types
 
 import pytest
 
-from vit_jax.checkpoint import hub
+from vit_jax.checkpoint import download, hub
 from vit_jax.errors import CheckpointError
 
 
@@ -270,7 +270,7 @@ def test_verified_download_is_recorded_and_reused_without_requests(mirror):
     assert open(path, 'rb').read() == PAYLOAD and not os.path.exists(path + '.part')
     assert _requests() == [('GET', None)]
     expected = {'url': f'{mirror}/vit_models/imagenet21k/ViT-B_16.npz', 'size': len(PAYLOAD), 'md5': MD5}
-    if hub.google_crc32c is not None:
+    if download.google_crc32c is not None:
         expected['crc32c'] = CRC32C
     assert _record(path) == expected
     assert hub.resolve('ViT-B_16', progress=False) == path
@@ -359,7 +359,7 @@ def test_crc32c_is_checked_when_google_crc32c_is_installed(mirror, monkeypatch):
         def digest(self):
             return _crc32c(bytes(self.data)).to_bytes(4, 'big')
 
-    monkeypatch.setattr(hub, 'google_crc32c', types.SimpleNamespace(Checksum=Checksum))
+    monkeypatch.setattr(download, 'google_crc32c', types.SimpleNamespace(Checksum=Checksum))
     assert _record(hub.resolve(f'{mirror}/vit_models/ckpt.npz', progress=False))['crc32c'] == CRC32C
     assert _record(hub.resolve(f'{mirror}/vit_models/crconly.npz', progress=False)) == {
         'url': f'{mirror}/vit_models/crconly.npz', 'size': len(PAYLOAD), 'crc32c': CRC32C}
@@ -368,7 +368,7 @@ def test_crc32c_is_checked_when_google_crc32c_is_installed(mirror, monkeypatch):
 
     # Without google_crc32c, a crc32c alone (no length, no md5) cannot verify anything: neither a
     # new download nor the file recorded above (a cache shared with a machine that has the package).
-    monkeypatch.setattr(hub, 'google_crc32c', None)
+    monkeypatch.setattr(download, 'google_crc32c', None)
     with pytest.raises(hub.DownloadError, match='did not report size or hash .* google-crc32c is not inst'):
         hub.resolve(f'{mirror}/other/crconly.npz', progress=False)
     with pytest.raises(hub.DownloadError, match='was verified by crc32c, which cannot be checked here .* '

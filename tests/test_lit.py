@@ -25,6 +25,7 @@ from PIL import Image
 
 from vit_jax import checkpoint, preprocess, trees, zeroshot
 from vit_jax.checkpoint import hub, loader
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, ConfigError, DataError
 from vit_jax.models import build_model, get_config, get_model
 
@@ -293,7 +294,7 @@ def test_text_transformer_npz_loads_with_nothing_stated(sp_model, tmp_path):
     assert tuple(found.model_config.out_dim) == (None, 8)
     assert found.model_config.pp.to_dict() == config.pp.to_dict()     # size 16 from the posemb, 8 tokens
     with pytest.raises(CheckpointError, match='takes 8 tokens'):
-        loader.read(str(tmp_path / 'tiny.npz'), max_len=16)
+        loader.read(str(tmp_path / 'tiny.npz'), Facts(max_len=16))
     with pytest.raises(CheckpointError, match='LiT image-text model: classify with it zero-shot'):
         loader.load_model(str(tmp_path / 'tiny.npz'))
 
@@ -307,20 +308,20 @@ def test_bert_npz_needs_heads_and_length(tmp_path):
                                               r'attention heads nor its token length; name the model '
                                               r'\(--model LiT-B16B'):
         loader.read(str(tmp_path / 'bert.npz'))
-    found = loader.read(str(tmp_path / 'bert.npz'), text_heads=3, max_len=6)
+    found = loader.read(str(tmp_path / 'bert.npz'), Facts(text_heads=3, max_len=6))
     assert found.model_config.text.config.to_dict() == BERT
     with pytest.raises(CheckpointError, match='text width 12 is not divisible by --text-heads 5'):
-        loader.read(str(tmp_path / 'bert.npz'), text_heads=5, max_len=6)
+        loader.read(str(tmp_path / 'bert.npz'), Facts(text_heads=5, max_len=6))
     with pytest.raises(CheckpointError, match=r'--max-len 17 is not in \[2, 16\]'):
-        loader.read(str(tmp_path / 'bert.npz'), text_heads=3, max_len=17)
+        loader.read(str(tmp_path / 'bert.npz'), Facts(text_heads=3, max_len=17))
     # A named model must match the weights: a tiny file is not LiT-B16B, by --model or by its name.
     with pytest.raises(CheckpointError, match='does not match the model'):
-        loader.read(str(tmp_path / 'bert.npz'), model_name='LiT-B16B')
+        loader.read(str(tmp_path / 'bert.npz'), Facts(model_name='LiT-B16B'))
     os.replace(tmp_path / 'bert.npz', tmp_path / 'LiT-B16B.npz')
     with pytest.raises(CheckpointError, match='LiT-B16B.npz does not match the model'):
         loader.read(str(tmp_path / 'LiT-B16B.npz'))
     with pytest.raises(ConfigError, match="--model 'ViT-B_16' is not a LiT model"):
-        loader.read(str(tmp_path / 'LiT-B16B.npz'), model_name='ViT-B_16')
+        loader.read(str(tmp_path / 'LiT-B16B.npz'), Facts(model_name='ViT-B_16'))
 
 
 def test_siglip_two_tower_file_reads_both_towers_and_serves_its_image_tower(tmp_path):

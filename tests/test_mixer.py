@@ -153,7 +153,7 @@ def test_timm_mixer_layout_matches_a_torch_forward_and_round_trips(tmp_path):
     from safetensors.numpy import save_file
     exact = _tiny(gelu_approximate=False)
     params = _random_params(exact)
-    sd = convert.foreign.timm_mixer_state_dict(params)
+    sd = convert.timm.timm_mixer_state_dict(params)
     assert {'stem.proj.weight', 'blocks.1.mlp_tokens.fc2.bias', 'blocks.0.norm2.weight', 'norm.bias',
             'head.weight'} <= set(sd)
     save_file(sd, str(tmp_path / 'mixer.safetensors'))
@@ -175,7 +175,7 @@ def test_timm_mixer_layout_matches_a_torch_forward_and_round_trips(tmp_path):
     b16 = ml_collections.ConfigDict({**config.to_dict(), 'hidden_dim': 768, 'num_blocks': 12,
                                      'patches': {'size': (16, 16)}, 'tokens_mlp_dim': 384,
                                      'channels_mlp_dim': 3072})
-    record = convert.foreign.timm_config(loaded, b16)   # (the record only: shapes are not checked here)
+    record = convert.timm.timm_config(loaded, b16)   # (the record only: shapes are not checked here)
     assert (record['architecture'], record['model_args']['mlp_ratio']) == ('mixer_b16_224', [0.5, 4.0])
     with pytest.raises(UserError, match='Hugging Face ViT has no MLP-Mixer'):
         convert.export(loaded, config, str(tmp_path / 'hf'), format='hf')

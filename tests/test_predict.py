@@ -13,6 +13,7 @@ from PIL import Image
 
 from vit_jax import checkpoint, images, labels, predict, preprocessing
 from vit_jax.checkpoint import loader
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.models import get_config, get_model
 
 COLORS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
@@ -70,7 +71,7 @@ def setup(tmp_path_factory):
 
 def test_known_answers_from_python(setup):
     root, ckpt = setup
-    loaded = loader.load_model(ckpt, 'testing')
+    loaded = loader.load_model(ckpt, Facts(model_name='testing'))
     assert (loaded.image_size, loaded.num_classes) == (32, 3)
     paths = images.find_images([str(root / 'images')])
     doc = predict.predict_files(loaded, paths, k=2, batch_size=2,

@@ -11,7 +11,7 @@ import sentencepiece as spm
 from PIL import Image
 
 from vit_jax import convert, preprocess, trees, zeroshot
-from vit_jax.checkpoint import foreign, loader
+from vit_jax.checkpoint import hf, loader
 from vit_jax.errors import CheckpointError
 from vit_jax.models import build_model, family
 
@@ -89,7 +89,7 @@ def _max_err(got, want, label):
 
 
 def _hf_tokenizer(directory):
-    facts = foreign.hf_siglip_tokenizer(str(directory))
+    facts = hf.hf_siglip_tokenizer(str(directory))
     facts.pop('max_len')
     return preprocess.SentencepieceTokenizer(max_len=MAX_LEN, canonical='transformers', **facts)
 
@@ -127,7 +127,7 @@ def test_tokenizer_matches_siglip_tokenizer(siglip_dir):
     cased = siglip_dir.parent / 'cased'
     shutil.copytree(siglip_dir, cased)
     (cased / 'tokenizer_config.json').write_text(json.dumps({**config, 'do_lower_case': False}))
-    facts = foreign.hf_siglip_tokenizer(str(cased))
+    facts = hf.hf_siglip_tokenizer(str(cased))
     assert facts['lower'] is False and facts['max_len'] == MAX_LEN
     theirs = transformers.SiglipTokenizer.from_pretrained(cased)
     want = theirs(TEXTS, padding='max_length', truncation=True)['input_ids']

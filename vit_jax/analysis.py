@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vit_jax import cli, labels, paths, preprocessing
-from vit_jax.checkpoint import loader, workdir
+from vit_jax.checkpoint import facts, loader, workdir
 from vit_jax.errors import UserError
 from vit_jax.images import MAX_PIXELS, find_images
 from vit_jax.models import MlpMixer, posemb_sincos_2d
@@ -393,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='*', metavar='IMAGES',
                         help='image files, folders (searched recursively) or globs, for the attention '
                              'figures (without them: the figures about the parameters only)')
-    cli.add_checkpoint_args(parser)
+    facts.add_checkpoint_args(parser)
     parser.add_argument('--image', action='append', default=[],
                         help='the same as an IMAGES argument (repeatable; the original flag)')
     parser.add_argument('--output-dir', default=None,
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     inputs = [*args.inputs, *args.image]
     files = find_images(inputs) if inputs else []
-    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
+    loaded = loader.load_model(args.checkpoint, facts.from_args(args))
     output_dir = args.output_dir or default_output_dir(args.checkpoint)
     doc = analyze(loaded, files, output_dir, batch_size=args.batch_size,
                   max_figure_images=args.max_figure_images, crop_fraction=args.crop_fraction,

@@ -26,6 +26,7 @@ import numpy as np
 
 from vit_jax import fewshot, images, labels, preprocessing, serving
 from vit_jax.checkpoint import loader
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, DataError, UserError
 from vit_jax.predict import make_predict_fn, top_k
 from vit_jax.tflib import tf
@@ -106,8 +107,8 @@ def load(source: str, *, model: str | None = None, arch: str | None = None, num_
     `num_heads`, `pool`, `image_size` state what a file does not record, as the CLIs' flags."""
     if str(source).endswith(EXPORT_SUFFIX):
         return _from_export(str(source), max_pixels)
-    loaded = loader.load_model(source, model, num_heads=num_heads, pool=pool, timm_arch=arch,
-                               image_size=image_size)
+    facts = Facts(num_heads=num_heads, pool=pool, arch=arch, image_size=image_size, model_name=model)
+    loaded = loader.load_model(source, facts)
     represent = fewshot.make_representation_fn(loaded.model, batch_size)
     return Model(source=loaded.source, image_size=loaded.image_size, crop_fraction=loaded.crop_fraction,
                  class_names=loaded.class_names or labels.default_labels(loaded.num_classes),

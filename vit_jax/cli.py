@@ -132,36 +132,3 @@ def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     """--max-image-pixels: the decompression-bomb bound of every CLI that reads image files."""
     parser.add_argument('--max-image-pixels', type=positive_int, default=images.MAX_PIXELS, metavar='N',
                         help='refuse image files that declare more pixels (per frame), before decoding them')
-
-
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint / --model, shared by the CLIs that load a model through the one loader."""
-    parser.add_argument('--checkpoint', required=True,
-                        help='npz file, vit-train workdir, timm/HF/big_vision checkpoint, bucket URL '
-                             '(gs://...) or catalogue name (e.g. ViT-B_16)')
-    parser.add_argument('--model', default=None, metavar='NAME',
-                        help='the architecture by name (vit_jax.models.MODEL_CONFIGS) where the '
-                             'checkpoint does not record it')
-    add_timm_args(parser)
-
-
-def add_timm_args(parser: argparse.ArgumentParser) -> None:
-    """--arch / --num-heads / --pool: what timm state dicts do not record (`checkpoint_facts`)."""
-    parser.add_argument('--arch', default=None, metavar='TIMM_NAME',
-                        help='timm architecture of a timm state dict without timm\'s config.json (e.g. '
-                             'vit_base_patch16_224; vit-convert --list-archs); one that contradicts the '
-                             'config.json is an error')
-    parser.add_argument('--num-heads', type=positive_int, default=None,
-                        help='attention heads of a timm state dict (its weights do not record them; '
-                             'timm\'s config.json beside them does)')
-    parser.add_argument('--image-size', type=positive_int, default=None, metavar='N',
-                        help='input size of a model with a fixed sin-cos position embedding (big_vision), '
-                             'which records none')
-    parser.add_argument('--pool', choices=('token', 'avg', 'map'), default=None,
-                        help='pooling of a timm state dict (its weights do not record it; timm\'s '
-                             'config.json beside them does)')
-
-
-def checkpoint_facts(args: argparse.Namespace) -> dict:
-    """The keyword arguments of `vit_jax.checkpoint.loader.read` given by `add_timm_args`."""
-    return dict(num_heads=args.num_heads, pool=args.pool, timm_arch=args.arch, image_size=args.image_size)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from vit_jax import cli, paths
-from vit_jax.checkpoint import adapt, arch, foreign, hub, loader, npz
+from vit_jax.checkpoint import adapt, arch, facts, hf, hub, loader, npz, timm
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import family, num_params, scan_to_blocks
 
@@ -68,14 +68,13 @@ def export(params: Mapping[str, Any], model_config: Any, dst: str, format: str =
             return npz.save({'params': params}, dst)
         return npz.save(params, dst)
     if format == 'timm' and dst.endswith('.safetensors'):
-        return paths.write_atomic(dst, foreign.timm_bytes(params, model_config))
+        return paths.write_atomic(dst, timm.timm_bytes(params, model_config))
     if paths.exists(dst) and not paths.is_dir(dst):
         what = 'a timm export to a path without .safetensors' if format == 'timm' else 'Hugging Face export'
         raise CheckpointError(f'{dst}: exists and is not a directory ({what} writes one)')
     if format == 'timm':
-        return paths.write_dir_atomic(dst, foreign.timm_files_bytes(params, model_config, class_names,
-                                                                    eval_pp))
-    return paths.write_dir_atomic(dst, foreign.hf_files_bytes(params, model_config, class_names, eval_pp))
+        return paths.write_dir_atomic(dst, timm.timm_files_bytes(params, model_config, class_names, eval_pp))
+    return paths.write_dir_atomic(dst, hf.hf_files_bytes(params, model_config, class_names, eval_pp))
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -115,7 +114,7 @@ def list_archs() -> str:
     """The timm architectures vit_jax loads exactly, one per line with width, depth, heads, patch,
     pooling and activation."""
     rows = [f'{"timm architecture":36s} width depth heads patch pool  activation']
-    for name, (width, depth, heads, patch, pool, act) in foreign.TIMM_ARCHS.items():
+    for name, (width, depth, heads, patch, pool, act) in timm.TIMM_ARCHS.items():
         rows.append(f'{name:36s} {width:5d} {depth:5d} {heads:5d} {patch:5d} {pool:5s} {act}')
     return '\n'.join(rows)
 
@@ -132,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='output format (default: from DST: .npz -> npz, .safetensors -> timm, else hf)')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='replace the head by a zero-initialised N-class head (0 removes it)')
-    cli.add_timm_args(parser)
+    facts.add_args(parser)
     parser.add_argument('--list-archs', action='store_true',
                         help='print the timm architectures loaded exactly, and exit')
     return parser
@@ -158,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'detected: LiT .npz ({path})')
         print(f'wrote: {npz.save(params, args.dst)}')
         return 0
-    found = loader.read(path, **cli.checkpoint_facts(args))
+    found = loader.read(path, facts.from_args(args))
     print(f'detected: {loader.FORMAT_NAMES[found.format]} ({found.path})')
     config, params = found.model_config, found.params
     to = args.to or _default_format(args.dst)
@@ -182,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'note: {warning.message}')
     print(f'wrote: {loader.FORMAT_NAMES.get(to, to)} -> {args.dst}')
     if to == 'timm' and (family(config) != 'Mixer' or not args.dst.endswith('.safetensors')):
-        record = foreign.timm_config(params, config)
+        record = timm.timm_config(params, config)
         print(f"timm: timm.create_model({record['architecture']!r}, **model_args) loads it strictly, "
               f"model_args = {json.dumps(record['model_args'])}")
     return 0

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import cli, labels, paths, trees
-from vit_jax.checkpoint import loader
+from vit_jax.checkpoint import facts, loader
 from vit_jax.errors import ConfigError
 from vit_jax.serving import FORMAT_VERSION, METADATA, MODULE, PARAMS
 
@@ -106,7 +106,7 @@ def export_model(loaded: Any, path: str, *, bake_params: bool = True,
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.argument_parser('vit-export', __doc__.split('\n\n')[0])
-    cli.add_checkpoint_args(parser)
+    facts.add_checkpoint_args(parser)
     parser.add_argument('--output', required=True, help='file to write (e.g. model.vitx)')
     parser.add_argument('--platforms', nargs='+', default=None, choices=PLATFORMS, metavar='PLATFORM',
                         help=f'lower for these ({", ".join(PLATFORMS)}); default: this machine\'s backend')
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m vit_jax.export`; raises on bad input."""
     args = _parser().parse_args(argv)
-    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
+    loaded = loader.load_model(args.checkpoint, facts.from_args(args))
     if loaded.class_names is None:
         loaded.class_names = labels.default_labels(loaded.num_classes)
     path = export_model(loaded, args.output, bake_params=not args.params_separate, platforms=args.platforms)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import cli, config_util, input_pipeline
-from vit_jax.checkpoint import loader
+from vit_jax.checkpoint import facts, loader
 from vit_jax.configs import common
 from vit_jax.errors import DataError
 from vit_jax.models import VisionTransformer
@@ -226,7 +226,7 @@ def embed(represent: Callable[[Any, np.ndarray], np.ndarray], params: Any,
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.argument_parser('vit-fewshot', __doc__.split('\n\n')[0])
-    cli.add_checkpoint_args(parser)
+    facts.add_checkpoint_args(parser)
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument('--dataset', help="tfds name (e.g. cifar10), 'digits', a folder or a CSV file, as "
                                         'config.dataset of vit-train')
@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; user errors raise (ValueError / KeyError / OSError), `run` turns them into exit 2."""
     args = _parser().parse_args(argv)
-    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
+    loaded = loader.load_model(args.checkpoint, facts.from_args(args))
     size = loaded.image_size
     dataset = args.dataset or args.folder
     config = (common.with_dataset(common.get_config(), dataset) if dataset in common.DATASET_PRESETS

@@ -1,17 +1,22 @@
-"""`vit-plan` / `python -m vit_jax.plan`: vit-train's step compiled for a TPU slice, without a TPU.
+"""`vit-plan` / `python -m vit_jax.plan`: vit-train's step compiled for a TPU slice or NVIDIA GPUs,
+without a TPU or a GPU.
 
   vit-plan --config=configs/pretrain.py:ViT-B_16,imagenet21k --topology=v5e:4x4 \\
       --config.model.scan_layers=True
+  vit-plan --config=... --topology=h100:2x8      # 2 hosts of 8 H100s
   vit-plan --list-topologies
 
 The same `--config` and `--config.<field>=<value>` overrides as vit-train resolve the same config;
 the step vit-train runs (`train.jit_train_step`, its optimizer, mesh and shardings) is compiled by
-libtpu's real compiler for the devices of `--topology` (libtpu's names: v5e:4x4, v4:2x2x2,
-v5p:4x4x4, v6e:2x2, ...; `pip install "jax[tpu]==<installed jax>"`), from abstract arguments:
-nothing is allocated. Printed: devices and processes, HBM per chip against the chip's capacity,
-FLOPs per chip per step, the collectives of the compiled program, and a roofline lower bound on
-the step time with the model FLOP utilisation it allows. `--search` compiles variations (fsdp,
-accum_steps, remat, scan_layers) and prints those that fit, best first, as vit-train overrides.
+the real compiler for the devices of `--topology`, from abstract arguments: nothing is allocated.
+TPU slices by libtpu's names (v5e:4x4, v4:2x2x2, v5p:4x4x4, v6e:2x2, ...; `pip install
+"jax[tpu]==<installed jax>"`); NVIDIA GPUs as CARD:GPUS or CARD:HOSTSxGPUS (h100, h200, a100; XLA's
+GPU compiler through JAX's CUDA plugin, `pip install "jax[cuda12]==<installed jax>"`, or without a
+GPU the plugin alone, see GPUS). Printed: devices and processes, memory per chip against
+what a program may use of it, FLOPs per chip per step, the collectives of the compiled program, and a
+roofline lower bound on the step time with the model FLOP utilisation it allows. `--search` compiles
+variations (fsdp, accum_steps, remat, scan_layers) and prints those that fit, best first, as vit-train
+overrides.
 
 Exit codes: 0 it fits; 1 it does not fit (the compiler's RESOURCE_EXHAUSTED line, or the report
 and a per-chip total above the chip's HBM, which the compiler does not always refuse; with --search:
@@ -31,7 +36,7 @@ from typing import Any
 import jax
 from jax.experimental import topologies
 
-from vit_jax import cli, sharding, train
+from vit_jax import cli, sharding, tflib, train
 from vit_jax import main as main_lib
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.models import build_model
@@ -41,13 +46,38 @@ GiB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """Published per-chip figures of a TPU generation."""
+    """Published per-chip figures of a TPU generation or a GPU card."""
 
     name: str
     hbm_bytes: float
     peak_bf16_flops: float   # FLOP/s, dense bf16 matrix multiplies
     hbm_bytes_per_s: float
     source: str
+    gpu: bool = False
+
+    @property
+    def usable_bytes(self) -> float:
+        """What one program may use: a TPU's whole HBM; on a GPU, the share JAX's allocator takes
+        (XLA_PYTHON_CLIENT_MEM_FRACTION: 0.75 unless set)."""
+        return self.hbm_bytes * (gpu_memory_fraction() if self.gpu else 1.0)
+
+    def capacity(self) -> str:
+        if not self.gpu:
+            return f'{_gib(self.hbm_bytes)}'
+        return (f'{_gib(self.usable_bytes)} ({gpu_memory_fraction():.0%} of {_gib(self.hbm_bytes)}: '
+                'XLA_PYTHON_CLIENT_MEM_FRACTION)')
+
+
+def gpu_memory_fraction() -> float:
+    """JAX's GPU allocator preallocates this share of the card (XLA_PYTHON_CLIENT_MEM_FRACTION)."""
+    value = os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.75')
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 1:
+        raise ConfigError(f'XLA_PYTHON_CLIENT_MEM_FRACTION={value!r}: expected a number in (0, 1]')
+    return fraction
 
 
 # Keyed by the `device_kind` that libtpu reports for the generation's devices.
@@ -63,12 +93,78 @@ CHIPS = {
     'TPU v6 lite': Chip('v6e', 32 * GiB, 918e12, 1640e9, 'https://cloud.google.com/tpu/docs/v6e'),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """An NVIDIA card as XLA's GPU compiler sees it without one: the fields of its
+    `stream_executor.GpuTargetConfigProto` (from XLA's own specs,
+    xla/backends/gpu/target_config/specs/*.txtpb, trimmed to the fields this jaxlib parses) and the
+    card's published figures (`chip`)."""
+
+    device_kind: str
+    chip: Chip
+    compute_capability: int   # major version: 8 Ampere, 9 Hopper
+    core_count: int            # streaming multiprocessors
+    fpus_per_core: int
+    shared_memory_per_core: int
+    shared_memory_per_block_optin: int
+    l2_cache_size: int
+    clock_rate_ghz: float
+
+    def target_config(self) -> str:
+        return '\n'.join([
+            'gpu_device_info {',
+            '  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152',
+            f'  shared_memory_per_core: {self.shared_memory_per_core} threads_per_core_limit: 2048',
+            f'  core_count: {self.core_count} fpus_per_core: {self.fpus_per_core}',
+            '  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535',
+            f'  memory_bandwidth: {int(self.chip.hbm_bytes_per_s)} l2_cache_size: {self.l2_cache_size}',
+            f'  clock_rate_ghz: {self.clock_rate_ghz} device_memory_size: {int(self.chip.hbm_bytes)}',
+            f'  shared_memory_per_block_optin: {self.shared_memory_per_block_optin}',
+            f'  cuda_compute_capability {{ major: {self.compute_capability} }}',
+            '  registers_per_core_limit: 65536 registers_per_block_limit: 65536',
+            '}',
+            'platform_name: "CUDA"',
+            'runtime_version { major: 12 minor: 9 }',   # the CUDA and cuDNN of jax[cuda12]
+            'dnn_version_info { major: 9 minor: 8 }',
+            f'device_description_str: "{self.device_kind}"'])
+
+
+# `--topology=h100:8` (one host of 8) or `h100:2x8` (2 hosts of 8). Compiling needs JAX's CUDA
+# plugin, not a GPU: `pip install "jax[cuda12]==<jax>"`; on a machine without a GPU, where the full
+# install would make every JAX program look for one, put just its two wheels in a folder of their own
+# for vit-plan: `pip install --no-deps --target DIR jax-cuda12-plugin==<jax> jax-cuda12-pjrt==<jax>
+# nvidia-cuda-runtime-cu12` (without the CUDA runtime the plugin prints that it found no driver) and
+# run `PYTHONPATH=DIR vit-plan ...`. Published figures: bf16 dense tensor-core FLOP/s (the
+# datasheets print twice that "with sparsity"), memory (bytes as XLA's specs give the card's) and
+# its bandwidth.
+GPUS = {
+    # https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM): 989 TFLOP/s bf16, 80 GB, 3.35 TB/s.
+    'h100': Card('NVIDIA H100 80GB HBM3', Chip('H100 SXM', 84_942_979_072, 989e12, 3.35232e12,
+                                               'https://www.nvidia.com/en-us/data-center/h100/', gpu=True),
+                 9, 132, 128, 233_472, 232_448, 52_428_800, 1.98),
+    # https://www.nvidia.com/en-us/data-center/h200/: 989 TFLOP/s bf16, 141 GB, 4.8 TB/s.
+    'h200': Card('NVIDIA H200', Chip('H200 SXM', 151_397_597_184, 989e12, 4.8e12,
+                                     'https://www.nvidia.com/en-us/data-center/h200/', gpu=True),
+                 9, 132, 128, 233_472, 232_448, 52_428_800, 1.98),
+    # https://www.nvidia.com/en-us/data-center/a100/ (A100 80GB SXM): 312 TFLOP/s bf16, 80 GB, 2039 GB/s.
+    'a100': Card('NVIDIA A100-SXM4-80GB', Chip('A100 SXM', 85_100_068_864, 312e12, 2.03904e12,
+                                               'https://www.nvidia.com/en-us/data-center/a100/', gpu=True),
+                 8, 108, 64, 167_936, 166_912, 41_943_040, 1.41),
+}
+CHIPS.update({card.device_kind: card.chip for card in GPUS.values()})
+# Without a GPU, XLA cannot time Triton's GEMM tilings and its untuned choice fails on some dots
+# ("Couldn't find output tile sizes"): GPU plans compile the GEMMs for cuBLAS, as XLA does where
+# Triton loses.
+COMPILER_OPTIONS = {'xla_gpu_enable_triton_gemm': False}
+
 # Slice shapes of Cloud TPU's documentation; `--list-topologies` prints those this libtpu accepts.
 TOPOLOGIES = (
     [f'v4:{s}' for s in ('2x2x1', '2x2x2', '2x2x4', '2x4x4', '4x4x4', '4x4x8', '4x8x8', '8x8x8')]
     + [f'v5e:{s}' for s in ('1x1', '2x2', '2x4', '4x4', '4x8', '8x8', '8x16', '16x16')]
     + [f'v5p:{s}' for s in ('2x2x1', '2x2x2', '2x2x4', '2x4x4', '4x4x4', '4x4x8', '4x8x8', '8x8x8')]
-    + [f'v6e:{s}' for s in ('1x1', '2x2', '2x4', '4x4', '4x8', '8x8', '8x16', '16x16')])
+    + [f'v6e:{s}' for s in ('1x1', '2x2', '2x4', '4x4', '4x8', '8x8', '8x16', '16x16')]
+    + [f'{card}:{s}' for card in GPUS for s in ('1', '8', '2x8', '4x8')])
 
 # Classes of the data sets whose presets configs/ knows (the planner reads no data).
 NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'imagenet21k': 21843,
@@ -80,6 +176,7 @@ _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16
 _COLLECTIVE_RE = re.compile(
     r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.*?)\s(?P<op>' + '|'.join(COLLECTIVES)
     + r')(?P<start>-start)?\(')
+_COMPUTATION_RE = re.compile(r'^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s+\(.*\)\s+->\s+(?P<results>.*)\{\s*$')
 _ARRAY_RE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\]')
 
 
@@ -90,7 +187,10 @@ class DoesNotFit(TrainingError):
 # --- Topology -----------------------------------------------------------------------------------
 
 def topology_devices(name: str) -> list:
-    """The devices of a TPU slice by libtpu's name (e.g. 'v5e:4x4'); ConfigError when unknown."""
+    """The devices of a TPU slice by libtpu's name (e.g. 'v5e:4x4') or of NVIDIA GPUs ('h100:2x8');
+    ConfigError when unknown."""
+    if name.partition(':')[0] in GPUS:
+        return gpu_devices(name)
     # libtpu's start-up asks the environment of a TPU VM; off one, say so instead of warning. It
     # loads only to compile here: other processes (tests, other plans) may load it beside this one.
     os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-4')
@@ -105,6 +205,26 @@ def topology_devices(name: str) -> list:
                               f'"jax[tpu]=={jax.__version__}" ({text})') from None
         raise ConfigError(f'--topology={name}: {text} (vit-plan --list-topologies lists known names)'
                           ) from None
+
+
+def gpu_devices(name: str) -> list:
+    """The devices of `card:GPUS` or `card:HOSTSxGPUS`, one process per host, compile-only."""
+    card, _, shape = name.partition(':')
+    parts = shape.split('x')
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f'--topology={name}: expected {card}:GPUS or {card}:HOSTSxGPUS, e.g. {card}:8 '
+                          f'or {card}:2x8')
+    hosts, per_host = (1, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    try:
+        topology = topologies.get_topology_desc(
+            platform='cuda', topology=f'1x{hosts}x{per_host}', target_config=GPUS[card].target_config())
+    except NotImplementedError:
+        raise ConfigError(
+            f'--topology={name}: compiling for NVIDIA GPUs needs JAX\'s CUDA plugin: pip install '
+            f'"jax[cuda12]=={jax.__version__}" (without a GPU, the plugin alone: pip install --no-deps '
+            f'--target DIR jax-cuda12-plugin=={jax.__version__} jax-cuda12-pjrt=={jax.__version__} '
+            'nvidia-cuda-runtime-cu12, then PYTHONPATH=DIR vit-plan ...)') from None
+    return list(topology.devices)
 
 
 def chip_of(devices: list) -> Chip:
@@ -129,19 +249,28 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
     TPU programs wrap a collective into fusions (async-collective-start) that may repeat its
     instruction; one `channel_id` is one collective. An async `*-start` of all-gather /
-    collective-permute returns (operands, results, ...): its results count. Counted as written: one
-    inside a loop body runs once per iteration but is counted once.
+    collective-permute returns (operands, results, ...): its results count. libtpu writes a
+    reduce-scatter as an all-reduce inside an `all-reduce-scatter` fusion that keeps this device's
+    slice: it counts as a reduce-scatter of the fusion's results. Counted as written: one inside a
+    loop body runs once per iteration but is counted once.
     """
     seen: dict[tuple, int] = {}
+    scatter_results: str | None = None   # the result types of the enclosing all-reduce-scatter fusion
     for i, line in enumerate(hlo_text.splitlines()):
+        header = _COMPUTATION_RE.match(line)
+        if header:
+            scatter_results = header['results'] if header['name'].startswith('all-reduce-scatter') else None
+            continue
         m = _COLLECTIVE_RE.match(line)
         if not m:
             continue
-        sizes = _array_bytes(m['type'])
-        if m['start'] and m['op'] != 'all-reduce' and len(sizes) >= 2:
-            sizes = sizes[len(sizes) // 2:] if m['op'] != 'collective-permute' else sizes[1:2]
+        op, sizes = m['op'], _array_bytes(m['type'])
+        if op == 'all-reduce' and scatter_results is not None:
+            op, sizes = 'reduce-scatter', _array_bytes(scatter_results)
+        elif m['start'] and op != 'all-reduce' and len(sizes) >= 2:
+            sizes = sizes[len(sizes) // 2:] if op != 'collective-permute' else sizes[1:2]
         channel = re.search(r'channel_id=(\d+)', line)
-        key = (m['op'], channel[1] if channel else f'line {i}')
+        key = (op, channel[1] if channel else f'line {i}')
         seen[key] = max(seen.get(key, 0), sum(sizes))
     found = {op: dict(count=0, bytes=0) for op in COLLECTIVES}
     for (op, _), size in seen.items():
@@ -175,13 +304,14 @@ class Plan:
     num_processes: int
     mesh: dict
     memory: dict            # memory_analysis(): arguments, outputs, aliased, temporaries, code
-    compiler_flops: float   # cost_analysis()['flops'] (loop bodies counted once)
-    bytes_accessed: float   # cost_analysis()['bytes accessed'] (loop bodies counted once)
+    compiler_flops: float   # cost_analysis()['flops'] (loop bodies counted once); 0 where unknown
+    bytes_accessed: float   # cost_analysis()['bytes accessed'] (loop bodies counted once); 0 where unknown
     model_flops: float | None   # analytic: 3 x forward matmul FLOPs per chip
     collectives: dict
     has_loops: bool
     compile_s: float
     remat: bool = False
+    cost_known: bool = True   # XLA's GPU compiler gives no cost analysis
     compiled: Any = dataclasses.field(default=None, repr=False)   # the jax Compiled object
 
     @property
@@ -194,11 +324,11 @@ class Plan:
         """Whether the per-chip total fits the chip's HBM. The compiler refuses some programs that do
         not (RESOURCE_EXHAUSTED) but not all: ViT-L/16 at 256 images per v5e chip compiled with 16.4 GiB
         of temporaries."""
-        return self.hbm_total <= self.chip.hbm_bytes
+        return self.hbm_total <= self.chip.usable_bytes
 
     def does_not_fit_line(self) -> str:
         return (f'{_gib(self.hbm_total)} per chip (arguments + outputs - aliased + temporaries + code) '
-                f'exceeds the {_gib(self.chip.hbm_bytes)} of a {self.chip.name} chip')
+                f'exceeds the {self.chip.capacity()} of a {self.chip.name} chip')
 
     @property
     def flops(self) -> float:
@@ -244,7 +374,8 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
     batch = train.abstract_batch(config, num_classes, image_size, mesh)
     t0 = time.perf_counter()
     try:
-        compiled = step.lower(state, batch).compile()
+        lowered = step.lower(state, batch)
+        compiled = tflib.call_quietly(lambda: lowered.compile(COMPILER_OPTIONS if chip.gpu else None))
     except Exception as e:  # noqa: BLE001 - XlaRuntimeError / JaxRuntimeError by jax version
         line = _does_not_fit_line(e)
         if line is None:
@@ -252,8 +383,8 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
         raise DoesNotFit(line) from None
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    cost = compiled.cost_analysis()   # None from XLA's GPU compiler
+    cost = (cost[0] if isinstance(cost, list) else cost) or {}
     text = compiled.as_text()
     per_image = model_flops_per_image(config.model, image_size, num_classes)
     return Plan(
@@ -264,7 +395,7 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
         compiler_flops=float(cost.get('flops', 0.0)), bytes_accessed=float(cost.get('bytes accessed', 0.0)),
         model_flops=3 * per_image * int(config.batch) / chips if per_image else None,
         collectives=collectives(text), has_loops=bool(re.search(r'\swhile\(', text)), compile_s=compile_s,
-        remat=bool(config.model.get('remat')), compiled=compiled)
+        remat=bool(config.model.get('remat')), cost_known=bool(cost), compiled=compiled)
 
 
 # --- Report ---------------------------------------------------------------------------------------
@@ -292,23 +423,27 @@ def report(plan: Plan, config: Any) -> str:
         f'accum_steps {config.accum_steps}, {config.pp.crop} px; compiled in {plan.compile_s:.1f} s',
         f'HBM per chip: arguments {_size(m["arguments"])}, temporaries {_size(m["temporaries"])}, outputs '
         f'{_size(m["outputs"])}, aliased {_size(m["aliased"])}, code {_size(m["code"])}; total '
-        f'{_gib(plan.hbm_total)} of {_gib(c.hbm_bytes)} ({100 * plan.hbm_total / c.hbm_bytes:.0f} %)',
-        f'FLOPs per chip per step: compiler {_flops(plan.compiler_flops)}{loops}'
+        f'{_gib(plan.hbm_total)} of {c.capacity()} ({100 * plan.hbm_total / c.usable_bytes:.0f} %)',
+        'FLOPs per chip per step: '
+        + (f'compiler {_flops(plan.compiler_flops)}{loops}' if plan.cost_known
+           else 'compiler: none (XLA\'s GPU compiler gives no cost analysis)')
         + (f', model {_flops(plan.model_flops)} (analytic, 3 x forward)' if plan.model_flops else ''),
         'Collectives' + (loops or '') + ': ' + ', '.join(
             f'{op} {v["count"]} ({_size(v["bytes"])})' for op, v in plan.collectives.items() if v['count'])
         if any(v['count'] for v in plan.collectives.values()) else 'Collectives: none',
         f'Roofline: step >= {1e3 * plan.step_time_bound:.3g} ms (compute '
         f'{1e3 * plan.flops / c.peak_bf16_flops:.3g} ms at {c.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16; '
-        f'HBM traffic {_size(plan.bytes_accessed)}{loops}: '
-        f'{1e3 * plan.bytes_accessed / c.hbm_bytes_per_s:.3g} ms at {c.hbm_bytes_per_s / 1e9:.0f} GB/s)'
+        + (f'HBM traffic {_size(plan.bytes_accessed)}{loops}: '
+           f'{1e3 * plan.bytes_accessed / c.hbm_bytes_per_s:.3g} ms at {c.hbm_bytes_per_s / 1e9:.0f} GB/s)'
+           if plan.cost_known else 'HBM traffic unknown: compute only)')
         + (f' -> MFU <= {100 * plan.mfu_bound:.0f} %' if plan.mfu_bound else ''),
     ]
     return '\n'.join(lines)
 
 
 def list_topologies() -> str:
-    """The slices of TOPOLOGIES that this libtpu accepts, with their devices and processes."""
+    """The slices and GPU sets of TOPOLOGIES that this libtpu / CUDA plugin accept, with their devices
+    and processes."""
     rows = []
     for name in TOPOLOGIES:
         try:
@@ -427,8 +562,10 @@ def _parser():
         'vit-plan', __doc__.split('\n\n')[0],
         epilog='Every other argument is vit-train\'s: --config=FILE[:ARG] and --config.<field>=<value>.')
     parser.add_argument('--topology', metavar='NAME',
-                        help='TPU slice by libtpu\'s name, e.g. v5e:4x4, v4:2x2x2')
-    parser.add_argument('--list-topologies', action='store_true', help='print the slices this libtpu knows')
+                        help='TPU slice by libtpu\'s name, e.g. v5e:4x4, v4:2x2x2; NVIDIA GPUs as '
+                             f'CARD:GPUS or CARD:HOSTSxGPUS, CARD one of {", ".join(GPUS)}: h100:8, h100:2x8')
+    parser.add_argument('--list-topologies', action='store_true',
+                        help='print the TPU slices and GPU sets this machine can compile for')
     parser.add_argument('--num-classes', type=cli.positive_int, default=None, metavar='N',
                         help='classes of the head (default: from config.dataset for '
                              f'{", ".join(NUM_CLASSES)})')
@@ -468,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         print('Settings that fit, best first (vit-train overrides):')
         for overrides, plan in found:
             mfu = f', MFU <= {100 * plan.mfu_bound:.0f} %' if plan.mfu_bound else ''
-            print(f'  {as_flags(overrides)}  # {_gib(plan.hbm_total)} of {_gib(plan.chip.hbm_bytes)}, '
+            print(f'  {as_flags(overrides)}  # {_gib(plan.hbm_total)} of {plan.chip.capacity()}, '
                   f'step >= {1e3 * plan.step_time_bound:.1f} ms{mfu}')
         return 0
     try:

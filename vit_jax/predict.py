@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vit_jax import cli, images, labels, preprocessing
-from vit_jax.checkpoint import loader
+from vit_jax.checkpoint import facts, loader
 from vit_jax.checkpoint.loader import LoadedModel
 from vit_jax.errors import UserError
 
@@ -110,7 +110,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str], *, k: int = 5, batc
 def _parser() -> argparse.ArgumentParser:
     parser = cli.argument_parser('vit-predict', __doc__.split('\n\n')[0])
     parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or globs')
-    cli.add_checkpoint_args(parser)
+    facts.add_checkpoint_args(parser)
     parser.add_argument('--labels', default=None,
                         help='imagenet2012 | imagenet21k | a text file with one label per line '
                              '(default: the workdir class names, or the list matching the head size)')
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`vit-predict`; returns 1 when no image could be read, raises on bad input."""
     args = _parser().parse_args(argv)
     files = images.find_images(args.inputs)
-    loaded = loader.load_model(args.checkpoint, args.model, **cli.checkpoint_facts(args))
+    loaded = loader.load_model(args.checkpoint, facts.from_args(args))
     names = labels.load_labels(args.labels) if args.labels else (
         loaded.class_names or labels.default_labels(loaded.num_classes))
     doc = predict_files(loaded, files, k=args.top_k, batch_size=args.batch_size,

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Callable
+from typing import TypeVar
 
 from vit_jax.errors import UserError
 
@@ -32,9 +33,12 @@ NOISE = re.compile(
     r'|.* computation_placer\.cc:\d+\] computation placer already registered'
     r'|.* TF-TRT Warning: Could not find TensorRT$'
     r'|.* cuda_executor\.cc:\d+\] .*(NUMA node|SysFS)'
-    r'|.* All CUDA-capable devices are busy or unavailable|.* failed call to cuInit')
+    r'|.* All CUDA-capable devices are busy or unavailable|.* failed call to cuInit'
+    # XLA compiling for a GPU (vit-plan): a program above the memory is reported by vit-plan itself
+    r'|W\d{4} [\d:. ]+\d+ hlo_rematerialization\.cc:\d+\] Can\'t reduce memory use below')
 
 _lock = threading.Lock()
+T = TypeVar('T')
 
 
 def load(name: str = 'tensorflow') -> types.ModuleType:
@@ -62,17 +66,24 @@ def load(name: str = 'tensorflow') -> types.ModuleType:
 def _import_quietly(name: str) -> types.ModuleType:
     if sys.modules.get(name) is not None:
         return sys.modules[name]
+    return call_quietly(lambda: importlib.import_module(name))
+
+
+def call_quietly(fn: Callable[[], T]) -> T:
+    """`fn()` with the known C++ lines (`NOISE`) it writes to file descriptor 2 dropped, which
+    TF_CPP_MIN_LOG_LEVEL does not reach (TensorFlow's import; XLA's GPU compiler in JAX's CUDA
+    plugin, which reads the variable when it loads); anything else passes on."""
     if sys.stderr is None:   # no stderr to keep clean (pythonw, a closed stream)
-        return importlib.import_module(name)
+        return fn()
     sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:   # file descriptor 2 is closed: nothing reaches a terminal anyway
-        return importlib.import_module(name)
+        return fn()
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            module = importlib.import_module(name)
+            result = fn()
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -82,7 +93,7 @@ def _import_quietly(name: str) -> types.ModuleType:
             kept = [line for line in text.splitlines() if line.strip() and not NOISE.match(line)]
             if kept:
                 print('\n'.join(kept), file=sys.stderr, flush=True)
-    return module
+    return result
 
 
 class _Lazy(types.ModuleType):

@@ -413,36 +413,35 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: VisionTrans
             return f'last good checkpoint: step {last_saved} ({where})' if where else 'no checkpoint saved'
 
         step, preempted = start_step, False
-        with mesh:
-            if start_step >= total_steps:
-                progress.last_eval = evaluate(evaluators, state['params'], step, last=True)
-            while step < total_steps:
-                state, step_metrics = train_step(state, next(train_iter))
-                progress.pending.append(step_metrics)
-                step += 1
-                progress.steps_since += 1
-                last = step == total_steps
-                if step % progress_every == 0 or last:
-                    _flush_progress(progress, step, writer, config, last_good())
-                scalars = evaluate(evaluators, state['params'], step, last)
-                if scalars:
-                    writer.write_scalars(step, scalars)
-                    progress.last_eval.update(scalars)
-                    if 'accuracy' in scalars:
-                        writer.progress(step, dict(acc=scalars['accuracy']))
-                    progress.t_last = time.perf_counter()
-                stop = any([bool(hook(step)) for hook in hooks])
-                if (checkpoint_every and step % checkpoint_every == 0) or last or stop:
-                    _flush_progress(progress, step, writer, config, last_good())
-                    data_state = {'iterator': train_iter.get_state(), 'process_count': jax.process_count()}
-                    checkpoints.save(step, state, data_state, scalars.get('accuracy'))
-                    writer.flush()
-                    last_saved = step
-                if stop and not last:
-                    preempted = True
-                    writer.log(f'Stopping at step {step} (SIGTERM): checkpoint saved in '
-                               f'{checkpoints.path(step)}; rerun the same command to resume.')
-                    break
+        if start_step >= total_steps:
+            progress.last_eval = evaluate(evaluators, state['params'], step, last=True)
+        while step < total_steps:
+            state, step_metrics = train_step(state, next(train_iter))
+            progress.pending.append(step_metrics)
+            step += 1
+            progress.steps_since += 1
+            last = step == total_steps
+            if step % progress_every == 0 or last:
+                _flush_progress(progress, step, writer, config, last_good())
+            scalars = evaluate(evaluators, state['params'], step, last)
+            if scalars:
+                writer.write_scalars(step, scalars)
+                progress.last_eval.update(scalars)
+                if 'accuracy' in scalars:
+                    writer.progress(step, dict(acc=scalars['accuracy']))
+                progress.t_last = time.perf_counter()
+            stop = any([bool(hook(step)) for hook in hooks])
+            if (checkpoint_every and step % checkpoint_every == 0) or last or stop:
+                _flush_progress(progress, step, writer, config, last_good())
+                data_state = {'iterator': train_iter.get_state(), 'process_count': jax.process_count()}
+                checkpoints.save(step, state, data_state, scalars.get('accuracy'))
+                writer.flush()
+                last_saved = step
+            if stop and not last:
+                preempted = True
+                writer.log(f'Stopping at step {step} (SIGTERM): checkpoint saved in '
+                           f'{checkpoints.path(step)}; rerun the same command to resume.')
+                break
         checkpoints.wait()
         if not preempted:
             params = gather_params(state['params'])

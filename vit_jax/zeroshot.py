@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import cli, images, labels, paths, preprocess, preprocessing
-from vit_jax.checkpoint import arch, foreign, hub, loader
+from vit_jax.checkpoint import arch, hf, hub, loader
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import LitModel, build_model
 from vit_jax.models.lit import scores
@@ -204,10 +205,10 @@ def tokenizer_for(found: loader.Checkpoint, source: str, vocab: str | None = Non
     if found.format != 'hf':
         return preprocess.SentencepieceTokenizer(vocab_path(found, source, vocab), max_len,
                                                  canonical='big_vision', lower=True)
-    facts = foreign.hf_siglip_tokenizer(found.path, None if vocab is None else hub.resolve(vocab))
+    facts = hf.hf_siglip_tokenizer(found.path, None if vocab is None else hub.resolve(vocab))
     recorded = facts.pop('max_len')
     if recorded is not None and recorded != max_len:
-        where = paths.join(paths.parent(foreign.hf_files(found.path)[0]), 'tokenizer_config.json')
+        where = paths.join(paths.parent(hf.hf_files(found.path)[0]), 'tokenizer_config.json')
         raise CheckpointError(f'{where}: model_max_length={recorded} but the text tower\'s position '
                               f'embedding has {max_len} positions')
     return preprocess.SentencepieceTokenizer(max_len=max_len, canonical='transformers', **facts)
@@ -221,7 +222,7 @@ def load(checkpoint: str, *, vocab: str | None = None, model_name: str | None = 
     `model_name` (a LiT MODEL_CONFIGS name) states the architecture of a file that is not named
     after it; `text_heads` and `max_len` state what a BERT text tower does not record.
     """
-    found = loader.read(checkpoint, model_name=model_name, text_heads=text_heads, max_len=max_len)
+    found = loader.read(checkpoint, Facts(model_name=model_name, text_heads=text_heads, max_len=max_len))
     if found.model_config.get('text_model') is None:
         raise CheckpointError(f'{found.path} is not a LiT or SigLIP image-text model: use vit-predict')
     config = found.model_config

@@ -6,10 +6,14 @@ The original's functions keep their names and semantics: `load(path)` reads a pu
 fine-tuning, `inspect_params`, `interpolate_posembed`, `recover_tree`. Inside, one module per
 concern:
 
-  npz       the public .npz format (every published layout in, the original's out)
-  foreign   timm and Hugging Face weights (in and out)
+  tensors   the canonical torch-style naming <-> Linen; safetensors / torch reading, safetensors writing
+  npz       the public .npz format (every published layout in, the original's out; big_vision's)
+  timm      timm state dicts and hub directories (in and out); timm_archs: its architecture table
+  hf        Hugging Face ViT, DeiT, DINOv2 and SigLIP vision directories (in and out)
+  facts     what a user states about a checkpoint (one Facts object) and the pooling names
   arch      the model config a parameter tree implies, checked, never guessed
-  hub       the public catalogue and verified, cached downloads
+  download  verified, resumable, cached downloads (nothing ViT-specific)
+  hub       the public catalogue (names -> URLs, AugReg index, LiT vocabularies)
   workdir   the vit-train directory: layout, one writer, resume, reading for inference
   loader    THE loader: any source -> (model config, params), or a model ready for inference
   adapt     fine-tuning: new head, position-embedding and patch-embedding resize
@@ -27,6 +31,7 @@ from vit_jax.checkpoint.adapt import (
     resize_patch_embedding,
 )
 from vit_jax.checkpoint.arch import inspect_params
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.checkpoint.npz import save
 from vit_jax.errors import CheckpointError
 
@@ -44,5 +49,5 @@ def recover_tree(keys: Sequence[str], values: Sequence[Any]) -> dict:
     return trees.unflatten(dict(zip(keys, values, strict=True)))
 
 
-__all__ = ['CheckpointError', 'inspect_params', 'interpolate_posembed', 'load', 'load_pretrained',
+__all__ = ['CheckpointError', 'Facts', 'inspect_params', 'interpolate_posembed', 'load', 'load_pretrained',
            'recover_tree', 'replace_head', 'resize_patch_embedding', 'save']

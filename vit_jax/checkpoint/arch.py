@@ -108,23 +108,7 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
     if 'LayerScale_0' in enc['encoderblock_0']:
         # The scales are in the weights; the initial value only matters for a fresh init (timm's DINOv2).
         config.transformer.layer_scale = 1e-5
-    if 'fc_norm' in params:
-        config.fc_norm = True
-        if 'cls' in params and classifier is None:
-            raise CheckpointError(f'{source}: a class token and an fc_norm, but the weights do not record '
-                                  'whether the class token or the average of the patch tokens is pooled')
-    inferred = 'map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap'
-    config.classifier = classifier or inferred
-    if 'cls' in params and config.classifier not in ('token', 'token_unpooled', 'token_gap'):
-        config.class_token = True
-    if 'reg' in params:
-        config.num_registers = int(trees.shape(params['reg'])[1])
-    if 'dist' in params:
-        config.distillation_token = True
-        if 'head' in params:   # a classifier records whether the distillation token has its own head
-            config.distillation_head = 'head_dist' in params
-    config.representation_size = (int(trees.shape(params['pre_logits']['kernel'])[1])
-                                  if 'pre_logits' in params else None)
+    config.update(tree_fields(params, classifier, source))
     if 'conv_root' in params:
         stages = sorted((k for k in params if re.fullmatch(r'block\d+', k)), key=lambda k: int(k[5:]))
         width = trees.shape(params['conv_root']['kernel'])[-1] / 64
@@ -139,6 +123,43 @@ def infer_config(params: Mapping[str, Any], *, layer_norm_eps: float | None = No
         config.transformer.dropout_rate = MODEL_CONFIGS[name].transformer.dropout_rate
         config.transformer.attention_dropout_rate = MODEL_CONFIGS[name].transformer.attention_dropout_rate
     return config
+
+
+def tree_fields(params: Mapping[str, Any], classifier: str | None, source: str = 'checkpoint'
+                ) -> dict[str, Any]:
+    """THE reading of what a ViT parameter tree records beyond the shapes of its blocks, for a config read
+    from the tree (`infer_config`) and for a named config given the tree (`loader.from_params`): its
+    tokens (class, distillation, registers), its heads (pre-logits; whether the distillation token has its
+    own head, where there is a classifier), fc_norm and the pooling.
+
+    `classifier`: the pooling the format or the named config states; None: the tree's, where it says
+    (attention pooling, else the class token, else the average; with a class token and an fc_norm it
+    does not say: refused). Pooling a class token the tree does not have is refused. Fields the tree
+    leaves at the model's defaults are absent, except the pooling and the pre-logits width."""
+    if classifier is None:
+        if 'fc_norm' in params and 'cls' in params:
+            raise CheckpointError(f'{source}: a class token and an fc_norm, but the weights do not record '
+                                  'whether the class token or the average of the patch tokens is pooled')
+        classifier = 'map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap'
+    token_pooled = classifier in ('token', 'token_unpooled', 'token_gap')
+    if token_pooled and 'cls' not in params:
+        raise CheckpointError(f'{source}: classifier={classifier!r} pools the class token, but the '
+                              'parameters have none (no cls)')
+    fields: dict[str, Any] = {
+        'classifier': classifier,
+        'representation_size': (int(trees.shape(params['pre_logits']['kernel'])[1])
+                                if 'pre_logits' in params else None)}
+    if 'cls' in params and not token_pooled:
+        fields['class_token'] = True
+    if 'fc_norm' in params:
+        fields['fc_norm'] = True
+    if 'reg' in params:
+        fields['num_registers'] = int(trees.shape(params['reg'])[1])
+    if 'dist' in params:
+        fields['distillation_token'] = True
+        if 'head' in params:   # a classifier records whether the distillation token has its own head
+            fields['distillation_head'] = 'head_dist' in params
+    return fields
 
 
 def lit_models() -> list[str]:

@@ -17,15 +17,18 @@ CheckpointError says how.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax import paths, trees
-from vit_jax.checkpoint import arch, foreign, hub, npz, workdir
+from vit_jax import paths
+from vit_jax.checkpoint import arch, hf, hub, npz, tensors, timm, workdir
+from vit_jax.checkpoint.facts import Facts
 from vit_jax.errors import CheckpointError, ConfigError
 from vit_jax.models import (
     MODEL_CONFIGS,
@@ -61,10 +64,10 @@ def _kind(path: str) -> str:
         raise FileNotFoundError(2, 'no such file or directory', path)
     if workdir.is_workdir(path):
         return 'workdir'
-    if foreign.timm_hub_weights(path):
+    if timm.timm_hub_weights(path):
         return 'weights'
     if paths.is_dir(path) or paths.name(path) == 'config.json':
-        foreign.hf_files(path)
+        hf.hf_files(path)
         return 'hf'
     if path.endswith('.npz'):
         return 'npz'
@@ -76,7 +79,19 @@ def _kind(path: str) -> str:
 
 def _weights_path(path: str) -> str:
     """The weights file of a timm hub snapshot (a directory or its config.json), else `path`."""
-    return path if workdir.is_workdir(path) else foreign.timm_hub_weights(path) or path
+    return path if workdir.is_workdir(path) else timm.timm_hub_weights(path) or path
+
+
+def weights_format(path: str, keys: Sequence[str]) -> str:
+    """'hf' or 'timm' from the tensor names of a .safetensors / .pth / .bin file."""
+    hf_starts = ('embeddings.', 'encoder.layer', 'layers.')
+    if any(re.sub(r'^(vit|deit|dinov2_with_registers|dinov2|vision_model)\.', '', k).startswith(hf_starts)
+           for k in keys):
+        return 'hf'
+    if any(k.removeprefix('module.').startswith(('patch_embed.', 'blocks.')) for k in keys):
+        return 'timm'
+    raise CheckpointError(f'{path}: neither timm nor Hugging Face ViT weights (keys: {list(keys)[:4]} ...)')
+
 
 
 def detect_format(path: str) -> str:
@@ -87,9 +102,9 @@ def detect_format(path: str) -> str:
     if kind == 'npz':
         return 'big_vision' if npz.is_big_vision(npz.keys(path)) else 'npz'
     if kind == 'weights':
-        fmt = foreign.weights_format(path, foreign.weight_names(path))
+        fmt = weights_format(path, tensors.weight_names(path))
         if fmt == 'hf':
-            foreign.hf_files(path)
+            hf.hf_files(path)
         return fmt
     return kind
 
@@ -106,39 +121,37 @@ def _from_workdir(path: str) -> Checkpoint:
     return Checkpoint(config, params, 'workdir', path, list(names) if names else None, eval_pp)
 
 
-def _lit_config(source: str, path: str, params: dict, model_name: str | None, text_heads: int | None,
-                max_len: int | None) -> ml_collections.ConfigDict:
-    """A LiT file's config: `model_name`, else the LiT name of a catalogue source or of the file
-    (the original saves `LiT-B16B.npz`), else what the weights record plus `text_heads` / `max_len`."""
+def _lit_config(source: str, path: str, params: dict, facts: Facts) -> ml_collections.ConfigDict:
+    """A LiT file's config: `facts.model_name`, else the LiT name of a catalogue source or of the file
+    (the original saves `LiT-B16B.npz`), else what the weights record plus `facts.text_heads` / `max_len`."""
     names = arch.lit_models()
     stem = paths.name(path).removesuffix('.npz')
-    named = model_name or next((n for n in names if str(source) in (n, f'lit/{n}') or stem == n), None)
+    named = facts.model_name or next((n for n in names if str(source) in (n, f'lit/{n}') or stem == n), None)
     if named is None:
-        return arch.infer_lit_config(params, text_heads=text_heads, max_len=max_len, source=path)
+        return arch.infer_lit_config(params, text_heads=facts.text_heads, max_len=facts.max_len, source=path)
     if named not in names:
         raise ConfigError(f'{path} is a LiT checkpoint; --model {named!r} is not a LiT model '
                           f'({", ".join(names)})')
     return get_config(named)
 
 
-def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
-         timm_arch: str | None = None, model_name: str | None = None, text_heads: int | None = None,
-         max_len: int | None = None, image_size: int | None = None) -> Checkpoint:
+def read(source: str, facts: Facts | None = None) -> Checkpoint:
     """Reads any supported checkpoint, workdir or catalogue name (see the module doc), once.
 
-    `timm_arch` (a timm architecture name, `foreign.TIMM_ARCHS`) or `num_heads` and `pool` ('token' |
-    'avg' | 'map') state what timm state dicts do not record; they are needed only for those, and not
-    when the config.json timm saves beside its weights names the architecture and its model_args (then
-    one that contradicts it is a CheckpointError). A LiT `.npz` takes the
-    config of `model_name`, or of its catalogue name or file name (`LiT-B16B.npz`), or else from
-    its shapes, with `text_heads` and `max_len` for a BERT text tower (which records neither); a SigLIP
-    model (big_vision `.npz` with the bias `b`, HF SiglipModel) is read whole, both towers, from its shapes
-    and config.json (`is_siglip`; `load_model` serves its image tower);
-    the ViT `model_name` is `load_model`'s. `image_size`: the input size of a model with a fixed
-    sin-cos position embedding (big_vision's `posemb='sincos2d'`, which records none); for other
-    models it must be the one their position embedding records. Raises CheckpointError (one line)
-    on unreadable or inconsistent files, FileNotFoundError or DownloadError when there is nothing to read.
+    `facts` (`vit_jax.checkpoint.facts.Facts`) states what a file does not record: a timm
+    architecture (`arch`, `timm.TIMM_ARCHS`) or `num_heads` and `pool` ('token' | 'avg' | 'map') for
+    a timm state dict, needed only for those, and not when the config.json timm saves beside its weights
+    names the architecture and its model_args (then one that contradicts it is a CheckpointError). A
+    LiT `.npz` takes the config of `model_name`, or of its catalogue name or file name
+    (`LiT-B16B.npz`), or else from its shapes, with `text_heads` and `max_len` for a BERT text tower
+    (which records neither); a SigLIP model (big_vision `.npz` with the bias `b`, HF SiglipModel) is read
+    whole, both towers, from its shapes and config.json (`is_siglip`; `load_model` serves its image
+    tower). `image_size`: the input size of a model with a fixed sin-cos position
+    embedding (big_vision's `posemb='sincos2d'`, which records none); for other models it must be the
+    one their position embedding records. Raises CheckpointError (one line) on unreadable or
+    inconsistent files, FileNotFoundError or DownloadError when there is nothing to read.
     """
+    facts = facts or Facts()
     path = hub.resolve(str(source))
     kind = _kind(path)
     if kind == 'workdir':
@@ -149,27 +162,26 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
         if npz.is_siglip(flat):
             config = arch.infer_siglip_config(params, source=path)
         elif npz.is_lit(flat):
-            config = _lit_config(source, path, params, model_name, text_heads, max_len)
+            config = _lit_config(source, path, params, facts)
         else:
-            config = arch.infer_config(params, source=path)
-            if npz.is_big_vision(flat) and 'posembed_input' not in params.get('Transformer', {'': 0}):
-                config.posemb = 'sincos2d'   # big_vision's only position embedding without parameters
+            config = npz.vit_config(flat, params, path)
         found = Checkpoint(config, params, 'big_vision' if npz.is_big_vision(flat) else 'npz', path)
     elif kind == 'hf':
-        found = Checkpoint(*foreign.read_hf(path), 'hf', path)
+        found = Checkpoint(*hf.read_hf(path), 'hf', path)
     else:
         path = _weights_path(path)
-        sd, meta = foreign.read_weights(path)
-        fmt = foreign.weights_format(path, list(sd))
-        config, params = (foreign.read_hf(path, sd) if fmt == 'hf'
-                          else foreign.read_timm(path, sd, meta, num_heads, pool, timm_arch))
+        sd, meta = tensors.read_weights(path)
+        fmt = weights_format(path, list(sd))
+        config, params = (hf.read_hf(path, sd) if fmt == 'hf'
+                          else timm.read_timm(path, sd, meta, facts))
         found = Checkpoint(config, params, fmt, path)
         if fmt == 'timm':   # what timm's config.json records beside the weights: labels
-            found.class_names = foreign.timm_class_names(path, meta, arch.num_classes(params))
+            found.class_names = timm.timm_class_names(path, meta, arch.num_classes(params))
     if found.format == 'hf':   # what the directory records beside the weights: labels, center crop
-        found.class_names, found.eval_pp = foreign.hf_class_names(path), foreign.hf_eval_pp(path)
+        found.class_names, found.eval_pp = hf.hf_class_names(path), hf.hf_eval_pp(path)
     arch.check_params(found.params, found.model_config, source=path)
     arch.check_values(found.params, source=path)
+    image_size = facts.image_size
     if image_size is not None and family(found.model_config) == 'ViT':
         if arch.model_field(found.model_config, 'posemb') == 'learn':
             recorded = arch.image_size(found.params, found.model_config)
@@ -180,10 +192,10 @@ def read(source: str, *, num_heads: int | None = None, pool: str | None = None,
     return found
 
 
-def load(source: str, **facts: Any) -> tuple[ml_collections.ConfigDict, dict]:
-    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name (`facts`:
-    `num_heads`, `pool`, `timm_arch` as for `read`)."""
-    found = read(source, **facts)
+def load(source: str, facts: Facts | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """`(model_config, params)` of any supported checkpoint, workdir or catalogue name (`facts` as for
+    `read`)."""
+    found = read(source, facts)
     return found.model_config, found.params
 
 
@@ -253,16 +265,10 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
         fixed = arch.model_field(config, 'posemb') == 'sincos2d'
         if not fixed and 'posembed_input' not in params.get('Transformer', {}):
             raise CheckpointError(f'{source}: no Transformer/posembed_input/pos_embedding in the parameters')
-        config['distillation_token'] = 'dist' in params
-        if 'dist' in params and 'head' in params:
-            config['distillation_head'] = 'head_dist' in params
-        # A named config (--model) may differ from the file in its pre-logits layer or class token.
-        config['representation_size'] = (int(trees.shape(params['pre_logits']['kernel'])[-1])
-                                         if 'pre_logits' in params else None)
-        config['num_registers'] = int(trees.shape(params['reg'])[1]) if 'reg' in params else 0
-        config['fc_norm'] = 'fc_norm' in params
-        if 'cls' not in params and config.get('classifier', 'token') in ('token', 'token_unpooled'):
-            config['classifier'] = 'map' if 'MAPHead_0' in params else 'gap'
+        # What the parameters record (the same reading as for a config read from them); a named config
+        # (--model) may differ from the file in its pre-logits layer, tokens or fc_norm.
+        config.update({k: arch.model_default(k) for k in ('num_registers', 'fc_norm', 'distillation_token')})
+        config.update(arch.tree_fields(params, config.get('classifier', 'token'), source))
     model = build_model(config, num_classes, inference=True)
     if image_size is not None:   # stated (a sin-cos position embedding); a recorded one tiles
         check_image_size(model, image_size, '--image-size')
@@ -276,15 +282,17 @@ def from_params(model_config: Any, params: Any, source: str, class_names: list[s
     return LoadedModel(model=model, params=params, image_size=size, class_names=class_names, source=source)
 
 
-def load_model(source: str, model_name: str | None = None, **facts: Any) -> LoadedModel:
+def load_model(source: str, facts: Facts | None = None) -> LoadedModel:
     """A checkpoint (file, URL, workdir or catalogue name) as a model ready for inference.
 
-    `model_name` (a `MODEL_CONFIGS` key) replaces the architecture read from the file, keeping
-    the file's LayerNorm epsilon and GELU form.
+    `facts.model_name` (a `MODEL_CONFIGS` key) replaces the architecture read from the file, keeping
+    the file's LayerNorm epsilon and GELU form; the other `facts` are `read`'s.
     """
+    facts = facts or Facts()
+    model_name = facts.model_name
     if model_name is not None and model_name not in MODEL_CONFIGS:
         raise ConfigError(f'--model {model_name!r} is unknown; known models: {", ".join(MODEL_CONFIGS)}')
-    found = read(source, **facts)
+    found = read(source, dataclasses.replace(facts, model_name=None))
     model_config = found.model_config
     if is_siglip(model_config):
         warnings.warn(f'{found.path}: a two-tower SigLIP model; using its image tower (the image embeddings '

@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import ml_dtypes
 import numpy as np
 
 from vit_jax import archives, paths, trees
+from vit_jax.checkpoint import arch
 from vit_jax.errors import CheckpointError
 from vit_jax.models import scan_to_blocks
 
@@ -204,6 +206,17 @@ def normalize(flat: Mapping[str, np.ndarray], source: str = 'checkpoint') -> dic
     if 'encoderblock' in tree.get('Transformer', {}):
         tree = jax.tree_util.tree_map(np.asarray, scan_to_blocks(tree))
     return _fix_groupnorm(tree, source)
+
+
+def vit_config(flat: Mapping[str, Any], params: Mapping[str, Any], source: str = 'checkpoint'
+               ) -> ml_collections.ConfigDict:
+    """The model config of an npz ViT / hybrid / Mixer (`flat`: its keys, `params`: `normalize`d): from its
+    shapes, with the original's numerics (an .npz records none), and big_vision's one position embedding
+    without parameters (fixed sin-cos, `posemb='sincos2d'`) where a big_vision file has none."""
+    config = arch.infer_config(params, source=source)
+    if is_big_vision(flat) and 'posembed_input' not in params.get('Transformer', {'': 0}):
+        config.posemb = 'sincos2d'
+    return config
 
 
 def load(path: str) -> dict:

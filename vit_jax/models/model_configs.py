@@ -62,7 +62,7 @@ def _module(model_config: Any) -> tuple[str, type]:
     return name, MODULES[name]
 # Choices of a training run (compute/storage dtype, memory, kernels, regularisation) that
 # inference does not inherit: a bf16 run with cuDNN attention predicts in float32 anywhere.
-INFERENCE_DROPS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl')
+INFERENCE_DROPS = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'attention_impl', 'fast_weight_grad')
 _INFERENCE_ZERO = ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth')
 
 

@@ -9,6 +9,8 @@ original behaviour.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,13 +32,124 @@ def _field(sub_config: Any, key: str, default: Any = None) -> Any:
 # class token concatenated with the mean of the patch tokens (2 x hidden_size features: DINOv2's linear
 # probe, HF Dinov2ForImageClassification).
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled', 'token_gap')
-# 'einsum' is the original Flax formula, always. The others call jax.nn.dot_product_attention, which
-# fuses the softmax: 'auto' (the default) lets JAX choose (XLA on CPUs and TPUs, cuDNN flash attention
-# on GPUs where it applies), 'xla' / 'cudnn' force one. They agree with the formula to float tolerance
-# (tests/test_models.py); where the attention weights are returned or attention dropout is active,
-# every setting computes the formula, since the fused kernels have neither.
+# 'einsum' is the original Flax formula, always. 'auto' (the default) is, on CPU, vit_jax's head-major
+# attention (`head_major_attention`: the formula with each (batch, head) a row-major matrix, its
+# backward written so that XLA's fast dot path takes every product) and elsewhere
+# jax.nn.dot_product_attention, letting JAX choose (XLA on TPUs, cuDNN flash attention on GPUs where
+# it applies); 'xla' / 'cudnn' call jax.nn.dot_product_attention with that implementation. They
+# agree with the formula to float tolerance (tests/test_models.py); where the attention weights are
+# returned or attention dropout is active, every setting computes the formula, since the fused
+# kernels have neither.
 ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
 POSEMBS = ('learn', 'sincos2d')
+
+
+def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                      preferred_element_type=None) -> Array:
+    """`lax.dot_general` for dense layers (the inputs' trailing axes against the kernel's leading
+    axes, no batch axes) whose weight gradient reaches XLA CPU's fast dot path (YNNPACK).
+
+    jax.grad's weight gradient X^T @ dY contracts the batch and token axes; in a network (an MLP's
+    backward) XLA's CPU backend hands that dot to Eigen after copying the wider operand transposed,
+    a copy that recomputes its fused producer (bench/xla_dot_layout.py reproduces it). Here the
+    backward transposes the smaller of X and dY itself, behind an optimization barrier (else the
+    simplifier folds the transpose back into the dot), so that every dot is a row-major
+    [m, k] @ [k, n] that YNNPACK takes: the same products, summed in another order (equal to
+    jax.grad's to f32 rounding; tests/test_models.py). Any other contraction is plain
+    `lax.dot_general`.
+    """
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    n = len(lhs_contract)
+    if (any(batch) or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim))
+            or tuple(rhs_contract) != tuple(range(n))):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    # Chosen when the program is lowered, for the platform it is compiled for (vit-plan compiles
+    # on a CPU for TPUs and GPUs, whose compilers lay the weight gradient out themselves).
+    return jax.lax.platform_dependent(
+        lhs, rhs, cpu=lambda x, w: _dense_dot(x, w, n, precision, preferred_element_type),
+        default=lambda x, w: jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
+                                                 preferred_element_type=preferred_element_type))
+
+
+def _heads_matmul(a: Array, b: Array, contract_a: int, contract_b: int) -> Array:
+    """Per (batch, head) matrix product of [batch, heads, ., .] arrays, contracting the given axes."""
+    return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0, 1), (0, 1))))
+
+
+def _attention_probs(q: Array, k: Array) -> Array:
+    logits = _heads_matmul(q, k, 3, 3) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+
+
+def head_major_attention(q: Array, k: Array, v: Array) -> Array:
+    """softmax(q k^T / sqrt(head_dim)) v of [batch, tokens, heads, head_dim] queries, keys and values
+    (the softmax in float32, as the original formula), computed head-major: each (batch, head) is a
+    row-major [tokens, head_dim] matrix, so on CPU every product, forward and backward, is a
+    [m, k] @ [k, n] (or @ [n, k]) dot that XLA hands to YNNPACK; the backward's key and value
+    gradients are formed transposed (head_dim x tokens, from copies of the small q^T and dY^T), not
+    by a dot contracting the probabilities' rows, which XLA would give to Eigen."""
+    heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731
+    return heads_first(_head_major_attention(heads_first(q), heads_first(k), heads_first(v)))
+
+
+@jax.custom_vjp
+def _head_major_attention(q: Array, k: Array, v: Array) -> Array:
+    return _heads_matmul(_attention_probs(q, k), v, 3, 2)
+
+
+def _head_major_attention_fwd(q, k, v):
+    probs = _attention_probs(q, k)
+    return _heads_matmul(probs, v, 3, 2), (q, k, v, probs)
+
+
+def _head_major_attention_bwd(residuals, dy):
+    q, k, v, probs = residuals
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    dprobs = _heads_matmul(dy, v, 3, 3).astype(jnp.float32)
+    p = probs.astype(jnp.float32)
+    dlogits = (p * (dprobs - jnp.sum(dprobs * p, axis=-1, keepdims=True))).astype(q.dtype)
+    transposed = lambda a: jax.lax.optimization_barrier(jnp.swapaxes(a, 2, 3))  # noqa: E731
+    dq = _heads_matmul(dlogits, k, 3, 2) * scale
+    dk = jnp.swapaxes(jax.lax.optimization_barrier(_heads_matmul(transposed(q), dlogits, 3, 2)), 2, 3) * scale
+    dv = jnp.swapaxes(jax.lax.optimization_barrier(_heads_matmul(transposed(dy), probs, 3, 2)), 2, 3)
+    return dq, dk, dv
+
+
+_head_major_attention.defvjp(_head_major_attention_fwd, _head_major_attention_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _dense_dot(x: Array, w: Array, n: int, precision, preferred_element_type) -> Array:
+    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
+                               precision=precision, preferred_element_type=preferred_element_type)
+
+
+def _dense_dot_fwd(x, w, n, precision, preferred_element_type):
+    return _dense_dot(x, w, n, precision, preferred_element_type), (x, w)
+
+
+def _dense_dot_bwd(n, precision, preferred_element_type, residuals, g):
+    x, w = residuals
+    k, f = math.prod(w.shape[:n]), math.prod(w.shape[n:])
+    x2, g2, w2 = x.reshape(-1, k), g.reshape(-1, f), w.reshape(k, f)
+    matmul = lambda a, b: jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)  # noqa: E731
+    dx = jax.lax.dot_general(g2, w2, (((1,), (1,)), ((), ())), precision=precision)
+    barrier = jax.lax.optimization_barrier
+    if k <= f:   # dW = X^T dY, X^T copied row-major
+        dw = matmul(barrier(x2.T), g2)
+    else:        # dW = (dY^T X)^T: the copy is of dY, the final transpose only of a kernel-sized array
+        dw = barrier(matmul(barrier(g2.T), x2)).T
+    return dx.reshape(x.shape).astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+_dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+def _dot_general(fast_weight_grad: bool) -> Callable | None:
+    """The dense layers' `dot_general`: `dense_dot_general` with `fast_weight_grad` (its own backward
+    on CPU only), else Flax's default."""
+    return dense_dot_general if fast_weight_grad else None
 
 
 class DropPath(nn.Module):
@@ -60,6 +173,7 @@ class MultiHeadDotProductAttention(nn.Module):
     num_heads: int
     dropout_rate: float = 0.0
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()
@@ -72,7 +186,8 @@ class MultiHeadDotProductAttention(nn.Module):
         head_dim = features // self.num_heads
         dense = lambda name: nn.DenseGeneral(  # noqa: E731
             features=(self.num_heads, head_dim), axis=-1, kernel_init=self.kernel_init,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            dtype=self.dtype, param_dtype=self.param_dtype, dot_general=_dot_general(self.fast_weight_grad),
+            name=name)
         kv = x if kv is None else kv
         q, k, v = dense('query')(x), dense('key')(kv), dense('value')(kv)
 
@@ -88,12 +203,15 @@ class MultiHeadDotProductAttention(nn.Module):
                                             weights.shape)
                 weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0).astype(q.dtype)
             y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+        elif self.attention_impl == 'auto':   # per platform at lowering, as dense_dot_general
+            y = jax.lax.platform_dependent(q, k, v, cpu=head_major_attention,
+                                           default=jax.nn.dot_product_attention)
         else:
-            impl = None if self.attention_impl == 'auto' else self.attention_impl
-            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
 
         out = nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.kernel_init,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name='out')(y)
+                              dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=_dot_general(self.fast_weight_grad), name='out')(y)
         return out, (weights if return_attention else None)
 
 
@@ -103,6 +221,7 @@ class MlpBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.1
     gelu_approximate: bool = True
+    fast_weight_grad: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     out_dim: int | None = None
@@ -113,8 +232,8 @@ class MlpBlock(nn.Module):
     def __call__(self, x: Array, deterministic: bool) -> Array:
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
         dense = lambda f, name: nn.Dense(  # noqa: E731
-            features=f, kernel_init=self.kernel_init, bias_init=self.bias_init,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            features=f, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype,
+            param_dtype=self.param_dtype, dot_general=_dot_general(self.fast_weight_grad), name=name)
         x = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x), approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, 'Dense_1')(x)
@@ -175,6 +294,7 @@ class Encoder1DBlock(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     drop_path: bool = False
     layer_scale: float | None = None
     dtype: Any = None
@@ -188,7 +308,8 @@ class Encoder1DBlock(nn.Module):
         y = norm('LayerNorm_0')(x)
         y, weights = MultiHeadDotProductAttention(
             num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
-            attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl, fast_weight_grad=self.fast_weight_grad,
+            dtype=self.dtype, param_dtype=self.param_dtype,
             name='MultiHeadDotProductAttention_0')(y, deterministic, return_attention)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
         scale = lambda y, name: (  # noqa: E731
@@ -199,8 +320,8 @@ class Encoder1DBlock(nn.Module):
 
         y = norm('LayerNorm_1')(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                     gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
+                     gelu_approximate=self.gelu_approximate, fast_weight_grad=self.fast_weight_grad,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name='MlpBlock_0')(y, deterministic)
         x = x + drop_path(scale(y, 'LayerScale_1'), 'DropPath_1')
         return x, weights
 
@@ -227,6 +348,7 @@ class Encoder(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    fast_weight_grad: bool = True
     remat: bool = False
     scan_layers: bool = False
     dtype: Any = None
@@ -244,7 +366,8 @@ class Encoder(nn.Module):
             mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             layer_norm_eps=self.layer_norm_eps, gelu_approximate=self.gelu_approximate,
-            attention_impl=self.attention_impl, drop_path=self.stochastic_depth > 0,
+            attention_impl=self.attention_impl, fast_weight_grad=self.fast_weight_grad,
+            drop_path=self.stochastic_depth > 0,
             layer_scale=self.layer_scale, dtype=self.dtype, param_dtype=self.param_dtype)
         block = Encoder1DBlock
         if self.remat:
@@ -342,6 +465,10 @@ class VisionTransformer(nn.Module):
     layer_norm_eps: float = 1e-6
     gelu_approximate: bool = True
     attention_impl: str = 'auto'
+    # On CPU, the dense layers' backward (attention and MLP kernels) computes the weight gradients
+    # from explicitly transposed activations so that XLA's fast dot path takes them
+    # (`dense_dot_general`; equal to jax.grad's to f32 rounding). False: jax.grad's own backward.
+    fast_weight_grad: bool = True
     remat: bool = False
     scan_layers: bool = False
 
@@ -440,7 +567,8 @@ class VisionTransformer(nn.Module):
             x, weights = Encoder(
                 **transformer, layer_norm_eps=self.layer_norm_eps,
                 gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl,
-                remat=self.remat, scan_layers=self.scan_layers, final_norm=not self.fc_norm,
+                fast_weight_grad=self.fast_weight_grad, remat=self.remat, scan_layers=self.scan_layers,
+                final_norm=not self.fc_norm,
                 dtype=self.dtype, param_dtype=self.param_dtype, name='Transformer',
             )(x, train=train, return_attention=return_attention)
 
