@@ -329,7 +329,7 @@ def _hf_siglip_text(hf: Mapping[str, Any], where: str, weights: str, sd: Mapping
         raise CheckpointError(f'{where}: hidden_act={act!r} is not supported (expected one of '
                               f'{sorted(HF_GELU)})')
     c = tensors.rename(sd, _HF_SIGLIP_TEXT_NAMES, weights)
-    try:
+    with tensors.building_from(c, weights, 'text_model '):
         vocab, d = np.shape(c['tok'])
         heads = _hf_field(where, hf, 'num_attention_heads', 12, int)
         if d % heads:
@@ -350,12 +350,6 @@ def _hf_siglip_text(hf: Mapping[str, Any], where: str, weights: str, sd: Mapping
         encoder['encoder_norm'] = {'scale': c.pop('norm.w'), 'bias': c.pop('norm.b')}
         params = {'Embed_0': {'embedding': c.pop('tok')}, 'pos_embedding': c.pop('pos')[None],
                   'Encoder_0': encoder, 'head': {'kernel': c.pop('head.w').T, 'bias': c.pop('head.b')}}
-    except KeyError as e:
-        raise CheckpointError(f'{weights}: missing text_model weight for {e.args[0]!r}') from None
-    except ValueError as e:
-        raise CheckpointError(f'{weights}: inconsistent text_model shapes ({e})') from None
-    if c:
-        raise CheckpointError(f'{weights}: unused text_model weights {sorted(c)[:6]}')
     numerics = dict(layer_norm_eps=_hf_field(where, hf, 'layer_norm_eps', 1e-6, float),
                     gelu_approximate=HF_GELU[act])
     return jax.tree_util.tree_map(np.ascontiguousarray, params), numerics

@@ -12,6 +12,7 @@ format-specific.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
@@ -74,12 +75,27 @@ def rename(sd: Mapping[str, np.ndarray], table: Sequence[tuple[str, str]], sourc
 
 # --- Canonical <-> Linen ----------------------------------------------------------------------
 
+@contextlib.contextmanager
+def building_from(c: dict[str, np.ndarray], source: str, what: str = ''):
+    """Around popping canonical weights `c` into a Linen tree: a missing key or a shape that does not
+    fit is one CheckpointError naming `source` (and `what`, e.g. 'text_model '); so is a weight left
+    unused at the end."""
+    try:
+        yield
+    except KeyError as e:
+        raise CheckpointError(f'{source}: missing {what}weight for {e.args[0]!r}') from None
+    except ValueError as e:
+        raise CheckpointError(f'{source}: inconsistent {what}shapes ({e})') from None
+    if c:
+        raise CheckpointError(f'{source}: unused {what}weights {sorted(c)[:6]}')
+
+
 def linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str,
                           no_embed_class: bool | None = None) -> dict:
     """Canonical torch-style weights -> the VisionTransformer parameter tree. `no_embed_class`: whether
     the position embedding has rows for the patches only (timm's), where the source records it; else
     its row count says, refused when either reading fits."""
-    try:
+    with building_from(c, source):
         w = c.pop('patch.w')
         d = w.shape[0]
         if num_heads < 1 or d % num_heads:
@@ -127,12 +143,6 @@ def linen_from_canonical(c: dict[str, np.ndarray], num_heads: int, source: str,
         for name in ('pre_logits', 'head', 'head_dist'):
             if f'{name}.w' in c:
                 params[name] = {'kernel': c.pop(f'{name}.w').T, 'bias': c.pop(f'{name}.b')}
-    except KeyError as e:
-        raise CheckpointError(f'{source}: missing weight for {e.args[0]!r}') from None
-    except ValueError as e:
-        raise CheckpointError(f'{source}: inconsistent shapes ({e})') from None
-    if c:
-        raise CheckpointError(f'{source}: unused weights {sorted(c)[:6]}')
     return jax.tree_util.tree_map(np.ascontiguousarray, params)
 
 
