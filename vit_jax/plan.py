@@ -40,6 +40,7 @@ from vit_jax import cli, sharding, tflib, train
 from vit_jax import main as main_lib
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.models import build_model
+from vit_jax.models.vit import traced_for
 
 GiB = 2 ** 30
 
@@ -63,7 +64,7 @@ class Chip:
 
     def capacity(self) -> str:
         if not self.gpu:
-            return f'{_gib(self.hbm_bytes)}'
+            return _gib(self.hbm_bytes)
         return (f'{_gib(self.usable_bytes)} ({gpu_memory_fraction():.0%} of {_gib(self.hbm_bytes)}: '
                 'XLA_PYTHON_CLIENT_MEM_FRACTION)')
 
@@ -125,8 +126,9 @@ class Card:
             '  registers_per_core_limit: 65536 registers_per_block_limit: 65536',
             '}',
             'platform_name: "CUDA"',
-            'runtime_version { major: 12 minor: 9 }',   # the CUDA and cuDNN of jax[cuda12]
-            'dnn_version_info { major: 9 minor: 8 }',
+            # the CUDA runtime and cuDNN that jax[cuda12]==0.10.2 installs (12.9.79, 9.28.0)
+            'runtime_version { major: 12 minor: 9 }',
+            'dnn_version_info { major: 9 minor: 28 }',
             f'device_description_str: "{self.device_kind}"'])
 
 
@@ -321,9 +323,9 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        """Whether the per-chip total fits the chip's HBM. The compiler refuses some programs that do
-        not (RESOURCE_EXHAUSTED) but not all: ViT-L/16 at 256 images per v5e chip compiled with 16.4 GiB
-        of temporaries."""
+        """Whether the per-chip total fits what a program may use of the chip (`Chip.usable_bytes`). The
+        compiler refuses some programs that do not (RESOURCE_EXHAUSTED) but not all: ViT-L/16 at 256
+        images per v5e chip compiled with 16.4 GiB of temporaries."""
         return self.hbm_total <= self.chip.usable_bytes
 
     def does_not_fit_line(self) -> str:
@@ -374,7 +376,8 @@ def compile_plan(config: Any, topology: str, num_classes: int, devices: list | N
     batch = train.abstract_batch(config, num_classes, image_size, mesh)
     t0 = time.perf_counter()
     try:
-        lowered = step.lower(state, batch)
+        with traced_for(devices[0].platform):   # the model as vit-train traces it there
+            lowered = step.lower(state, batch)
         compiled = tflib.call_quietly(lambda: lowered.compile(COMPILER_OPTIONS if chip.gpu else None))
     except Exception as e:  # noqa: BLE001 - XlaRuntimeError / JaxRuntimeError by jax version
         line = _does_not_fit_line(e)

@@ -9,6 +9,8 @@ original behaviour.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -64,12 +66,7 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
             or tuple(rhs_contract) != tuple(range(n))):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
-    # Chosen when the program is lowered, for the platform it is compiled for (vit-plan compiles
-    # on a CPU for TPUs and GPUs, whose compilers lay the weight gradient out themselves).
-    return jax.lax.platform_dependent(
-        lhs, rhs, cpu=lambda x, w: _dense_dot(x, w, n, precision, preferred_element_type),
-        default=lambda x, w: jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
-                                                 preferred_element_type=preferred_element_type))
+    return _dense_dot(lhs, rhs, n, precision, preferred_element_type)
 
 
 def _heads_matmul(a: Array, b: Array, contract_a: int, contract_b: int) -> Array:
@@ -146,10 +143,31 @@ def _dense_dot_bwd(n, precision, preferred_element_type, residuals, g):
 _dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
 
 
+_PLATFORM = contextvars.ContextVar('vit_jax_traced_platform', default=None)
+
+
+@contextlib.contextmanager
+def traced_for(platform: str):
+    """Models traced inside are formulated for `platform` ('cpu', 'tpu', 'gpu'), not for JAX's default
+    backend: vit-plan compiles on a CPU the step vit-train runs on TPUs and GPUs. (Chosen at trace
+    time: `lax.platform_dependent` would keep both formulations under jax.grad, whose residuals of the
+    branch not taken still cost memory on the other platforms: +2.2 GiB per GPU for H/14 at 384 px.)"""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def _cpu_formulation() -> bool:
+    """Whether models are being traced for a CPU (`traced_for`, else JAX's default backend)."""
+    return (_PLATFORM.get() or jax.default_backend()) == 'cpu'
+
+
 def _dot_general(fast_weight_grad: bool) -> Callable | None:
-    """The dense layers' `dot_general`: `dense_dot_general` with `fast_weight_grad` (its own backward
-    on CPU only), else Flax's default."""
-    return dense_dot_general if fast_weight_grad else None
+    """The dense layers' `dot_general`: `dense_dot_general` on CPU with `fast_weight_grad`, else
+    Flax's default (other backends' compilers lay the weight gradient out themselves)."""
+    return dense_dot_general if fast_weight_grad and _cpu_formulation() else None
 
 
 class DropPath(nn.Module):
@@ -203,11 +221,11 @@ class MultiHeadDotProductAttention(nn.Module):
                                             weights.shape)
                 weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0).astype(q.dtype)
             y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
-        elif self.attention_impl == 'auto':   # per platform at lowering, as dense_dot_general
-            y = jax.lax.platform_dependent(q, k, v, cpu=head_major_attention,
-                                           default=jax.nn.dot_product_attention)
+        elif self.attention_impl == 'auto' and _cpu_formulation():
+            y = head_major_attention(q, k, v)
         else:
-            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+            impl = None if self.attention_impl == 'auto' else self.attention_impl
+            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
 
         out = nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.kernel_init,
                               dtype=self.dtype, param_dtype=self.param_dtype,
